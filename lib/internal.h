@@ -1,0 +1,59 @@
+/*
+ * internal.h: helpers shared inside libcurvpack (not installed).
+ * Internal non-static symbols carry a double underscore: cpk__name.
+ */
+#ifndef CPK_INTERNAL_H
+#define CPK_INTERNAL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "curvpack.h"
+
+#if defined(__GNUC__)
+#define CPK__PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define CPK__PRINTF(f, a)
+#endif
+
+/* Record `fmt` as the calling thread's last error and return `status`.
+ * Usage: return cpk__fail(CPK_EINVAL, "%s: expected ...", path); */
+int cpk__fail(int status, const char *fmt, ...) CPK__PRINTF(2, 3);
+/* Prefix the current last error with "prefix: " (for adding context such as a
+ * file name on the way up). Returns `status`. */
+int cpk__fail_prefix(int status, const char *fmt, ...) CPK__PRINTF(2, 3);
+
+/* Evaluate a status expression; on failure jump to `label` with `rc` set. */
+#define CPK__TRY(rc, expr, label)                                              \
+  do {                                                                         \
+    (rc) = (expr);                                                             \
+    if ((rc) != CPK_OK) goto label;                                            \
+  } while (0)
+
+/* Tracked, 64-byte aligned allocation (counts toward cpk_memory_*).
+ * Returns NULL and records a CPK_ENOMEM message stating the bytes asked for.
+ * cpk__calloc zero-fills. Sizes of 0 allocate a minimal block. */
+void *cpk__malloc(size_t bytes);
+void *cpk__calloc(size_t bytes);
+void cpk__free(void *p);
+
+/* Overflow-checked size arithmetic: return 0 and store the result, or
+ * return CPK_EOVERFLOW with a message naming `what`. */
+int cpk__mul_size(size_t a, size_t b, size_t *out, const char *what);
+int cpk__shape_numel(int ndim, const int64_t *shape, int64_t *out,
+                     const char *what);
+
+/* Wrap an existing buffer as a contiguous tensor header (no ownership). */
+void cpk__tensor_view(cpk_tensor *t, cpk_dtype dtype, void *data, int ndim,
+                      const int64_t *shape);
+/* Reset the strides of `t` to C order. */
+void cpk__tensor_contiguous_strides(cpk_tensor *t);
+int cpk__is_float(cpk_dtype dtype);
+/* Fail with CPK_ENONFINITE naming `what` if any element is NaN or inf. */
+int cpk__check_finite(const cpk_tensor *t, const char *what);
+
+/* Duplicate a string through malloc (NULL on failure, with message). */
+char *cpk__strdup(const char *s);
+
+#endif /* CPK_INTERNAL_H */
