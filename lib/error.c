@@ -49,7 +49,7 @@ int cpk__fail(int status, const char *fmt, ...) {
 }
 
 int cpk__fail_prefix(int status, const char *fmt, ...) {
-  char prefix[1024], old[sizeof last_error];
+  char prefix[512], old[sizeof last_error];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(prefix, sizeof prefix, fmt, ap);
@@ -59,6 +59,6 @@ int cpk__fail_prefix(int status, const char *fmt, ...) {
     snprintf(last_error, sizeof last_error, "%s: %s", prefix,
              cpk_strerror(status));
   else
-    snprintf(last_error, sizeof last_error, "%s: %s", prefix, old);
+    snprintf(last_error, sizeof last_error, "%s: %.1500s", prefix, old);
   return status;
 }

@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""Time one forward + backward pass with PyTorch + BackPACK, like curvpack-bench.
+
+Prints ONE JSON line:
+  {"tool": "backpack", "problem": ..., "ext": ..., "batch": ..., "threads": ...,
+   "dtype": ..., "median_s": ..., "min_s": ..., "max_s": ..., "runs": ...,
+   "peak_bytes": ..., "memory_method": ..., "status": "ok"}
+
+The timed region is what a BackPACK user runs per step:
+    loss = lossfunc(model(x), y)
+    with backpack(*exts):          # plain loss.backward() for "grad"
+        loss.backward()
+(plus, for batch_dot_grad, which BackPACK lacks, the Gram matrix of the
+per-sample gradients of each parameter, as Cockpit computes it). Gradients and
+BackPACK's results of the previous run are dropped before each run, outside
+the timed region, as curvpack-bench frees its results.
+
+Peak memory: one more pass, after the timed runs, under torch.profiler with
+profile_memory=True; the peak of the CPU allocator's "Total Allocated" over
+that pass (allocations made during the pass; model, data and anything held
+before it do not count, as with curvpack's cpk_memory_peak() minus what was
+in use). If the profiler gives nothing, the fallback is the growth of the
+process's peak resident set (VmHWM, reset through /proc/self/clear_refs)
+over the timed runs; "memory_method" says which one was used.
+
+Run one measurement per process (bench/compare does) so rows do not share
+allocator state.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import problems  # noqa: E402
+
+
+def emit(row):
+    print(json.dumps(row), flush=True)
+
+
+def read_status_kib(field):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_hwm():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def profiled_peak(step):
+    """Peak bytes the torch CPU allocator held during one step, or None."""
+    try:
+        from torch.profiler import ProfilerActivity, profile
+    except ImportError:
+        return None
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    fd, path = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
+    try:
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            trace = json.load(f)
+    finally:
+        os.unlink(path)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    mem = [e for e in events if e.get("name") == "[memory]"
+           and e.get("args", {}).get("Device Type", 0) == 0]
+    if not mem:
+        return None
+    mem.sort(key=lambda e: e["ts"])
+    first = mem[0]["args"]
+    base = first.get("Total Allocated", 0) - first.get("Bytes", 0)
+    peak = max(e["args"].get("Total Allocated", 0) for e in mem)
+    return max(0, peak - base)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--problem", required=True, choices=sorted(problems.MODELS))
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    ap.add_argument("--ext", default="", help='one quantity ("" or "grad": plain gradient)')
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--min-repeat", type=int, default=3)
+    ap.add_argument("--budget", type=float, default=0.0,
+                    help="stop repeating once the timed runs add up to this (s)")
+    ap.add_argument("--mc-samples", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--memory", choices=["auto", "profiler", "rss", "none"], default="auto")
+    args = ap.parse_args()
+
+    row = {"tool": "backpack", "problem": args.problem, "ext": args.ext,
+           "batch": args.batch, "threads": args.threads, "dtype": args.dtype}
+    quantity = args.ext or "grad"
+    if "," in quantity:
+        row.update(status="error", reason="backpack_bench.py times one quantity per run")
+        emit(row)
+        return 2
+    if quantity not in problems.BACKPACK_EXTENSIONS:
+        row.update(status="error", reason=f"unknown quantity '{quantity}'")
+        emit(row)
+        return 2
+
+    try:
+        import torch
+        import backpack
+        from backpack import extensions as bpext
+    except ImportError as e:
+        row.update(status="unavailable", reason=f"import failed: {e}")
+        emit(row)
+        return 0
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    dtype = torch.float32 if args.dtype == "float32" else torch.float64
+    model = problems.torch_model(args.problem, dtype)
+    x, y = problems.data(args.problem, args.batch, dtype, args.seed)
+    lossfunc = torch.nn.CrossEntropyLoss()
+
+    clsname = problems.BACKPACK_EXTENSIONS[quantity]
+    exts = []
+    if clsname is not None:
+        cls = getattr(bpext, clsname)
+        if clsname in ("DiagGGNMC", "BatchDiagGGNMC", "KFAC", "SqrtGGNMC"):
+            exts = [cls(mc_samples=args.mc_samples)]
+        else:
+            exts = [cls()]
+        model = backpack.extend(model)
+        lossfunc = backpack.extend(lossfunc)
+    savefields = [e.savefield for e in exts]
+    if quantity == "batch_dot_grad":
+        savefields.append("batch_dot")
+    params = list(model.parameters())
+
+    def clear():
+        for p in params:
+            p.grad = None
+            for f in savefields:
+                if hasattr(p, f):
+                    delattr(p, f)
+
+    def step():
+        loss = lossfunc(model(x), y)
+        if exts:
+            with backpack.backpack(*exts):
+                loss.backward()
+        else:
+            loss.backward()
+        if quantity == "batch_dot_grad":
+            for p in params:
+                gb = p.grad_batch.flatten(start_dim=1)
+                p.batch_dot = gb @ gb.T
+        return loss
+
+    # ---- warm-up (also the support check: BackPACK raises on what it lacks)
+    loss = None
+    try:
+        for w in range(max(1, args.warmup)):
+            clear()
+            t0 = time.perf_counter()
+            loss = step()
+            t = time.perf_counter() - t0
+            if args.budget > 0 and t > args.budget:
+                break
+    except (NotImplementedError, RuntimeError, ValueError, AttributeError, TypeError) as e:
+        msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        row.update(status="unsupported", reason=msg)
+        emit(row)
+        return 0
+
+    # ---- timed runs
+    times = []
+    rss_base = rss_peak = None
+    if args.memory in ("auto", "rss"):
+        clear()
+        if reset_hwm():
+            rss_base = read_status_kib("VmRSS")
+    total = 0.0
+    for r in range(args.repeat):
+        clear()
+        t0 = time.perf_counter()
+        loss = step()
+        t = time.perf_counter() - t0
+        times.append(t)
+        total += t
+        if args.budget > 0 and total >= args.budget and len(times) >= args.min_repeat:
+            break
+    if rss_base is not None:
+        rss_peak = read_status_kib("VmHWM")
+
+    # ---- peak memory of one pass
+    peak, method = None, None
+    if args.memory in ("auto", "profiler"):
+        clear()
+        try:
+            peak = profiled_peak(step)
+        except Exception:  # the profiler is optional; fall back to RSS
+            peak = None
+        if peak is not None:
+            method = "torch-profiler"
+    if peak is None and rss_base is not None and rss_peak is not None:
+        peak, method = max(0, rss_peak - rss_base) * 1024, "rss-hwm"
+
+    row.update(median_s=statistics.median(times), min_s=min(times), max_s=max(times),
+               runs=len(times), warmup=args.warmup, peak_bytes=peak, memory_method=method,
+               params=sum(p.numel() for p in params), loss=float(loss.item()),
+               torch=torch.__version__, status="ok")
+    emit(row)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

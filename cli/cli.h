@@ -1,0 +1,80 @@
+/* cli.h: the curvpack program's shared pieces: option parsing, the options
+ * every command takes, output writing and error reporting. */
+#ifndef CPK_CLI_H
+#define CPK_CLI_H
+
+#include <stdint.h>
+
+#include "curvpack.h"
+
+#define CLI_EXIT_OK 0
+#define CLI_EXIT_FAILURE 1
+#define CLI_EXIT_USAGE 2
+
+/* One option of a command: `--name VALUE` (or `--name=VALUE`), or a flag
+ * when `flag` is set. Values are kept as strings; *value stays NULL when the
+ * option is absent. */
+typedef struct cli_opt {
+  const char *name;
+  const char *metavar; /* NULL for a flag */
+  const char *help;
+  const char **value;
+  int *flag;
+} cli_opt;
+
+/* Print "curvpack: error: ..." on stderr; returns the exit status that the
+ * status code calls for (2 for usage errors, else 1). */
+int cli_error(int status, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Report the library's last error for `status`. */
+int cli_lib_error(int status);
+
+/* Parse argv[first..argc) against opts. On a usage error prints it and
+ * returns 2; on --help prints the help (usage line, summary, options) and
+ * returns -1; else 0. */
+int cli_parse(const char *command, const char *summary, int argc, char **argv,
+              const cli_opt *opts, int nopts);
+
+/* The options every command takes (contract.md). */
+typedef struct cli_common {
+  const char *model, *params, *input, *target, *out;
+  const char *loss, *reduction, *dtype, *threads, *device, *seed, *mc_samples;
+} cli_common;
+#define CLI_COMMON_NOPTS 12
+/* Fill opts[0..CLI_COMMON_NOPTS) with the common options bound to c. */
+void cli_common_opts(cli_common *c, cli_opt *opts);
+
+/* Parsed forms of the common options. */
+typedef struct cli_setup {
+  cpk_loss_kind loss;
+  cpk_reduction reduction;
+  cpk_dtype dtype;
+  cpk_context_options ctx;
+} cli_setup;
+/* Check and convert the common options; returns an exit status (0 = ok). */
+int cli_common_setup(const cli_common *c, cli_setup *s);
+/* Fail with exit 2 unless `value` was given. */
+int cli_require(const char *command, const char *name, const char *value);
+/* Parse a non-negative integer option. Returns 0 or an exit status. */
+int cli_parse_int(const char *name, const char *text, int64_t min,
+                  int64_t *out);
+
+/* Load the model file, read the input, build the model for the input's
+ * sample shape in `dtype` and load the parameters directory. */
+int cli_load_model(const cli_common *c, cpk_dtype dtype, cpk_model **model,
+                   cpk_tensor **input);
+
+/* Write every result as OUT/NAME.npy, all or nothing: each goes to a
+ * temporary name first and all are renamed once all are written. Creates
+ * OUT if missing. Returns an exit status. */
+int cli_write_results(const char *out, const cpk_results *r);
+/* Write text to OUT/NAME atomically (temporary name, then rename). */
+int cli_write_text(const char *out, const char *name, const char *text);
+/* mkdir -p. Returns 0 or an exit status (after printing the error). */
+int cli_make_dir(const char *path);
+
+/* Commands. */
+int cmd_compute(int argc, char **argv);
+int cmd_init(int argc, char **argv);
+
+#endif

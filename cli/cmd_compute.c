@@ -1,0 +1,148 @@
+/* cmd_compute.c: `curvpack compute`, gradients and extensions in one
+ * backward pass, with optional timing (--repeat). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "cli.h"
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+/* One pass, timed; keeps the pass's peak allocation. */
+static int timed_pass(cpk_context *ctx, cpk_model *model,
+                      const cpk_pass_spec *spec, const cpk_tensor *input,
+                      const cpk_tensor *target, cpk_results **res,
+                      double *seconds, size_t *peak) {
+  cpk_results_free(*res);
+  *res = NULL;
+  size_t base = cpk_memory_in_use();
+  cpk_memory_reset_peak();
+  double t0 = now_s();
+  int rc = cpk_compute(ctx, model, spec, input, target, res);
+  *seconds = now_s() - t0;
+  *peak = cpk_memory_peak() - base;
+  return rc;
+}
+
+static int write_timing(const char *out, int64_t runs, double *times,
+                        size_t peak) {
+  char text[256];
+  int64_t k = runs > 0 ? runs : 1;
+  qsort(times, (size_t)k, sizeof *times, cmp_double);
+  double median = k % 2 ? times[k / 2] : 0.5 * (times[k / 2 - 1] + times[k / 2]);
+  snprintf(text, sizeof text,
+           "{\"runs\": %lld, \"median_s\": %.9g, \"min_s\": %.9g, "
+           "\"max_s\": %.9g, \"peak_bytes\": %zu}\n",
+           (long long)runs, median, times[0], times[k - 1], peak);
+  return cli_write_text(out, "timing.json", text);
+}
+
+int cmd_compute(int argc, char **argv) {
+  cli_common c = {0};
+  const char *ext = NULL, *repeat = NULL;
+  cli_opt opts[CLI_COMMON_NOPTS + 2];
+  cli_common_opts(&c, opts);
+  opts[CLI_COMMON_NOPTS] =
+      (cli_opt){"ext", "LIST",
+                "extensions, comma-separated: batch_grad, batch_l2_grad, "
+                "sum_grad_squared, variance, batch_dot_grad, diag_ggn_exact, "
+                "diag_ggn_mc, batch_diag_ggn_exact, batch_diag_ggn_mc, "
+                "diag_hessian, batch_diag_hessian, kfac, kflr, kfra, "
+                "sqrt_ggn_exact, sqrt_ggn_mc",
+                &ext, NULL};
+  opts[CLI_COMMON_NOPTS + 1] =
+      (cli_opt){"repeat", "R",
+                "run the pass R more times and write timing.json", &repeat,
+                NULL};
+  int rc = cli_parse("compute",
+                     "Run the model forward and backward once; write "
+                     "loss.npy, output.npy, P.grad.npy for every parameter P "
+                     "and the outputs of each extension.",
+                     argc, argv, opts, CLI_COMMON_NOPTS + 2);
+  if (rc != 0)
+    return rc < 0 ? CLI_EXIT_OK : rc;
+  if ((rc = cli_require("compute", "model", c.model)) ||
+      (rc = cli_require("compute", "params", c.params)) ||
+      (rc = cli_require("compute", "input", c.input)) ||
+      (rc = cli_require("compute", "target", c.target)) ||
+      (rc = cli_require("compute", "out", c.out)))
+    return rc;
+  cli_setup s;
+  if ((rc = cli_common_setup(&c, &s)) != 0)
+    return rc;
+  int64_t runs = 0;
+  if (repeat && (rc = cli_parse_int("repeat", repeat, 0, &runs)) != 0)
+    return rc;
+  cpk_pass_spec spec = {s.loss, s.reduction, ext, 0};
+
+  /* Usage errors in the extension list come before any file is read. */
+  for (const char *p = ext; p && *p;) {
+    char name[64];
+    int len = 0;
+    while (p[len] && p[len] != ',')
+      len++;
+    snprintf(name, sizeof name, "%.*s", len < 63 ? len : 63, p);
+    if (len > 0 && !cpk_extension_known(name))
+      return cli_error(CPK_EUSAGE,
+                       "unknown extension '%s' (see curvpack compute --help)",
+                       name);
+    if (len > 0 && !cpk_extension_available(name))
+      return cli_error(CPK_ENOTSUP, "extension '%s' is not implemented yet",
+                       name);
+    p += len + (p[len] == ',');
+  }
+
+  cpk_model *model = NULL;
+  cpk_tensor *input = NULL, *target = NULL;
+  cpk_context *ctx = NULL;
+  cpk_results *res = NULL;
+  double *times = NULL;
+  size_t peak = 0, pass_peak;
+  int st;
+  if ((rc = cli_load_model(&c, s.dtype, &model, &input)) != 0)
+    return rc;
+  if ((st = cpk_npy_read(c.target, &target)) != CPK_OK ||
+      (st = cpk_check_pass(model, &spec, input, target)) != CPK_OK ||
+      (st = cpk_context_new(&ctx, &s.ctx)) != CPK_OK) {
+    rc = cli_lib_error(st);
+    goto done;
+  }
+  times = calloc((size_t)(runs > 0 ? runs : 1), sizeof *times);
+  if (times == NULL) {
+    rc = cli_error(CPK_ENOMEM, "out of memory for %lld timings",
+                   (long long)runs);
+    goto done;
+  }
+  if ((st = timed_pass(ctx, model, &spec, input, target, &res, &times[0],
+                       &peak)) != CPK_OK) {
+    rc = cli_lib_error(st);
+    goto done;
+  }
+  for (int64_t i = 0; i < runs; i++) {
+    if ((st = timed_pass(ctx, model, &spec, input, target, &res, &times[i],
+                         &pass_peak)) != CPK_OK) {
+      rc = cli_lib_error(st);
+      goto done;
+    }
+    peak = pass_peak > peak ? pass_peak : peak;
+  }
+  if ((rc = cli_write_results(c.out, res)) == 0 && repeat)
+    rc = write_timing(c.out, runs, times, peak);
+done:
+  free(times);
+  cpk_results_free(res);
+  cpk_context_free(ctx);
+  cpk_tensor_free(target);
+  cpk_tensor_free(input);
+  cpk_model_free(model);
+  return rc;
+}

@@ -1,0 +1,52 @@
+/* main.c: `curvpack COMMAND [options]`. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+static const struct {
+  const char *name;
+  int (*run)(int argc, char **argv);
+  const char *summary;
+} commands[] = {
+    {"compute", cmd_compute,
+     "gradients and extensions in one backward pass"},
+    {"init", cmd_init, "write PyTorch-style initial parameters for a model"},
+};
+
+/* Commands of the contract that a later release brings. */
+static const char *const coming[] = {"hvp",   "ggnvp",    "eigen",
+                                     "trace", "density",  "jacobian",
+                                     "propagate", "train"};
+
+static void usage(FILE *to) {
+  fprintf(to, "usage: curvpack COMMAND [options]\n\n"
+              "Curvature and second-order statistics of neural-network "
+              "losses.\n\ncommands:\n");
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    fprintf(to, "  %-10s %s\n", commands[i].name, commands[i].summary);
+  fprintf(to, "\n`curvpack COMMAND --help` describes a command; "
+              "`curvpack --version` prints the version.\n");
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2)
+    return usage(stderr), CLI_EXIT_USAGE;
+  const char *cmd = argv[1];
+  if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 ||
+      strcmp(cmd, "help") == 0)
+    return usage(stdout), CLI_EXIT_OK;
+  if (strcmp(cmd, "--version") == 0) {
+    printf("curvpack %s\n", cpk_version());
+    return CLI_EXIT_OK;
+  }
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    if (strcmp(cmd, commands[i].name) == 0)
+      return commands[i].run(argc - 2, argv + 2);
+  for (size_t i = 0; i < sizeof coming / sizeof coming[0]; i++)
+    if (strcmp(cmd, coming[i]) == 0)
+      return cli_error(CPK_ENOTSUP, "command '%s' is not implemented yet",
+                       cmd);
+  return cli_error(CPK_EUSAGE,
+                   "unknown command '%s' (see curvpack --help)", cmd);
+}

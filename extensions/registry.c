@@ -1,0 +1,62 @@
+/* registry.c: every extension name of the contract, and which this build
+ * implements. Adding an extension adds its file and fills its line here. */
+#include <string.h>
+
+#include "extension.h"
+
+static const cpk__extension_entry registry[] = {
+    {"batch_grad", NULL},           {"batch_l2_grad", NULL},
+    {"sum_grad_squared", NULL},     {"variance", NULL},
+    {"batch_dot_grad", NULL},       {"diag_ggn_exact", NULL},
+    {"diag_ggn_mc", NULL},          {"batch_diag_ggn_exact", NULL},
+    {"batch_diag_ggn_mc", NULL},    {"diag_hessian", NULL},
+    {"batch_diag_hessian", NULL},   {"kfac", NULL},
+    {"kflr", NULL},                 {"kfra", NULL},
+    {"sqrt_ggn_exact", NULL},       {"sqrt_ggn_mc", NULL},
+};
+
+static const cpk__extension_entry *find(const char *name, size_t len) {
+  for (size_t i = 0; i < sizeof registry / sizeof registry[0]; i++)
+    if (strlen(registry[i].name) == len &&
+        strncmp(registry[i].name, name, len) == 0)
+      return &registry[i];
+  return NULL;
+}
+
+int cpk_extension_known(const char *name) {
+  return find(name, strlen(name)) != NULL;
+}
+
+int cpk_extension_available(const char *name) {
+  const cpk__extension_entry *e = find(name, strlen(name));
+  return e != NULL && e->impl != NULL;
+}
+
+int cpk__extensions_parse(const char *list, const cpk__extension_entry **out,
+                          int *count) {
+  *count = 0;
+  if (list == NULL)
+    return CPK_OK;
+  for (const char *p = list; *p;) {
+    const char *end = strchr(p, ',');
+    size_t len = end ? (size_t)(end - p) : strlen(p);
+    if (len > 0) {
+      const cpk__extension_entry *e = find(p, len);
+      if (e == NULL)
+        return cpk__fail(CPK_EUSAGE,
+                         "unknown extension '%.*s' (see curvpack compute "
+                         "--help for the list)",
+                         (int)len, p);
+      if (e->impl == NULL)
+        return cpk__fail(CPK_ENOTSUP,
+                         "extension '%s' is not implemented yet", e->name);
+      int dup = 0;
+      for (int i = 0; i < *count; i++)
+        dup |= out[i] == e;
+      if (!dup && *count < CPK__MAX_EXTENSIONS)
+        out[(*count)++] = e;
+    }
+    p += len + (end ? 1 : 0);
+  }
+  return CPK_OK;
+}

@@ -1,0 +1,218 @@
+/*
+ * engine.c: cpk_compute, the forward pass and the backward pass.
+ *
+ * Backward, for layer i = L-1 .. 0 with g = dL/d(output of layer i) held as
+ * a block [1, N, *out_i]:
+ *   grad(theta_p) = sum_n J_{theta_p,n}^T g_n   (param_jac_t_mat, V = 1)
+ *   g            <- J_x^T g                      (jac_t_mat), unless i = 0.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "engine.h"
+#include "results.h"
+
+int cpk__block_new(cpk_tensor **out, cpk_dtype dt, int64_t v, int64_t n,
+                   int ndim, const int64_t *shape) {
+  int64_t full[CPK_MAX_DIMS];
+  if (ndim + 2 > CPK_MAX_DIMS)
+    return cpk__fail(CPK_EINVAL, "block of %d axes (at most %d)", ndim + 2,
+                     CPK_MAX_DIMS);
+  full[0] = v;
+  full[1] = n;
+  memcpy(full + 2, shape, (size_t)ndim * sizeof *shape);
+  return cpk_tensor_new(out, dt, ndim + 2, full);
+}
+
+static int check_input(const cpk_model *m, const cpk_tensor *input) {
+  char want[128], got[128];
+  int64_t shape[CPK_MAX_DIMS];
+  if (!m->built)
+    return cpk__fail(CPK_EINVAL, "%s: the model is not built (cpk_model_build)",
+                     m->source);
+  if (!cpk__is_float(input->dtype))
+    return cpk__fail(CPK_EINVAL, "input: expected float32 or float64, got %s",
+                     cpk_dtype_name(input->dtype));
+  int same = input->ndim == m->in_ndim + 1 && input->shape[0] >= 1;
+  for (int i = 0; same && i < m->in_ndim; i++)
+    same = input->shape[i + 1] == m->in_shape[i];
+  if (!same) {
+    shape[0] = input->ndim > 0 ? input->shape[0] : 0;
+    memcpy(shape + 1, m->in_shape, (size_t)m->in_ndim * sizeof *shape);
+    return cpk__fail(CPK_ESHAPE,
+                     "input: expected shape (N, ...) = %s with N >= 1, got %s",
+                     cpk_shape_str(want, sizeof want, m->in_ndim + 1, shape),
+                     cpk_shape_str(got, sizeof got, input->ndim, input->shape));
+  }
+  return cpk__check_finite(input, "input");
+}
+
+static int check_target(const cpk_model *m, const cpk__loss_def *loss,
+                        const cpk_tensor *input, const cpk_tensor *target) {
+  /* A header-only tensor of the output's shape stands for the output. */
+  cpk_tensor f;
+  int64_t shape[CPK_MAX_DIMS];
+  const cpk__layer *last = m->layers[m->nlayers - 1];
+  shape[0] = input->shape[0];
+  memcpy(shape + 1, last->out_shape, (size_t)last->out_ndim * sizeof *shape);
+  cpk__tensor_view(&f, m->dtype, NULL, last->out_ndim + 1, shape);
+  return loss->check_target(&f, target);
+}
+
+int cpk_check_pass(const cpk_model *model, const cpk_pass_spec *spec,
+                   const cpk_tensor *input, const cpk_tensor *target) {
+  const cpk__extension_entry *ext[CPK__MAX_EXTENSIONS];
+  int next, rc;
+  const cpk__loss_def *loss = cpk__loss_get(spec->loss);
+  if (loss == NULL)
+    return cpk__fail(CPK_EINVAL, "unknown loss kind %d", (int)spec->loss);
+  if (spec->reduction != CPK_REDUCTION_MEAN &&
+      spec->reduction != CPK_REDUCTION_SUM)
+    return cpk__fail(CPK_EINVAL, "unknown reduction %d", (int)spec->reduction);
+  if ((rc = cpk__extensions_parse(spec->extensions, ext, &next)) != CPK_OK)
+    return rc;
+  if ((rc = check_input(model, input)) != CPK_OK)
+    return rc;
+  return check_target(model, loss, input, target);
+}
+
+void cpk__pass_release(cpk__pass *pass) {
+  if (pass->acts == NULL)
+    return;
+  for (int i = pass->owns_input ? 0 : 1; i <= pass->model->nlayers; i++)
+    cpk_tensor_free(pass->acts[i]);
+  cpk__free(pass->acts);
+  pass->acts = NULL;
+}
+
+int cpk__forward(cpk__pass *pass, const cpk_tensor *input) {
+  cpk_model *m = pass->model;
+  int rc;
+  pass->acts = cpk__calloc((size_t)(m->nlayers + 1) * sizeof *pass->acts);
+  if (pass->acts == NULL)
+    return CPK_ENOMEM;
+  pass->n = input->shape[0];
+  if (input->dtype == m->dtype) {
+    pass->acts[0] = (cpk_tensor *)input; /* read only */
+    pass->owns_input = 0;
+  } else {
+    if ((rc = cpk_tensor_convert(&pass->acts[0], input, m->dtype)) != CPK_OK)
+      return rc;
+    pass->owns_input = 1;
+  }
+  for (int i = 0; i < m->nlayers; i++) {
+    cpk__layer *l = m->layers[i];
+    int64_t shape[CPK_MAX_DIMS];
+    shape[0] = pass->n;
+    memcpy(shape + 1, l->out_shape, (size_t)l->out_ndim * sizeof *shape);
+    if ((rc = cpk_tensor_new(&pass->acts[i + 1], m->dtype, l->out_ndim + 1,
+                             shape)) != CPK_OK)
+      return cpk__fail_prefix(rc, "%s: forward", l->where);
+    if ((rc = l->kind->forward(l, pass->ctx, pass->acts[i], pass->acts[i + 1],
+                               pass->spec->training)) != CPK_OK)
+      return rc;
+  }
+  return CPK_OK;
+}
+
+/* The gradient of every parameter of layer i from g [1, N, *out_i]. */
+static int param_grads(cpk__pass *pass, int i, const cpk_tensor *g) {
+  cpk__layer *l = pass->model->layers[i];
+  for (int p = 0; p < l->nparams; p++) {
+    char name[64];
+    cpk_tensor *grad;
+    int rc;
+    if (!l->params[p].trainable)
+      continue;
+    snprintf(name, sizeof name, "%d.%s.grad", i, l->params[p].name);
+    if ((rc = cpk__results_alloc(pass->results, name, pass->model->dtype,
+                                 l->params[p].ndim, l->params[p].shape,
+                                 &grad)) != CPK_OK)
+      return rc;
+    if ((rc = l->kind->param_jac_t_mat(l, pass->ctx, p, pass->acts[i], g, 0,
+                                       0.0, grad)) != CPK_OK)
+      return rc;
+  }
+  return CPK_OK;
+}
+
+static int backward(cpk__pass *pass, cpk_tensor *g) {
+  cpk_model *m = pass->model;
+  int rc = CPK_OK;
+  for (int i = m->nlayers - 1; i >= 0 && rc == CPK_OK; i--) {
+    cpk__layer *l = m->layers[i];
+    if ((rc = param_grads(pass, i, g)) != CPK_OK)
+      break;
+    if (i == 0)
+      break;
+    cpk_tensor *gin;
+    if ((rc = cpk__block_new(&gin, m->dtype, 1, pass->n, l->in_ndim,
+                             l->in_shape)) != CPK_OK)
+      break;
+    rc = l->kind->jac_t_mat(l, pass->ctx, pass->acts[i], pass->acts[i + 1], g,
+                            gin);
+    cpk_tensor_free(g);
+    g = gin;
+  }
+  cpk_tensor_free(g);
+  return rc;
+}
+
+/* Loss value and its gradient as the block [1, N, *out] that starts the
+ * backward pass. */
+static int loss_and_grad(cpk__pass *pass, const cpk_tensor *target,
+                         cpk_tensor **g) {
+  const cpk_tensor *f = pass->acts[pass->model->nlayers];
+  const cpk__layer *last = pass->model->layers[pass->model->nlayers - 1];
+  cpk_tensor *loss, *output;
+  double value;
+  int rc;
+  pass->scale = cpk__loss_scale(pass->loss, pass->spec->reduction, f);
+  if ((rc = cpk__block_new(g, f->dtype, 1, pass->n, last->out_ndim,
+                           last->out_shape)) != CPK_OK)
+    return rc;
+  if ((rc = pass->loss->value_grad(pass->ctx, pass->scale, f, target, &value,
+                                   *g)) != CPK_OK)
+    return rc;
+  if ((rc = cpk__results_alloc(pass->results, "loss", f->dtype, 0, NULL,
+                               &loss)) != CPK_OK)
+    return rc;
+  cpk_tensor_set(loss, 0, value);
+  if ((rc = cpk__results_alloc(pass->results, "output", f->dtype, f->ndim,
+                               f->shape, &output)) != CPK_OK)
+    return rc;
+  memcpy(output->data, f->data,
+         (size_t)cpk_tensor_numel(f) * cpk_dtype_size(f->dtype));
+  return CPK_OK;
+}
+
+int cpk_compute(cpk_context *ctx, cpk_model *model, const cpk_pass_spec *spec,
+                const cpk_tensor *input, const cpk_tensor *target,
+                cpk_results **out) {
+  cpk__pass pass = {0};
+  cpk_tensor *g = NULL;
+  int rc;
+  *out = NULL;
+  if ((rc = cpk_check_pass(model, spec, input, target)) != CPK_OK)
+    return rc;
+  cpk__context_apply_threads(ctx);
+  pass.ctx = ctx;
+  pass.model = model;
+  pass.spec = spec;
+  pass.loss = cpk__loss_get(spec->loss);
+  CPK__TRY(rc, cpk__extensions_parse(spec->extensions, pass.ext, &pass.next),
+           done);
+  CPK__TRY(rc, cpk__results_new(&pass.results), done);
+  CPK__TRY(rc, cpk__forward(&pass, input), done);
+  CPK__TRY(rc, loss_and_grad(&pass, target, &g), done);
+  rc = backward(&pass, g); /* consumes g */
+  g = NULL;
+done:
+  cpk_tensor_free(g);
+  cpk__pass_release(&pass);
+  if (rc != CPK_OK)
+    cpk_results_free(pass.results);
+  else
+    *out = pass.results;
+  return rc;
+}

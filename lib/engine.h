@@ -1,0 +1,38 @@
+/*
+ * engine.h: one forward and backward pass through a sequential model
+ * (private). The forward pass keeps every layer's input and output
+ * (acts[i] is layer i's input, acts[i+1] its output); the backward pass
+ * turns the loss gradient into parameter gradients and drives the
+ * extensions.
+ */
+#ifndef CPK_ENGINE_H
+#define CPK_ENGINE_H
+
+#include "../extensions/extension.h"
+#include "losses/loss.h"
+#include "model.h"
+
+typedef struct cpk__pass {
+  cpk_context *ctx;
+  cpk_model *model;
+  const cpk_pass_spec *spec;
+  const cpk__loss_def *loss;
+  double scale;              /* c of the reduction: L = c * sum_n l_n */
+  int64_t n;                 /* batch size */
+  cpk_tensor **acts;         /* nlayers + 1 activations */
+  int owns_input;            /* acts[0] was converted (and is ours) */
+  const cpk__extension_entry *ext[CPK__MAX_EXTENSIONS];
+  int next;
+  cpk_results *results;
+} cpk__pass;
+
+/* Run the layers forward on `input`, filling pass->acts. */
+int cpk__forward(cpk__pass *pass, const cpk_tensor *input);
+/* Release the activations. */
+void cpk__pass_release(cpk__pass *pass);
+
+/* Allocate a block [V, N, *shape] of the model's dtype. */
+int cpk__block_new(cpk_tensor **out, cpk_dtype dt, int64_t v, int64_t n,
+                   int ndim, const int64_t *shape);
+
+#endif

@@ -1,0 +1,110 @@
+/*
+ * layer.h: the common header of every layer (one file per layer kind in
+ * lib/layers/). A layer kind is a table of functions; a layer holds its
+ * shapes, parameters and private state. Layers know nothing of extensions:
+ * they give the derivative primitives that BackPACK-style extensions need.
+ *
+ * Shapes: a layer sees one sample's shape (no batch axis) in in_shape and
+ * out_shape. Batched tensors are [N, *shape]; blocks flowing backward or
+ * forward are [V, N, *shape] (V columns, e.g. V = 1 for the gradient, V = C
+ * for the square root of the loss Hessian).
+ */
+#ifndef CPK_LAYER_H
+#define CPK_LAYER_H
+
+#include "args.h"
+#include "context.h"
+#include "internal.h"
+
+#define CPK__MAX_PARAMS 4
+
+typedef struct cpk__layer cpk__layer;
+
+typedef struct cpk__param {
+  char name[16];     /* "weight", "bias", ... */
+  int ndim;
+  int64_t shape[CPK_MAX_DIMS];
+  cpk_tensor *value; /* owned by the model; NULL until built */
+  int trainable;     /* 0 for buffers such as running_mean */
+} cpk__param;
+
+typedef struct cpk__layer_kind {
+  const char *name;           /* model-file name */
+  const cpk__arg_spec *args;  /* PyTorch's arguments, in order */
+  int nargs;
+  const void *data;           /* kind-specific constant (activation enum) */
+
+  /* Read bound arguments into l->priv (allocate it). */
+  int (*configure)(cpk__layer *l, const cpk__arg_value *args);
+  /* From l->in_shape set l->out_shape and declare parameters
+   * (cpk__layer_declare_param). Messages through l->where. */
+  int (*build)(cpk__layer *l);
+  /* y := f(x); x [N,*in], y [N,*out] allocated by the caller. May keep
+   * state in l->priv for the derivatives (masks, indices). */
+  int (*forward)(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
+                 cpk_tensor *y, int training);
+  /* out[v,n] := J_n^T in[v,n]: in [V,N,*out] -> out [V,N,*in], where J_n is
+   * d y_n / d x_n at the last forward (x, y given again). */
+  int (*jac_t_mat)(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
+                   const cpk_tensor *y, const cpk_tensor *in, cpk_tensor *out);
+  /* out[v,n] := J_n in[v,n]: in [V,N,*in] -> out [V,N,*out]. */
+  int (*jac_mat)(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
+                 const cpk_tensor *y, const cpk_tensor *in, cpk_tensor *out);
+  /* Parameter p: out[v] := beta*out[v] + sum_n (d y_n/d theta_p)^T in[v,n]
+   * (per_sample = 0: out [V,*S]) or out[v,n] := (d y_n/d theta_p)^T in[v,n]
+   * (per_sample = 1: out [V,N,*S], beta ignored). in is [V,N,*out]. */
+  int (*param_jac_t_mat)(cpk__layer *l, cpk_context *ctx, int p,
+                         const cpk_tensor *x, const cpk_tensor *in,
+                         int per_sample, double beta, cpk_tensor *out);
+  /* Elementwise layers: out := f''(x), [N,*in]. NULL when f'' = 0. */
+  int (*d2)(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
+            const cpk_tensor *y, cpk_tensor *out);
+  /* Fill the parameters as PyTorch's reset_parameters() does (same
+   * distributions). NULL: no parameters. */
+  int (*init)(cpk__layer *l, cpk__rng *rng);
+  /* Release l->priv (and whatever it holds). May be NULL. */
+  void (*destroy)(cpk__layer *l);
+} cpk__layer_kind;
+
+struct cpk__layer {
+  const cpk__layer_kind *kind;
+  int index;        /* 0-based position among the layer lines */
+  char where[160];  /* "model.txt:3: linear", for messages */
+  int in_ndim, out_ndim;
+  int64_t in_shape[CPK_MAX_DIMS], out_shape[CPK_MAX_DIMS];
+  int nparams;
+  cpk__param params[CPK__MAX_PARAMS];
+  void *priv;
+};
+
+/* Declare parameter `name` of the given shape (during build). */
+int cpk__layer_declare_param(cpk__layer *l, const char *name, int trainable,
+                             int ndim, const int64_t *shape);
+
+/* Fill `t` with draws from U(-bound, bound). */
+void cpk__init_uniform(cpk_tensor *t, double bound, cpk__rng *rng);
+
+/* Number of elements of one sample's input / output. */
+int64_t cpk__layer_in_numel(const cpk__layer *l);
+int64_t cpk__layer_out_numel(const cpk__layer *l);
+
+/* Look up a kind by model-file name. Returns CPK_OK and the kind; CPK_ENOTSUP
+ * for a contract layer that a later release brings; CPK_EUSAGE for an
+ * unknown name. */
+int cpk__layer_kind_find(const char *name, const cpk__layer_kind **out);
+
+/* The kinds, one per file in lib/layers/. */
+extern const cpk__layer_kind cpk__linear_kind;
+extern const cpk__layer_kind cpk__flatten_kind;
+extern const cpk__layer_kind cpk__dropout_kind;
+extern const cpk__layer_kind cpk__relu_kind, cpk__sigmoid_kind,
+    cpk__tanh_kind, cpk__leaky_relu_kind, cpk__elu_kind, cpk__selu_kind,
+    cpk__logsigmoid_kind, cpk__identity_kind, cpk__exp_kind, cpk__log_kind;
+
+/* Leading extent of a block [V, N, ...]: V = numel / (N * per_sample). */
+static inline int64_t cpk__block_v(const cpk_tensor *block, int64_t n,
+                                   int64_t per_sample) {
+  return cpk_tensor_numel(block) / (n * per_sample);
+}
+
+#endif /* CPK_LAYER_H */

@@ -1,0 +1,93 @@
+/*
+ * dropout.c: nn.Dropout(p). In training, y = x * m / (1 - p) with a mask m of
+ * Bernoulli(1 - p) draws from the context's generator; otherwise (every
+ * curvature computation) the identity. The Jacobian is diag(m / (1 - p)),
+ * or the identity outside training.
+ */
+#include <string.h>
+
+#include "layer.h"
+#include "ops.h"
+
+typedef struct {
+  double p;
+  cpk_tensor *scale; /* m / (1 - p) of the last training forward, else NULL */
+} dropout;
+
+static const cpk__arg_spec dropout_args[] = {
+    {"p", CPK__ARG_FLOAT, "0.5"},
+    {"inplace", CPK__ARG_BOOL, "false"},
+};
+
+static int dropout_configure(cpk__layer *l, const cpk__arg_value *a) {
+  if (!(a[0].f >= 0.0 && a[0].f <= 1.0))
+    return cpk__fail(CPK_EFORMAT,
+                     "%s: dropout probability has to be between 0 and 1, got "
+                     "%g",
+                     l->where, a[0].f);
+  dropout *s = cpk__calloc(sizeof *s);
+  if (s == NULL)
+    return CPK_ENOMEM;
+  s->p = a[0].f;
+  l->priv = s;
+  return CPK_OK;
+}
+
+static int dropout_build(cpk__layer *l) {
+  l->out_ndim = l->in_ndim;
+  memcpy(l->out_shape, l->in_shape, sizeof l->in_shape);
+  return CPK_OK;
+}
+
+static int dropout_forward(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
+                           cpk_tensor *y, int training) {
+  dropout *s = l->priv;
+  int64_t n = cpk_tensor_numel(x);
+  cpk_tensor_free(s->scale);
+  s->scale = NULL;
+  if (!training || s->p == 0.0) {
+    cpk__copy(ctx, x->dtype, n, x->data, y->data);
+    return CPK_OK;
+  }
+  int rc = cpk_tensor_new(&s->scale, x->dtype, x->ndim, x->shape);
+  if (rc != CPK_OK)
+    return rc;
+  double keep = s->p < 1.0 ? 1.0 / (1.0 - s->p) : 0.0;
+  for (int64_t i = 0; i < n; i++)
+    cpk_tensor_set(s->scale, i,
+                   cpk__rng_uniform(&ctx->rng) >= s->p ? keep : 0.0);
+  cpk__mul_broadcast(ctx, x->dtype, 1, n, s->scale->data, x->data, y->data);
+  return CPK_OK;
+}
+
+static int dropout_jac_mat(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
+                           const cpk_tensor *y, const cpk_tensor *in,
+                           cpk_tensor *out) {
+  const dropout *s = l->priv;
+  int64_t m = cpk_tensor_numel(x);
+  if (s->scale == NULL)
+    cpk__copy(ctx, in->dtype, cpk_tensor_numel(in), in->data, out->data);
+  else
+    cpk__mul_broadcast(ctx, in->dtype, cpk_tensor_numel(in) / m, m,
+                       s->scale->data, in->data, out->data);
+  return CPK_OK;
+}
+
+static void dropout_destroy(cpk__layer *l) {
+  dropout *s = l->priv;
+  if (s != NULL)
+    cpk_tensor_free(s->scale);
+  cpk__free(s);
+}
+
+const cpk__layer_kind cpk__dropout_kind = {
+    .name = "dropout",
+    .args = dropout_args,
+    .nargs = 2,
+    .configure = dropout_configure,
+    .build = dropout_build,
+    .forward = dropout_forward,
+    .jac_t_mat = dropout_jac_mat,
+    .jac_mat = dropout_jac_mat,
+    .destroy = dropout_destroy,
+};

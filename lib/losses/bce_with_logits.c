@@ -1,0 +1,46 @@
+/*
+ * bce_with_logits.c: nn.BCEWithLogitsLoss on any number of outputs.
+ * l = sum over outputs of max(f,0) - f y + log(1 + exp(-|f|)) (stable form
+ * of -[y log s + (1-y) log(1-s)], s = sigmoid(f)); dL/df = c (s - y);
+ * mean divides by every output element.
+ */
+#include <math.h>
+
+#include "loss.h"
+
+static int64_t bce_mean_count(const cpk_tensor *f) {
+  return cpk_tensor_numel(f);
+}
+
+static int bce_check_target(const cpk_tensor *f, const cpk_tensor *target) {
+  return cpk__loss_check_float_target(&cpk__bce_with_logits_loss, f, target);
+}
+
+static double sigmoid(double x) {
+  if (x >= 0)
+    return 1.0 / (1.0 + exp(-x));
+  double e = exp(x);
+  return e / (1.0 + e);
+}
+
+static int bce_value_grad(cpk_context *ctx, double c, const cpk_tensor *f,
+                          const cpk_tensor *target, double *loss,
+                          cpk_tensor *grad) {
+  int64_t m = cpk_tensor_numel(f);
+  double total = 0.0;
+  for (int64_t i = 0; i < m; i++) {
+    double x = cpk_tensor_get(f, i), y = cpk_tensor_get(target, i);
+    total += fmax(x, 0.0) - x * y + log1p(exp(-fabs(x)));
+    cpk_tensor_set(grad, i, c * (sigmoid(x) - y));
+  }
+  *loss = c * total;
+  return CPK_OK;
+}
+
+const cpk__loss_def cpk__bce_with_logits_loss = {
+    .kind = CPK_LOSS_BCE_WITH_LOGITS,
+    .name = "bce_with_logits",
+    .check_target = bce_check_target,
+    .mean_count = bce_mean_count,
+    .value_grad = bce_value_grad,
+};

@@ -1,0 +1,39 @@
+/*
+ * loss.h: the losses (one file each). Every loss is L = c * sum_n l_n
+ * (backpack-reference.md, "Scaling"): c = 1 for sum; for mean, c = 1/R with
+ * R = N times the spatial positions (cross-entropy) or the number of output
+ * elements (MSE, BCE-with-logits), exactly as PyTorch defines them.
+ * Values are accumulated in double whatever the dtype.
+ */
+#ifndef CPK_LOSS_H
+#define CPK_LOSS_H
+
+#include "context.h"
+#include "internal.h"
+
+typedef struct cpk__loss_def {
+  cpk_loss_kind kind;
+  const char *name;
+  /* Validate the target against the output f [N, *out]: dtype, shape and
+   * values (class indices in range, finite floats). */
+  int (*check_target)(const cpk_tensor *f, const cpk_tensor *target);
+  /* The number R that `mean` divides by. */
+  int64_t (*mean_count)(const cpk_tensor *f);
+  /* *loss := L, grad := dL/df ([N, *out], f's dtype). c is the scale. */
+  int (*value_grad)(cpk_context *ctx, double c, const cpk_tensor *f,
+                    const cpk_tensor *target, double *loss, cpk_tensor *grad);
+} cpk__loss_def;
+
+const cpk__loss_def *cpk__loss_get(cpk_loss_kind kind);
+/* c of the reduction for this output. */
+double cpk__loss_scale(const cpk__loss_def *def, cpk_reduction red,
+                       const cpk_tensor *f);
+/* Shared check: a float target of exactly f's shape, all finite. */
+int cpk__loss_check_float_target(const cpk__loss_def *def, const cpk_tensor *f,
+                                 const cpk_tensor *target);
+
+extern const cpk__loss_def cpk__cross_entropy_loss;
+extern const cpk__loss_def cpk__mse_loss;
+extern const cpk__loss_def cpk__bce_with_logits_loss;
+
+#endif

@@ -1,0 +1,95 @@
+/* ops_cpu.c: the CPU (reference) implementation of the device operations:
+ * BLAS for matrix products, OpenMP loops for the rest. */
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+#include "ops.h"
+
+#define CPK_T float
+#define CPK_SFX f32
+#define CPK_FN(name) name##f
+#include "kernels/elementwise.inc"
+#undef CPK_T
+#undef CPK_SFX
+#undef CPK_FN
+
+#define CPK_T double
+#define CPK_SFX f64
+#define CPK_FN(name) name
+#include "kernels/elementwise.inc"
+#undef CPK_T
+#undef CPK_SFX
+#undef CPK_FN
+
+void cpk__gemm(const cpk_context *ctx, cpk_dtype dt, int trans_a, int trans_b,
+               int64_t m, int64_t n, int64_t k, double alpha, const void *a,
+               int64_t lda, const void *b, int64_t ldb, double beta, void *c,
+               int64_t ldc) {
+  (void)ctx;
+  if (m == 0 || n == 0)
+    return;
+  enum CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans;
+  enum CBLAS_TRANSPOSE tb = trans_b ? CblasTrans : CblasNoTrans;
+  if (dt == CPK_F32)
+    cblas_sgemm(CblasRowMajor, ta, tb, (blasint)m, (blasint)n, (blasint)k,
+                (float)alpha, a, (blasint)lda, b, (blasint)ldb, (float)beta, c,
+                (blasint)ldc);
+  else
+    cblas_dgemm(CblasRowMajor, ta, tb, (blasint)m, (blasint)n, (blasint)k,
+                alpha, a, (blasint)lda, b, (blasint)ldb, beta, c, (blasint)ldc);
+}
+
+void cpk__copy(const cpk_context *ctx, cpk_dtype dt, int64_t n, const void *x,
+               void *y) {
+  (void)ctx;
+  if (x != y)
+    memcpy(y, x, (size_t)n * cpk_dtype_size(dt));
+}
+
+void cpk__axpy(const cpk_context *ctx, cpk_dtype dt, int64_t n, double alpha,
+               const void *x, void *y) {
+  (void)ctx;
+  if (dt == CPK_F32)
+    axpy_f32(n, alpha, x, y);
+  else
+    axpy_f64(n, alpha, x, y);
+}
+
+void cpk__scale(const cpk_context *ctx, cpk_dtype dt, int64_t n, double alpha,
+                void *x) {
+  (void)ctx;
+  if (dt == CPK_F32)
+    scale_f32(n, alpha, x);
+  else
+    scale_f64(n, alpha, x);
+}
+
+void cpk__sum_rows(const cpk_context *ctx, cpk_dtype dt, int64_t blocks,
+                   int64_t rows, int64_t cols, const void *x, double beta,
+                   void *out) {
+  (void)ctx;
+  if (dt == CPK_F32)
+    sum_rows_f32(blocks, rows, cols, x, beta, out);
+  else
+    sum_rows_f64(blocks, rows, cols, x, beta, out);
+}
+
+void cpk__mul_broadcast(const cpk_context *ctx, cpk_dtype dt, int64_t v,
+                        int64_t m, const void *d, const void *in, void *out) {
+  (void)ctx;
+  if (dt == CPK_F32)
+    mul_broadcast_f32(v, m, d, in, out);
+  else
+    mul_broadcast_f64(v, m, d, in, out);
+}
+
+void cpk__act_eval(const cpk_context *ctx, cpk_dtype dt, cpk__act act,
+                   double param, cpk__act_order order, int64_t n,
+                   const void *x, const void *y, void *out) {
+  (void)ctx;
+  if (dt == CPK_F32)
+    act_eval_f32(act, param, order, n, x, y, out);
+  else
+    act_eval_f64(act, param, order, n, x, y, out);
+}

@@ -1,0 +1,75 @@
+/* results.c: a named list of result tensors. */
+#include <stdio.h>
+#include <string.h>
+
+#include "results.h"
+
+struct cpk_results {
+  int count, cap;
+  struct {
+    char name[64];
+    cpk_tensor *t;
+  } *items;
+};
+
+int cpk__results_new(cpk_results **out) {
+  *out = cpk__calloc(sizeof **out);
+  return *out ? CPK_OK : CPK_ENOMEM;
+}
+
+int cpk__results_add(cpk_results *r, const char *name, cpk_tensor *t) {
+  if (strlen(name) >= sizeof r->items[0].name) {
+    cpk_tensor_free(t);
+    return cpk__fail(CPK_EINVAL, "result name '%s' is too long", name);
+  }
+  if (r->count == r->cap) {
+    int cap = r->cap ? 2 * r->cap : 16;
+    void *grown = cpk__malloc((size_t)cap * sizeof *r->items);
+    if (grown == NULL) {
+      cpk_tensor_free(t);
+      return CPK_ENOMEM;
+    }
+    if (r->count)
+      memcpy(grown, r->items, (size_t)r->count * sizeof *r->items);
+    cpk__free(r->items);
+    r->items = grown;
+    r->cap = cap;
+  }
+  snprintf(r->items[r->count].name, sizeof r->items[0].name, "%s", name);
+  r->items[r->count++].t = t;
+  return CPK_OK;
+}
+
+int cpk__results_alloc(cpk_results *r, const char *name, cpk_dtype dtype,
+                       int ndim, const int64_t *shape, cpk_tensor **t) {
+  int rc = cpk_tensor_new(t, dtype, ndim, shape);
+  if (rc != CPK_OK)
+    return cpk__fail_prefix(rc, "result %s", name);
+  return cpk__results_add(r, name, *t);
+}
+
+int cpk_results_count(const cpk_results *r) { return r->count; }
+
+const char *cpk_results_name(const cpk_results *r, int i) {
+  return i >= 0 && i < r->count ? r->items[i].name : NULL;
+}
+
+const cpk_tensor *cpk_results_tensor(const cpk_results *r, int i) {
+  return i >= 0 && i < r->count ? r->items[i].t : NULL;
+}
+
+const cpk_tensor *cpk_results_find(const cpk_results *r, const char *name) {
+  for (int i = 0; i < r->count; i++)
+    if (strcmp(r->items[i].name, name) == 0)
+      return r->items[i].t;
+  return NULL;
+}
+
+void cpk_results_free(cpk_results *r) {
+  if (r == NULL)
+    return;
+  for (int i = 0; i < r->count; i++)
+    cpk_tensor_free(r->items[i].t);
+  cpk__free(r->items);
+  cpk__free(r);
+}

@@ -1,0 +1,14 @@
+/* results.h: building a cpk_results (private). */
+#ifndef CPK_RESULTS_H
+#define CPK_RESULTS_H
+
+#include "internal.h"
+
+int cpk__results_new(cpk_results **out);
+/* Append a tensor under `name`; takes ownership of `t` (freed on failure). */
+int cpk__results_add(cpk_results *r, const char *name, cpk_tensor *t);
+/* Allocate a zeroed tensor and append it; *t points to it (owned by r). */
+int cpk__results_alloc(cpk_results *r, const char *name, cpk_dtype dtype,
+                       int ndim, const int64_t *shape, cpk_tensor **t);
+
+#endif
