@@ -34,6 +34,7 @@ int cpk_extension_available(const char *name) {
 
 int cpk__extensions_parse(const char *list, const cpk__extension_entry **out,
                           int *count) {
+  const cpk__extension_entry *missing = NULL;
   *count = 0;
   if (list == NULL)
     return CPK_OK;
@@ -47,9 +48,8 @@ int cpk__extensions_parse(const char *list, const cpk__extension_entry **out,
                          "unknown extension '%.*s' (see curvpack compute "
                          "--help for the list)",
                          (int)len, p);
-      if (e->impl == NULL)
-        return cpk__fail(CPK_ENOTSUP,
-                         "extension '%s' is not implemented yet", e->name);
+      if (e->impl == NULL && missing == NULL)
+        missing = e; /* reported after every name is known to be valid */
       int dup = 0;
       for (int i = 0; i < *count; i++)
         dup |= out[i] == e;
@@ -58,5 +58,8 @@ int cpk__extensions_parse(const char *list, const cpk__extension_entry **out,
     }
     p += len + (end ? 1 : 0);
   }
+  if (missing != NULL)
+    return cpk__fail(CPK_ENOTSUP, "extension '%s' is not implemented yet",
+                     missing->name);
   return CPK_OK;
 }

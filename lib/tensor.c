@@ -1,5 +1,7 @@
 /* tensor.c: dense tensors, dtypes and overflow-checked shape arithmetic. */
 #include <math.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -114,6 +116,9 @@ int cpk_tensor_new(cpk_tensor **out, cpk_dtype dtype, int ndim,
   if ((rc = cpk__mul_size((size_t)numel, cpk_dtype_size(dtype), &bytes,
                           "tensor")) != CPK_OK)
     return rc;
+  if (bytes > (size_t)PTRDIFF_MAX)
+    return cpk__fail(CPK_EOVERFLOW, "tensor: %zu bytes overflow the address "
+                     "space", bytes);
   cpk_tensor *t = cpk__calloc(sizeof *t);
   if (t == NULL)
     return CPK_ENOMEM;
