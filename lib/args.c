@@ -1,5 +1,6 @@
 /* args.c: parse and bind the arguments of a model-file line. */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,11 +30,14 @@ static int parse_value(const cpk__arg_spec *a, const char *text,
                        a->name, text);
     return CPK_OK;
   case CPK__ARG_FLOAT:
-    errno = 0;
+    /* Underflow (errno = ERANGE, a tiny result) is fine; overflow is inf. */
     v->f = strtod(text, &end);
-    if (errno != 0 || end == text || *end != '\0')
+    if (end == text || *end != '\0')
       return cpk__fail(CPK_EFORMAT, "%s: %s='%s' is not a number", where,
                        a->name, text);
+    if (!isfinite(v->f))
+      return cpk__fail(CPK_EFORMAT, "%s: %s='%s' is not a finite number",
+                       where, a->name, text);
     return CPK_OK;
   case CPK__ARG_BOOL:
     if (strcmp(text, "true") == 0 || strcmp(text, "True") == 0)
@@ -52,24 +56,25 @@ static int parse_value(const cpk__arg_spec *a, const char *text,
     /* a tuple of integers, as below */
     __attribute__((fallthrough));
   case CPK__ARG_INTS: {
+    /* Integers separated by single commas: "3" or "3,3"; no empty item. */
     char buf[128];
     if (strlen(text) >= sizeof buf)
       return cpk__fail(CPK_EFORMAT, "%s: %s='%.32s...' is too long", where,
                        a->name, text);
     strcpy(buf, text);
-    char *save = NULL;
-    for (char *tok = strtok_r(buf, ",", &save); tok != NULL;
-         tok = strtok_r(NULL, ",", &save)) {
+    for (char *tok = buf;;) {
+      char *comma = strchr(tok, ',');
+      if (comma)
+        *comma = '\0';
       if (v->nints == CPK_MAX_DIMS || parse_int(tok, &v->ints[v->nints]) != 0)
         return cpk__fail(CPK_EFORMAT,
                          "%s: %s='%s' is not an integer or a tuple like 3,3",
                          where, a->name, text);
       v->nints++;
+      if (comma == NULL)
+        break;
+      tok = comma + 1;
     }
-    if (v->nints == 0 || text[strlen(text) - 1] == ',' || text[0] == ',')
-      return cpk__fail(CPK_EFORMAT,
-                       "%s: %s='%s' is not an integer or a tuple like 3,3",
-                       where, a->name, text);
     return CPK_OK;
   }
   }

@@ -60,6 +60,9 @@ int cpk_model_parse(cpk_model **out, const char *text, const char *name) {
   }
   int lineno = 0;
   char *line = copy;
+  /* A UTF-8 byte order mark (written by some editors) is not text. */
+  if (strncmp(line, "\xEF\xBB\xBF", 3) == 0)
+    line += 3;
   for (char *next; line != NULL; line = next) {
     next = strchr(line, '\n');
     if (next)

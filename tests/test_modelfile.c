@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "args.h" /* the binder behind every line, for tuple arguments */
 #include "curvpack.h"
 #include "testutil.h"
 
@@ -645,7 +646,7 @@ static void test_shape_mismatch_at_build(void **state) {
   assert_int_equal(cpk_model_build(m, 1, in, CPK_F64), CPK_ESHAPE);
   assert_contains(cpk_last_error(), "net.txt:3");
   assert_contains(cpk_last_error(), "5");
-  assert_contains(cpk_last_error(), "(4)");
+  assert_contains(cpk_last_error(), "(4,)");
   cpk_model_free(m);
 
   /* a mismatch between two layers names the second */
@@ -653,8 +654,86 @@ static void test_shape_mismatch_at_build(void **state) {
   cpk_clear_error();
   assert_int_equal(cpk_model_build(m, 1, in, CPK_F32), CPK_ESHAPE);
   assert_contains(cpk_last_error(), "net.txt:3");
-  assert_contains(cpk_last_error(), "(6)");
+  assert_contains(cpk_last_error(), "(6,)");
   cpk_model_free(m);
+}
+
+
+/* ------------------------------------------------ tuple arguments (args.h)
+ * No layer of this release takes a tuple; the convolution and pooling lines
+ * of later releases do ("3,3", padding=same). Their binder is tested here
+ * directly. */
+
+static const cpk__arg_spec CONV_SPEC[] = {
+    {"kernel_size", CPK__ARG_INTS, NULL},
+    {"padding", CPK__ARG_PADDING, "0"},
+    {"eps", CPK__ARG_FLOAT, "1e-5"},
+};
+
+static int bind(const char *line, cpk__arg_value *vals) {
+  char buf[256], *words[16];
+  int n = 0;
+  snprintf(buf, sizeof buf, "%s", line);
+  for (char *save = NULL, *w = strtok_r(buf, " ", &save); w && n < 16;
+       w = strtok_r(NULL, " ", &save))
+    words[n++] = w;
+  cpk_clear_error();
+  return cpk__args_bind(CONV_SPEC, 3, n, words, vals, "net.txt:7: conv2d");
+}
+
+static void test_tuple_arguments(void **state) {
+  (void)state;
+  cpk__arg_value v[3];
+  int64_t t[3];
+  tu_ok(bind("3", v));
+  assert_int_equal(v[0].nints, 1);
+  assert_int_equal(v[0].ints[0], 3);
+  assert_true(v[0].given);
+  assert_false(v[1].given);
+  assert_int_equal(v[1].nints, 1); /* default padding 0 */
+  assert_int_equal(v[1].ints[0], 0);
+  assert_true(v[2].f == 1e-5);
+  tu_ok(cpk__args_tuple(&v[0], "kernel_size", 3, t, "x"));
+  assert_int_equal(t[0], 3);
+  assert_int_equal(t[2], 3);
+
+  tu_ok(bind("3,5 padding=same", v));
+  assert_int_equal(v[0].nints, 2);
+  assert_int_equal(v[0].ints[0], 3);
+  assert_int_equal(v[0].ints[1], 5);
+  assert_string_equal(v[1].word, "same");
+  tu_ok(cpk__args_tuple(&v[0], "kernel_size", 2, t, "x"));
+  assert_int_equal(t[1], 5);
+  assert_int_equal(cpk__args_tuple(&v[0], "kernel_size", 3, t, "net.txt:7"),
+                   CPK_EFORMAT);
+  assert_non_null(strstr(cpk_last_error(), "kernel_size"));
+
+  tu_ok(bind("kernel_size=1,2,3 padding=1,0,1 eps=1e-3", v));
+  assert_int_equal(v[0].nints, 3);
+  assert_int_equal(v[1].nints, 3);
+  assert_int_equal(v[1].ints[0], 1);
+  assert_string_equal(v[1].word, "");
+  tu_ok(bind("2 valid", v));
+  assert_string_equal(v[1].word, "valid");
+
+  static const char *const bad[] = {
+      "3,,3", "3,", ",3", ",", "3;3", "3,x", "", "1,2,3,4,5,6,7,8,9",
+      "3 padding=Same", "3 padding=1,,1", "3 eps=1e999", "3 eps=-inf",
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    char line[64];
+    /* an empty first word stands for kernel_size= */
+    snprintf(line, sizeof line, "%s%s", bad[i][0] && bad[i][0] != ','
+                                            ? ""
+                                            : "kernel_size=",
+             bad[i]);
+    int rc = bind(line, v);
+    if (rc != CPK_EFORMAT || strstr(cpk_last_error(), "net.txt:7") == NULL) {
+      print_error("'%s' bound with %s: %s\n", line, cpk_err_name(rc),
+                  cpk_last_error());
+      fail();
+    }
+  }
 }
 
 /* ------------------------------------------------------------- files */
@@ -795,6 +874,7 @@ int main(void) {
       cmocka_unit_test(test_too_many_words),
       cmocka_unit_test(test_empty_model),
       cmocka_unit_test(test_shape_mismatch_at_build),
+      cmocka_unit_test(test_tuple_arguments),
       cmocka_unit_test_setup_teardown(test_load_file, setup_tmp, teardown_tmp),
       cmocka_unit_test_setup_teardown(test_load_long_file, setup_tmp,
                                       teardown_tmp),
