@@ -4,7 +4,8 @@
  * Backward, for layer i = L-1 .. 0 with g = dL/d(output of layer i) held as
  * a block [1, N, *out_i]:
  *   grad(theta_p) = sum_n J_{theta_p,n}^T g_n   (param_jac_t_mat, V = 1)
- *   g            <- J_x^T g                      (jac_t_mat), unless i = 0.
+ *   g            <- J_x^T g                      (jac_t_mat)
+ * down to the lowest layer that has parameters (nothing below needs g).
  */
 #include <stdio.h>
 #include <string.h>
@@ -136,14 +137,24 @@ static int param_grads(cpk__pass *pass, int i, const cpk_tensor *g) {
   return CPK_OK;
 }
 
+/* The lowest layer with trainable parameters: below it nothing needs g. */
+static int first_trained_layer(const cpk_model *m) {
+  for (int i = 0; i < m->nlayers; i++)
+    for (int p = 0; p < m->layers[i]->nparams; p++)
+      if (m->layers[i]->params[p].trainable)
+        return i;
+  return m->nlayers;
+}
+
 static int backward(cpk__pass *pass, cpk_tensor *g) {
   cpk_model *m = pass->model;
+  const int stop = first_trained_layer(m);
   int rc = CPK_OK;
-  for (int i = m->nlayers - 1; i >= 0 && rc == CPK_OK; i--) {
+  for (int i = m->nlayers - 1; i >= stop && rc == CPK_OK; i--) {
     cpk__layer *l = m->layers[i];
     if ((rc = param_grads(pass, i, g)) != CPK_OK)
       break;
-    if (i == 0)
+    if (i == stop)
       break;
     cpk_tensor *gin;
     if ((rc = cpk__block_new(&gin, m->dtype, 1, pass->n, l->in_ndim,
