@@ -64,9 +64,11 @@ int cli_parse(const char *command, const char *summary, int argc, char **argv,
       *o->flag = 1;
     } else if (eq) {
       *o->value = eq + 1;
-    } else if (i + 1 < argc) {
+    } else if (i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0) {
       *o->value = argv[++i];
     } else {
+      /* At the end, or followed by another option: as argparse does, the
+       * next option is not taken for this one's value (--name=--x is). */
       return cli_error(CPK_EUSAGE, "%s: option '--%s' needs a value (%s)",
                        command, o->name, o->metavar);
     }
@@ -112,8 +114,11 @@ int cli_parse_int(const char *name, const char *text, int64_t min,
 }
 
 int cli_require(const char *command, const char *name, const char *value) {
-  if (value != NULL)
+  if (value != NULL && value[0] != '\0')
     return 0;
+  if (value != NULL)
+    return cli_error(CPK_EUSAGE, "%s: --%s is empty (a path is expected)",
+                     command, name);
   return cli_error(CPK_EUSAGE, "%s: missing --%s (see curvpack %s --help)",
                    command, name, command);
 }

@@ -11,6 +11,8 @@
 
 int cli_make_dir(const char *path) {
   char buf[PATH_MAX];
+  if (path[0] == '\0')
+    return cli_error(CPK_EUSAGE, "the output directory name is empty");
   if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
     return cli_error(CPK_EINVAL, "output directory name is too long: '%s'",
                      path);

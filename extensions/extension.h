@@ -1,15 +1,42 @@
 /*
  * extension.h: the extensions of `curvpack compute --ext` (one file each in
- * extensions/, listed in registry.c). Each extension is a small table of
- * handlers the engine calls during the backward pass; intermediates that
- * several extensions need are computed once per pass by the engine.
+ * extensions/, listed in registry.c). An extension is a small table of
+ * handlers the engine calls during the backward pass. First-order
+ * extensions work at each parameter from the layer's input x and the
+ * gradient g = dL/dy flowing into the layer's output (g carries the loss
+ * scale c, so per-sample gradients sum to the gradient).
+ *
+ * Intermediates several extensions need (per-sample gradients, the second
+ * moment) are computed once per parameter through the cpk__site_* helpers.
  */
 #ifndef CPK_EXTENSION_H
 #define CPK_EXTENSION_H
 
 #include "internal.h"
+#include "layer.h"
 
-typedef struct cpk__extension cpk__extension;
+/* What the engine knows at one trainable parameter during backward. */
+typedef struct cpk__param_site {
+  cpk_context *ctx;
+  cpk__layer *layer;
+  int p;                  /* slot in layer->params */
+  const char *name;       /* "1.weight" */
+  int64_t n;              /* batch size */
+  const cpk_tensor *x;    /* layer input [N, *in] */
+  const cpk_tensor *g;    /* dL/dy as a block [1, N, *out] */
+  const cpk_tensor *grad; /* the summed gradient, shape S */
+  cpk_results *results;   /* where extensions add their outputs */
+  /* Cached intermediates (owned by the site, freed after the parameter). */
+  cpk_tensor *grad_batch;       /* [N, *S], or NULL until needed */
+  int grad_batch_in_results;    /* grad_batch is owned by results */
+  cpk_tensor *sum_grad_squared; /* S, or NULL until needed */
+} cpk__param_site;
+
+typedef struct cpk__extension {
+  const char *name;
+  /* Compute this extension's outputs for one parameter. */
+  int (*param)(cpk__param_site *site);
+} cpk__extension;
 
 /* The contract's extension names and this build's implementations. */
 typedef struct cpk__extension_entry {
@@ -19,9 +46,41 @@ typedef struct cpk__extension_entry {
 
 #define CPK__MAX_EXTENSIONS 24
 
-/* Parse a comma-separated list into registry entries (duplicates dropped).
- * CPK_EUSAGE for an unknown name, CPK_ENOTSUP for one not implemented. */
+/* Parse a comma-separated list into registry entries (duplicates dropped),
+ * in the registry's order. CPK_EUSAGE for an unknown name, CPK_ENOTSUP for
+ * one not implemented. */
 int cpk__extensions_parse(const char *list, const cpk__extension_entry **out,
                           int *count);
+
+/* Release the site's cached intermediates. */
+void cpk__site_release(cpk__param_site *s);
+
+/* Allocate a result "NAME.SUFFIX" (e.g. "1.weight.batch_l2") of the given
+ * shape in the model's dtype; *t is owned by the results. */
+int cpk__site_result(cpk__param_site *s, const char *suffix, int ndim,
+                     const int64_t *shape, cpk_tensor **t);
+/* Same with the shape (lead, *S), lead < 0 meaning S alone. */
+int cpk__site_result_like(cpk__param_site *s, const char *suffix,
+                          int64_t lead, cpk_tensor **t);
+
+/* The per-sample gradients [N, *S] (materialised once per parameter). */
+int cpk__site_grad_batch(cpk__param_site *s, const cpk_tensor **out);
+
+/* Visit the per-sample gradients in chunks of consecutive samples, so that
+ * memory stays bounded whatever N: fn gets the first sample and a tensor
+ * [count, *S]. Uses the materialised gradients when they exist. */
+typedef int (*cpk__chunk_fn)(void *ud, int64_t first, const cpk_tensor *chunk);
+int cpk__site_foreach_chunk(cpk__param_site *s, cpk__chunk_fn fn, void *ud);
+
+/* A linear layer on [N, IN] inputs (no extra leading axes): the cases with
+ * rank-one per-sample gradients g_n x_n^T and cheap closed forms. */
+int cpk__site_is_dense_linear(const cpk__param_site *s);
+
+/* sum_n grad_batch[n]^2, shape S (cached). */
+int cpk__site_sum_grad_squared(cpk__param_site *s, const cpk_tensor **out);
+
+/* The extensions, one file each. */
+extern const cpk__extension cpk__batch_grad_ext, cpk__batch_l2_grad_ext,
+    cpk__sum_grad_squared_ext, cpk__variance_ext, cpk__batch_dot_grad_ext;
 
 #endif

@@ -5,9 +5,12 @@
 #include "extension.h"
 
 static const cpk__extension_entry registry[] = {
-    {"batch_grad", NULL},           {"batch_l2_grad", NULL},
-    {"sum_grad_squared", NULL},     {"variance", NULL},
-    {"batch_dot_grad", NULL},       {"diag_ggn_exact", NULL},
+    {"batch_grad", &cpk__batch_grad_ext},
+    {"batch_l2_grad", &cpk__batch_l2_grad_ext},
+    {"sum_grad_squared", &cpk__sum_grad_squared_ext},
+    {"variance", &cpk__variance_ext},
+    {"batch_dot_grad", &cpk__batch_dot_grad_ext},
+    {"diag_ggn_exact", NULL},
     {"diag_ggn_mc", NULL},          {"batch_diag_ggn_exact", NULL},
     {"batch_diag_ggn_mc", NULL},    {"diag_hessian", NULL},
     {"batch_diag_hessian", NULL},   {"kfac", NULL},
@@ -55,6 +58,12 @@ int cpk__extensions_parse(const char *list, const cpk__extension_entry **out,
         dup |= out[i] == e;
       if (!dup && *count < CPK__MAX_EXTENSIONS)
         out[(*count)++] = e;
+      /* Registry order, so batch_grad (which others reuse) runs first. */
+      for (int i = *count - 1; i > 0 && out[i] < out[i - 1]; i--) {
+        const cpk__extension_entry *t = out[i];
+        out[i] = out[i - 1];
+        out[i - 1] = t;
+      }
     }
     p += len + (end ? 1 : 0);
   }

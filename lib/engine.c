@@ -116,6 +116,30 @@ int cpk__forward(cpk__pass *pass, const cpk_tensor *input) {
   return CPK_OK;
 }
 
+/* Every requested extension at parameter p of layer l, which has input
+ * acts[l->index], output gradient g and gradient grad. */
+static int run_extensions(cpk__pass *pass, cpk__layer *l, int p,
+                          const cpk_tensor *g, const cpk_tensor *grad) {
+  char name[48];
+  int rc = CPK_OK;
+  if (pass->next == 0)
+    return CPK_OK;
+  snprintf(name, sizeof name, "%d.%s", l->index, l->params[p].name);
+  cpk__param_site site = {.ctx = pass->ctx,
+                          .layer = l,
+                          .p = p,
+                          .name = name,
+                          .n = pass->n,
+                          .x = pass->acts[l->index],
+                          .g = g,
+                          .grad = grad,
+                          .results = pass->results};
+  for (int e = 0; e < pass->next && rc == CPK_OK; e++)
+    rc = pass->ext[e]->impl->param(&site);
+  cpk__site_release(&site);
+  return rc;
+}
+
 /* The gradient of every parameter of layer i from g [1, N, *out_i]. */
 static int param_grads(cpk__pass *pass, int i, const cpk_tensor *g) {
   cpk__layer *l = pass->model->layers[i];
@@ -132,6 +156,8 @@ static int param_grads(cpk__pass *pass, int i, const cpk_tensor *g) {
       return rc;
     if ((rc = l->kind->param_jac_t_mat(l, pass->ctx, p, pass->acts[i], g, 0,
                                        0.0, grad)) != CPK_OK)
+      return rc;
+    if ((rc = run_extensions(pass, l, p, g, grad)) != CPK_OK)
       return rc;
   }
   return CPK_OK;

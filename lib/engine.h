@@ -8,7 +8,7 @@
 #ifndef CPK_ENGINE_H
 #define CPK_ENGINE_H
 
-#include "../extensions/extension.h"
+#include "extension.h"
 #include "losses/loss.h"
 #include "model.h"
 

@@ -1,0 +1,178 @@
+/*
+ * site.c: the intermediates first-order extensions share at one parameter:
+ * per-sample gradients (materialised once, or visited in bounded chunks)
+ * and the second moment.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "extension.h"
+#include "ops.h"
+#include "results.h"
+
+/* Per-sample gradients are visited in chunks of at most this many bytes. */
+#define CPK__CHUNK_BYTES ((size_t)64 << 20)
+
+void cpk__site_release(cpk__param_site *s) {
+  if (!s->grad_batch_in_results)
+    cpk_tensor_free(s->grad_batch);
+  cpk_tensor_free(s->sum_grad_squared);
+  s->grad_batch = NULL;
+  s->sum_grad_squared = NULL;
+}
+
+static const cpk__param *site_param(const cpk__param_site *s) {
+  return &s->layer->params[s->p];
+}
+
+int cpk__site_result(cpk__param_site *s, const char *suffix, int ndim,
+                     const int64_t *shape, cpk_tensor **t) {
+  char name[96];
+  snprintf(name, sizeof name, "%s.%s", s->name, suffix);
+  return cpk__results_alloc(s->results, name, s->grad->dtype, ndim, shape, t);
+}
+
+int cpk__site_result_like(cpk__param_site *s, const char *suffix,
+                          int64_t lead, cpk_tensor **t) {
+  const cpk__param *p = site_param(s);
+  int64_t shape[CPK_MAX_DIMS + 1];
+  int k = 0;
+  if (lead >= 0)
+    shape[k++] = lead;
+  memcpy(shape + k, p->shape, (size_t)p->ndim * sizeof *shape);
+  return cpk__site_result(s, suffix, p->ndim + k, shape, t);
+}
+
+/* Per-sample gradients of samples [first, first + count) into out
+ * [count, *S]: the layer's param_jac_t_mat on the slices of x and g. */
+static int grad_batch_slice(cpk__param_site *s, int64_t first, int64_t count,
+                            cpk_tensor *out) {
+  cpk_tensor xs, gs;
+  const size_t es = cpk_dtype_size(s->x->dtype);
+  const int64_t xper = cpk_tensor_numel(s->x) / s->n;
+  const int64_t gper = cpk_tensor_numel(s->g) / s->n;
+  int64_t shape[CPK_MAX_DIMS];
+  memcpy(shape, s->x->shape, (size_t)s->x->ndim * sizeof *shape);
+  shape[0] = count;
+  cpk__tensor_view(&xs, s->x->dtype, (char *)s->x->data + first * xper * es,
+                   s->x->ndim, shape);
+  memcpy(shape, s->g->shape, (size_t)s->g->ndim * sizeof *shape);
+  shape[1] = count; /* [1, count, *out] */
+  cpk__tensor_view(&gs, s->g->dtype, (char *)s->g->data + first * gper * es,
+                   s->g->ndim, shape);
+  return s->layer->kind->param_jac_t_mat(s->layer, s->ctx, s->p, &xs, &gs, 1,
+                                         0.0, out);
+}
+
+int cpk__site_grad_batch(cpk__param_site *s, const cpk_tensor **out) {
+  if (s->grad_batch == NULL) {
+    const cpk__param *p = site_param(s);
+    int64_t shape[CPK_MAX_DIMS + 1];
+    shape[0] = s->n;
+    memcpy(shape + 1, p->shape, (size_t)p->ndim * sizeof *shape);
+    int rc = cpk_tensor_new(&s->grad_batch, s->grad->dtype, p->ndim + 1, shape);
+    if (rc == CPK_OK)
+      rc = grad_batch_slice(s, 0, s->n, s->grad_batch);
+    if (rc != CPK_OK) {
+      cpk_tensor_free(s->grad_batch);
+      s->grad_batch = NULL;
+      return rc;
+    }
+  }
+  *out = s->grad_batch;
+  return CPK_OK;
+}
+
+int cpk__site_foreach_chunk(cpk__param_site *s, cpk__chunk_fn fn, void *ud) {
+  if (s->grad_batch != NULL)
+    return fn(ud, 0, s->grad_batch);
+  const cpk__param *p = site_param(s);
+  const int64_t per = cpk_tensor_numel(p->value);
+  const size_t bytes = (size_t)per * cpk_dtype_size(s->grad->dtype);
+  int64_t step = (int64_t)(CPK__CHUNK_BYTES / (bytes ? bytes : 1));
+  if (step < 1)
+    step = 1;
+  if (step > s->n)
+    step = s->n;
+  int64_t shape[CPK_MAX_DIMS + 1];
+  shape[0] = step;
+  memcpy(shape + 1, p->shape, (size_t)p->ndim * sizeof *shape);
+  cpk_tensor *chunk;
+  int rc = cpk_tensor_new(&chunk, s->grad->dtype, p->ndim + 1, shape);
+  for (int64_t first = 0; rc == CPK_OK && first < s->n; first += step) {
+    int64_t count = s->n - first < step ? s->n - first : step;
+    chunk->shape[0] = count;
+    if ((rc = grad_batch_slice(s, first, count, chunk)) == CPK_OK)
+      rc = fn(ud, first, chunk);
+  }
+  cpk_tensor_free(chunk);
+  return rc;
+}
+
+int cpk__site_is_dense_linear(const cpk__param_site *s) {
+  return s->layer->kind == &cpk__linear_kind && s->x->ndim == 2;
+}
+
+/* sgs += sum over the chunk's samples of grad_batch^2. */
+static int add_squares(void *ud, int64_t first, const cpk_tensor *chunk) {
+  cpk_tensor *sgs = ud;
+  const int64_t per = cpk_tensor_numel(sgs), count = chunk->shape[0];
+  if (sgs->dtype == CPK_F32) {
+    const float *c = chunk->data;
+    float *o = sgs->data;
+    for (int64_t n = 0; n < count; n++)
+      for (int64_t k = 0; k < per; k++)
+        o[k] += c[n * per + k] * c[n * per + k];
+  } else {
+    const double *c = chunk->data;
+    double *o = sgs->data;
+    for (int64_t n = 0; n < count; n++)
+      for (int64_t k = 0; k < per; k++)
+        o[k] += c[n * per + k] * c[n * per + k];
+  }
+  return CPK_OK;
+}
+
+/* Linear on [N, IN]: grad_batch[n] = g_n x_n^T (bias: g_n), so
+ * sum_n grad_batch[n]^2 = (G o G)^T (X o X)   ([OUT,N][N,IN]),
+ * bias: sum_n g_n^2. G [N, OUT], X [N, IN], o the elementwise product. */
+static int linear_sum_grad_squared(cpk__param_site *s, cpk_tensor *sgs) {
+  const int64_t n = s->n, fo = s->g->shape[2], fi = s->x->shape[1];
+  int64_t gshape[2] = {n, fo}, xshape[2] = {n, fi};
+  cpk_tensor *g2 = NULL, *x2 = NULL;
+  int rc = cpk_tensor_new(&g2, s->g->dtype, 2, gshape);
+  if (rc != CPK_OK)
+    return rc;
+  cpk__mul_broadcast(s->ctx, s->g->dtype, 1, n * fo, s->g->data, s->g->data,
+                     g2->data);
+  if (s->p == 1) { /* bias */
+    cpk__sum_rows(s->ctx, s->g->dtype, 1, n, fo, g2->data, 0.0, sgs->data);
+  } else if ((rc = cpk_tensor_new(&x2, s->x->dtype, 2, xshape)) == CPK_OK) {
+    cpk__mul_broadcast(s->ctx, s->x->dtype, 1, n * fi, s->x->data, s->x->data,
+                       x2->data);
+    cpk__gemm(s->ctx, s->g->dtype, 1, 0, fo, fi, n, 1.0, g2->data, fo,
+              x2->data, fi, 0.0, sgs->data, fi);
+  }
+  cpk_tensor_free(g2);
+  cpk_tensor_free(x2);
+  return rc;
+}
+
+int cpk__site_sum_grad_squared(cpk__param_site *s, const cpk_tensor **out) {
+  if (s->sum_grad_squared == NULL) {
+    const cpk__param *p = site_param(s);
+    int rc = cpk_tensor_new(&s->sum_grad_squared, s->grad->dtype, p->ndim,
+                            p->shape);
+    if (rc == CPK_OK)
+      rc = cpk__site_is_dense_linear(s) && s->grad_batch == NULL
+               ? linear_sum_grad_squared(s, s->sum_grad_squared)
+               : cpk__site_foreach_chunk(s, add_squares, s->sum_grad_squared);
+    if (rc != CPK_OK) {
+      cpk_tensor_free(s->sum_grad_squared);
+      s->sum_grad_squared = NULL;
+      return rc;
+    }
+  }
+  *out = s->sum_grad_squared;
+  return CPK_OK;
+}

@@ -1,0 +1,21 @@
+/* sum_grad_squared.c: the second moment P.sum_grad_squared (shape S),
+ * sum_n grad_batch[n]^2 (BackPACK's SumGradSquared); see site.c for the
+ * closed form of linear layers. */
+#include <string.h>
+
+#include "extension.h"
+
+static int sgs_param(cpk__param_site *s) {
+  const cpk_tensor *sgs;
+  cpk_tensor *out;
+  int rc = cpk__site_sum_grad_squared(s, &sgs);
+  if (rc == CPK_OK)
+    rc = cpk__site_result_like(s, "sum_grad_squared", -1, &out);
+  if (rc == CPK_OK)
+    memcpy(out->data, sgs->data,
+           (size_t)cpk_tensor_numel(sgs) * cpk_dtype_size(sgs->dtype));
+  return rc;
+}
+
+const cpk__extension cpk__sum_grad_squared_ext = {"sum_grad_squared",
+                                                  sgs_param};
