@@ -1,6 +1,6 @@
 /*
  * extension.h: the extensions of `curvpack compute --ext` (one file each in
- * extensions/, listed in registry.c). An extension is a small table of
+ * extensions/, listed in ext_registry.c). An extension is a small table of
  * handlers the engine calls during the backward pass. First-order
  * extensions work at each parameter from the layer's input x and the
  * gradient g = dL/dy flowing into the layer's output (g carries the loss

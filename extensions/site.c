@@ -10,9 +10,6 @@
 #include "ops.h"
 #include "results.h"
 
-/* Per-sample gradients are visited in chunks of at most this many bytes. */
-#define CPK__CHUNK_BYTES ((size_t)64 << 20)
-
 void cpk__site_release(cpk__param_site *s) {
   if (!s->grad_batch_in_results)
     cpk_tensor_free(s->grad_batch);
@@ -89,7 +86,8 @@ int cpk__site_foreach_chunk(cpk__param_site *s, cpk__chunk_fn fn, void *ud) {
   const cpk__param *p = site_param(s);
   const int64_t per = cpk_tensor_numel(p->value);
   const size_t bytes = (size_t)per * cpk_dtype_size(s->grad->dtype);
-  int64_t step = (int64_t)(CPK__CHUNK_BYTES / (bytes ? bytes : 1));
+  /* Chunks of at most ctx->work_bytes. */
+  int64_t step = (int64_t)(s->ctx->work_bytes / (bytes ? bytes : 1));
   if (step < 1)
     step = 1;
   if (step > s->n)

@@ -35,6 +35,7 @@ int cpk_context_new(cpk_context **out, const cpk_context_options *opts) {
   ctx->seed = opts->seed;
   ctx->mc_samples = opts->mc_samples > 0 ? opts->mc_samples : 1;
   cpk__rng_seed(&ctx->rng, ctx->seed);
+  ctx->work_bytes = (size_t)64 << 20;
   *out = ctx;
   return CPK_OK;
 }

@@ -10,7 +10,9 @@ struct cpk_context {
   cpk_device device;
   uint64_t seed;
   int mc_samples;
-  cpk__rng rng; /* drawn from by dropout and MC sampling, reseeded per pass */
+  cpk__rng rng; /* drawn from by dropout and MC sampling */
+  size_t work_bytes; /* budget of one chunked intermediate (per-sample
+                        gradients visited in chunks of samples) */
 };
 
 /* Apply the context's thread count to OpenMP and OpenBLAS. */

@@ -97,6 +97,7 @@ int cpk__layer_kind_find(const char *name, const cpk__layer_kind **out);
 extern const cpk__layer_kind cpk__linear_kind;
 extern const cpk__layer_kind cpk__flatten_kind;
 extern const cpk__layer_kind cpk__dropout_kind;
+extern const cpk__layer_kind cpk__batchnorm1d_kind, cpk__batchnorm2d_kind;
 extern const cpk__layer_kind cpk__relu_kind, cpk__sigmoid_kind,
     cpk__tanh_kind, cpk__leaky_relu_kind, cpk__elu_kind, cpk__selu_kind,
     cpk__logsigmoid_kind, cpk__identity_kind, cpk__exp_kind, cpk__log_kind;

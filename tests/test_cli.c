@@ -606,8 +606,33 @@ static void fails(const char *dir, const char *extra, int status,
 static void test_not_implemented(void **state) {
   (void)state;
   const char *d = fixture(BASE_CASE);
-  fails(d, "--ext kfac", 1, "kfac", "not implemented yet", NULL);
-  fails(d, "--ext batch_grad_typo,kfac", 2, "batch_grad_typo", NULL);
+  /* The contract's extensions, in the order later releases bring them:
+   * test with the last that this build does not implement yet. */
+  static const char *const contract_ext[] = {
+      "batch_grad",     "batch_l2_grad",        "sum_grad_squared",
+      "variance",       "batch_dot_grad",       "diag_ggn_exact",
+      "diag_ggn_mc",    "batch_diag_ggn_exact", "batch_diag_ggn_mc",
+      "diag_hessian",   "batch_diag_hessian",   "sqrt_ggn_exact",
+      "sqrt_ggn_mc",    "kflr",                 "kfra",
+      "kfac"};
+  const char *missing = NULL;
+  for (size_t i = 0; i < sizeof contract_ext / sizeof contract_ext[0]; i++) {
+    assert_true(cpk_extension_known(contract_ext[i]));
+    if (!cpk_extension_available(contract_ext[i]))
+      missing = contract_ext[i];
+  }
+  if (missing != NULL) {
+    char extra[128], quoted[128];
+    snprintf(extra, sizeof extra, "--ext %s", missing);
+    snprintf(quoted, sizeof quoted, "'%s'", missing);
+    fails(d, extra, 1, quoted, "not implemented yet", NULL);
+    /* an unknown name in the same list is the usage error */
+    snprintf(extra, sizeof extra, "--ext %s,batch_grad_typo", missing);
+    fails(d, extra, 2, "batch_grad_typo", NULL);
+  } else {
+    print_message("every extension is implemented; nothing to refuse\n");
+  }
+  assert_false(cpk_extension_known("batch_grad_typo"));
   /* a command of the contract that a later release brings */
   assert_int_equal(cli("hvp --model x"), 1);
   assert_error_line("hvp", NULL);

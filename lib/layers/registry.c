@@ -35,8 +35,8 @@ static const struct {
     {"avgpool3d", NULL},
     {"adaptive_avgpool2d", NULL},
     {"zeropad2d", NULL},
-    {"batchnorm1d", NULL},
-    {"batchnorm2d", NULL},
+    {"batchnorm1d", &cpk__batchnorm1d_kind},
+    {"batchnorm2d", &cpk__batchnorm2d_kind},
 };
 
 int cpk__layer_kind_find(const char *name, const cpk__layer_kind **out) {

@@ -1,4 +1,4 @@
-/* registry.c: loss names, scales and the checks the float-target losses share. */
+/* loss_registry.c: loss names, scales and the checks the float-target losses share. */
 #include <string.h>
 
 #include "loss.h"

@@ -1,4 +1,4 @@
-/* registry.c: every extension name of the contract, and which this build
+/* ext_registry.c: every extension name of the contract, and which this build
  * implements. Adding an extension adds its file and fills its line here. */
 #include <string.h>
 

@@ -1,0 +1,331 @@
+/*
+ * batchnorm.c: nn.BatchNorm1d (sample [F] or [F, L]) and nn.BatchNorm2d
+ * (sample [F, H, W]). Per channel c, with x_hat = (x - mean[c]) * istd[c]
+ * and istd[c] = 1 / sqrt(var[c] + eps):
+ *
+ *   y = x_hat * weight[c] + bias[c]       (weight 1, bias 0 if affine=false)
+ *
+ * The batch is viewed as x [N, F, L] (L = 1, the length, or H*W); blocks as
+ * [V, N, F, L]; M = N*L values per channel.
+ *
+ * Evaluation mode (training == 0 in forward, and every curvature
+ * computation, as BackPACK): mean and var are the buffers running_mean and
+ * running_var. The layer is an affine map of each sample on its own:
+ *   J = J^T = diag(weight[c] istd[c]).
+ *
+ * Batch statistics (training != 0, or track_running_stats=false in either
+ * mode, as PyTorch): mean[c] and var[c] are the mean and the biased variance
+ * of the M values of channel c. The forward then also updates the buffers as
+ * PyTorch does, in the forward itself:
+ *   running_mean := (1 - momentum) running_mean + momentum mean
+ *   running_var  := (1 - momentum) running_var  + momentum var * M / (M - 1)
+ * (the unbiased variance). Every output depends on every input of its
+ * channel, so the input Jacobian is of the whole batch; per channel, on the
+ * M values, it is the symmetric matrix
+ *   J = J^T = weight istd (I - 1 1^T / M - x_hat x_hat^T / M),
+ * applied to each of the V columns of a block (jac_t_mat and jac_mat).
+ *
+ * Parameter Jacobians, in both modes (x_hat does not depend on weight and
+ * bias): d y[n,c,l] / d weight[c] = x_hat[n,c,l], d y[n,c,l] / d bias[c] = 1.
+ * So the summed products are the usual sum_{n,l} g x_hat and sum_{n,l} g,
+ * and the per-sample ones are sample n's terms sum_l g_n x_hat_n and
+ * sum_l g_n. With batch statistics these per-sample terms are the
+ * contributions of each sample's output to the batch gradient (they sum to
+ * it), with the statistics held fixed: BackPACK's and PyTorch's per-sample
+ * convention, not the gradient of a loss of sample n alone (which is not
+ * defined once samples are coupled).
+ *
+ * The forward keeps the statistics it normalised with (mean[F], istd[F], in
+ * double) and whether they were batch statistics; the derivatives rebuild
+ * x_hat from the x they are given. That keeps no [N, F, L] buffer per layer
+ * and lets the per-sample parameter products run on any chunk of the batch.
+ *
+ * Parameters in state_dict order: weight (F,), bias (F,) (trainable; absent
+ * when affine=false), running_mean (F,), running_var (F,) (buffers; absent
+ * when track_running_stats=false). PyTorch's num_batches_tracked is not
+ * kept, so momentum=None (a cumulative average) is not supported.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "layer.h"
+
+#define CPK_T float
+#define CPK_SFX f32
+#include "kernels/batchnorm.inc"
+#undef CPK_T
+#undef CPK_SFX
+
+#define CPK_T double
+#define CPK_SFX f64
+#include "kernels/batchnorm.inc"
+#undef CPK_T
+#undef CPK_SFX
+
+/* Sample axes a kind accepts: batchnorm1d [F] or [F, L], batchnorm2d
+ * [F, H, W]. */
+typedef struct {
+  int min_axes, max_axes;
+  const char *what; /* the batched shapes, for messages */
+} bn_axes;
+
+static const bn_axes bn1d_axes = {1, 2, "(N, F) or (N, F, L)"},
+                     bn2d_axes = {3, 3, "(N, F, H, W)"};
+
+typedef struct {
+  int64_t features;
+  double eps, momentum;
+  int affine, track;
+  int p_weight, p_bias, p_mean, p_var; /* slots in l->params, -1 if absent */
+  double *mean, *istd;                 /* [F], of the last forward */
+  int ready;                           /* a forward has run */
+  int batch_stats;                     /* it used batch statistics */
+} batchnorm;
+
+static const cpk__arg_spec bn_args[] = {
+    {"num_features", CPK__ARG_INT, NULL},
+    {"eps", CPK__ARG_FLOAT, "1e-5"},
+    {"momentum", CPK__ARG_FLOAT, "0.1"},
+    {"affine", CPK__ARG_BOOL, "true"},
+    {"track_running_stats", CPK__ARG_BOOL, "true"},
+};
+
+static void bn_destroy(cpk__layer *l) {
+  batchnorm *s = l->priv;
+  if (s != NULL) {
+    cpk__free(s->mean);
+    cpk__free(s->istd);
+  }
+  cpk__free(s);
+}
+
+static int bn_configure(cpk__layer *l, const cpk__arg_value *a) {
+  if (a[0].ints[0] <= 0)
+    return cpk__fail(CPK_EFORMAT, "%s: num_features must be positive, got %lld",
+                     l->where, (long long)a[0].ints[0]);
+  if (!(a[1].f >= 0.0))
+    return cpk__fail(CPK_EFORMAT, "%s: eps must not be negative, got %g",
+                     l->where, a[1].f);
+  batchnorm *s = cpk__calloc(sizeof *s);
+  if (s == NULL)
+    return CPK_ENOMEM;
+  l->priv = s;
+  s->features = a[0].ints[0];
+  s->eps = a[1].f;
+  s->momentum = a[2].f;
+  s->affine = a[3].b;
+  s->track = a[4].b;
+  s->mean = cpk__malloc((size_t)s->features * sizeof *s->mean);
+  s->istd = cpk__malloc((size_t)s->features * sizeof *s->istd);
+  if (s->mean == NULL || s->istd == NULL)
+    return CPK_ENOMEM; /* the caller destroys l */
+  return CPK_OK;
+}
+
+static int bn_build(cpk__layer *l) {
+  batchnorm *s = l->priv;
+  const bn_axes *ax = l->kind->data;
+  char buf[128];
+  int rc = CPK_OK;
+  if (l->in_ndim < ax->min_axes || l->in_ndim > ax->max_axes)
+    return cpk__fail(CPK_ESHAPE,
+                     "%s: expected an input %s, got samples of shape %s",
+                     l->where, ax->what,
+                     cpk_shape_str(buf, sizeof buf, l->in_ndim, l->in_shape));
+  if (l->in_shape[0] != s->features)
+    return cpk__fail(CPK_ESHAPE,
+                     "%s: num_features is %lld but the input has %lld channels "
+                     "(sample shape %s)",
+                     l->where, (long long)s->features,
+                     (long long)l->in_shape[0],
+                     cpk_shape_str(buf, sizeof buf, l->in_ndim, l->in_shape));
+  l->out_ndim = l->in_ndim;
+  memcpy(l->out_shape, l->in_shape, sizeof l->in_shape);
+  s->p_weight = s->p_bias = s->p_mean = s->p_var = -1;
+  s->ready = 0;
+  if (s->affine) {
+    s->p_weight = l->nparams;
+    rc = cpk__layer_declare_param(l, "weight", 1, 1, &s->features);
+    s->p_bias = l->nparams;
+    if (rc == CPK_OK)
+      rc = cpk__layer_declare_param(l, "bias", 1, 1, &s->features);
+  }
+  if (s->track && rc == CPK_OK) {
+    s->p_mean = l->nparams;
+    rc = cpk__layer_declare_param(l, "running_mean", 0, 1, &s->features);
+    s->p_var = l->nparams;
+    if (rc == CPK_OK)
+      rc = cpk__layer_declare_param(l, "running_var", 0, 1, &s->features);
+  }
+  return rc;
+}
+
+/* The data of parameter slot p, or NULL when the layer has no such slot. */
+static void *bn_param_data(const cpk__layer *l, int p) {
+  return p < 0 ? NULL : l->params[p].value->data;
+}
+
+/* Positions per channel: L = product of the sample axes after the first. */
+static int64_t bn_positions(const cpk__layer *l) {
+  return cpk__layer_in_numel(l) / l->in_shape[0];
+}
+
+/* Batch statistics into s->mean, s->istd (var kept in s->istd on the way),
+ * and the running-statistic update when the layer tracks them. */
+static int bn_batch_stats(cpk__layer *l, const cpk_tensor *x) {
+  batchnorm *s = l->priv;
+  const int64_t n = x->shape[0], f = s->features, pos = bn_positions(l);
+  const double m = (double)(n * pos);
+  char buf[128];
+  if (n * pos < 2)
+    return cpk__fail(CPK_EINVAL,
+                     "%s: batch statistics need more than one value per "
+                     "channel, got an input of shape %s",
+                     l->where, cpk_shape_str(buf, sizeof buf, x->ndim, x->shape));
+  if (x->dtype == CPK_F32)
+    bn_stats_f32(n, f, pos, x->data, s->mean, s->istd);
+  else
+    bn_stats_f64(n, f, pos, x->data, s->mean, s->istd);
+  for (int64_t c = 0; c < f; c++) {
+    const double var = s->istd[c];
+    if (s->track) {
+      cpk_tensor *rm = l->params[s->p_mean].value;
+      cpk_tensor *rv = l->params[s->p_var].value;
+      const double mo = s->momentum;
+      cpk_tensor_set(rm, c, (1.0 - mo) * cpk_tensor_get(rm, c) +
+                                mo * s->mean[c]);
+      cpk_tensor_set(rv, c, (1.0 - mo) * cpk_tensor_get(rv, c) +
+                                mo * var * m / (m - 1.0));
+    }
+    s->istd[c] = 1.0 / sqrt(var + s->eps);
+  }
+  return CPK_OK;
+}
+
+static int bn_forward(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
+                      cpk_tensor *y, int training) {
+  batchnorm *s = l->priv;
+  const int64_t n = x->shape[0], f = s->features, pos = bn_positions(l);
+  s->ready = 0;
+  s->batch_stats = training || !s->track;
+  if (s->batch_stats) {
+    int rc = bn_batch_stats(l, x);
+    if (rc != CPK_OK)
+      return rc;
+  } else {
+    const cpk_tensor *rm = l->params[s->p_mean].value;
+    const cpk_tensor *rv = l->params[s->p_var].value;
+    for (int64_t c = 0; c < f; c++) {
+      s->mean[c] = cpk_tensor_get(rm, c);
+      s->istd[c] = 1.0 / sqrt(cpk_tensor_get(rv, c) + s->eps);
+    }
+  }
+  const void *w = bn_param_data(l, s->p_weight), *b = bn_param_data(l, s->p_bias);
+  if (x->dtype == CPK_F32)
+    bn_forward_f32(n, f, pos, x->data, s->mean, s->istd, w, b, y->data);
+  else
+    bn_forward_f64(n, f, pos, x->data, s->mean, s->istd, w, b, y->data);
+  s->ready = 1;
+  return CPK_OK;
+}
+
+static int bn_require_forward(const cpk__layer *l) {
+  const batchnorm *s = l->priv;
+  if (!s->ready)
+    return cpk__fail(CPK_EINVAL,
+                     "%s: derivatives asked for before a successful forward",
+                     l->where);
+  return CPK_OK;
+}
+
+/* Both J and J^T (the same symmetric map, see the top of the file):
+ * in [V, N, F, L] -> out [V, N, F, L]. */
+static int bn_jac(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
+                  const cpk_tensor *y, const cpk_tensor *in, cpk_tensor *out) {
+  const batchnorm *s = l->priv;
+  const int64_t n = x->shape[0], f = s->features, pos = bn_positions(l);
+  const int64_t v = cpk__block_v(in, n, f * pos);
+  const void *w = bn_param_data(l, s->p_weight);
+  int rc = bn_require_forward(l);
+  if (rc != CPK_OK)
+    return rc;
+  if (!s->batch_stats) {
+    if (in->dtype == CPK_F32)
+      bn_scale_f32(v * n, f, pos, w, s->istd, in->data, out->data);
+    else
+      bn_scale_f64(v * n, f, pos, w, s->istd, in->data, out->data);
+  } else if (in->dtype == CPK_F32) {
+    bn_coupled_f32(v, n, f, pos, x->data, s->mean, s->istd, w, in->data,
+                   out->data);
+  } else {
+    bn_coupled_f64(v, n, f, pos, x->data, s->mean, s->istd, w, in->data,
+                   out->data);
+  }
+  return CPK_OK;
+}
+
+/* weight: sum_{(n),l} in x_hat; bias: sum_{(n),l} in (see bn_param in
+ * kernels/batchnorm.inc for the shapes and beta). */
+static int bn_param_jac_t_mat(cpk__layer *l, cpk_context *ctx, int p,
+                              const cpk_tensor *x, const cpk_tensor *in,
+                              int per_sample, double beta, cpk_tensor *out) {
+  const batchnorm *s = l->priv;
+  const int64_t n = x->shape[0], f = s->features, pos = bn_positions(l);
+  const int64_t v = cpk__block_v(in, n, f * pos);
+  int rc = bn_require_forward(l);
+  if (rc != CPK_OK)
+    return rc;
+  if (p != s->p_weight && p != s->p_bias)
+    return cpk__fail(CPK_EINVAL, "%s: parameter %d is not trainable", l->where,
+                     p);
+  const int use_xhat = p == s->p_weight;
+  if (in->dtype == CPK_F32)
+    bn_param_f32(v, n, f, pos, x->data, s->mean, s->istd, use_xhat,
+                 per_sample, beta, in->data, out->data);
+  else
+    bn_param_f64(v, n, f, pos, x->data, s->mean, s->istd, use_xhat,
+                 per_sample, beta, in->data, out->data);
+  return CPK_OK;
+}
+
+/* As PyTorch's reset_parameters(): weight 1, bias 0, running_mean 0,
+ * running_var 1. */
+static int bn_init(cpk__layer *l, cpk__rng *rng) {
+  const batchnorm *s = l->priv;
+  const int slots[4] = {s->p_weight, s->p_bias, s->p_mean, s->p_var};
+  const double values[4] = {1.0, 0.0, 0.0, 1.0};
+  for (int i = 0; i < 4; i++)
+    for (int64_t c = 0; slots[i] >= 0 && c < s->features; c++)
+      cpk_tensor_set(l->params[slots[i]].value, c, values[i]);
+  return CPK_OK;
+}
+
+const cpk__layer_kind cpk__batchnorm1d_kind = {
+    .name = "batchnorm1d",
+    .args = bn_args,
+    .nargs = 5,
+    .data = &bn1d_axes,
+    .configure = bn_configure,
+    .build = bn_build,
+    .forward = bn_forward,
+    .jac_t_mat = bn_jac,
+    .jac_mat = bn_jac,
+    .param_jac_t_mat = bn_param_jac_t_mat,
+    .init = bn_init,
+    .destroy = bn_destroy,
+};
+
+const cpk__layer_kind cpk__batchnorm2d_kind = {
+    .name = "batchnorm2d",
+    .args = bn_args,
+    .nargs = 5,
+    .data = &bn2d_axes,
+    .configure = bn_configure,
+    .build = bn_build,
+    .forward = bn_forward,
+    .jac_t_mat = bn_jac,
+    .jac_mat = bn_jac,
+    .param_jac_t_mat = bn_param_jac_t_mat,
+    .init = bn_init,
+    .destroy = bn_destroy,
+};
