@@ -67,4 +67,43 @@ void cpk__act_eval(const cpk_context *ctx, cpk_dtype dt, cpk__act act,
                    double param, cpk__act_order order, int64_t n,
                    const void *x, const void *y, void *out);
 
+/* ------------------------------------------- convolution unfolding (im2col)
+ * One image x has C channels over a D-d grid (D <= 3), [C, *in]; a
+ * convolution with kernel K, stride s, leading padding p and dilation d
+ * reads, at output position o and kernel offset k, the input position
+ *   i = o*s - p + k*d   (per axis; outside [0, in) it reads zero).
+ * The geometry is kept 3-d: a D-d one fills the leading 3-D axes with
+ * in = out = k = s = d = 1, p = 0. A group of a grouped convolution is a
+ * contiguous range of channels: pass the channel count of the group and the
+ * pointers of its first channel. */
+typedef struct cpk__im2col_geom {
+  int64_t channels;
+  int64_t in[3];  /* input grid */
+  int64_t out[3]; /* output grid */
+  int64_t k[3], stride[3], pad[3], dil[3];
+} cpk__im2col_geom;
+
+/* For each of `count` images (x [count, C, *in], cols [count, C*prod(k),
+ * prod(out)], rows ordered (c, k0, k1, k2), columns (o0, o1, o2)):
+ *   cols[c, k, o] := x[c, o*s - p + k*d]   (0 outside the input). */
+void cpk__im2col(const cpk_context *ctx, cpk_dtype dt,
+                 const cpk__im2col_geom *g, int64_t count, const void *x,
+                 void *cols);
+/* The adjoint of cpk__im2col, accumulated:
+ *   x[c, i] := beta*x[c, i] + sum_{k, o : o*s - p + k*d = i} cols[c, k, o]. */
+void cpk__col2im(const cpk_context *ctx, cpk_dtype dt,
+                 const cpk__im2col_geom *g, int64_t count, const void *cols,
+                 double beta, void *x);
+/* The unfolding of a transposed convolution's input, which lives on the
+ * output grid of g: y [count, C, *out] -> cols [count, C*prod(k), prod(in)],
+ *   cols[c, k, i] := y[c, o] where o*s - p + k*d = i   (0 where no o is). */
+void cpk__im2col_transposed(const cpk_context *ctx, cpk_dtype dt,
+                            const cpk__im2col_geom *g, int64_t count,
+                            const void *y, void *cols);
+/* Per-channel bias over `count` images of C channels and M positions:
+ *   y[n, c, m] := beta*y[n, c, m] + b[c]. */
+void cpk__channel_bias(const cpk_context *ctx, cpk_dtype dt, int64_t count,
+                       int64_t channels, int64_t m, const void *b, double beta,
+                       void *y);
+
 #endif /* CPK_OPS_H */

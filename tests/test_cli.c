@@ -170,7 +170,9 @@ static const char *copy_case(const char *name) {
   static int next;
   char *b = bufs[next++ % 2];
   snprintf(b, sizeof bufs[0], "%s/%s", tmp, name);
-  sh("rm -rf '%s' && cp -r '%s' '%s'", b, fixture(name), b);
+  /* (the source tree may be read-only, as in make distcheck) */
+  sh("rm -rf '%s' && cp -r '%s' '%s' && chmod -R u+w '%s'", b, fixture(name),
+     b, b);
   return b;
 }
 
@@ -819,13 +821,26 @@ static void test_bad_model_file(void **state) {
   snprintf(where, sizeof where, "%s:4", model);
   fails(d, "", 1, where, "bias='maybe'", NULL);
 
-  /* a layer of a later release */
-  f = fopen(model, "w");
-  assert_non_null(f);
-  fputs("linear 4 6\nconv2d 1 2 3\n", f);
-  fclose(f);
-  snprintf(where, sizeof where, "%s:2", model);
-  fails(d, "", 1, where, "not supported yet", NULL);
+  /* a layer of a later release (the first of the contract's table that
+   * this build refuses) */
+  static const char *const later[] = {
+      "conv2d 1 2 3",   "conv1d 1 2 3", "maxpool2d 2", "avgpool2d 2",
+      "batchnorm1d 4",  "zeropad2d 1",  "adaptive_avgpool2d 2"};
+  for (size_t i = 0; i < sizeof later / sizeof later[0]; i++) {
+    cpk_model *m = NULL;
+    int rc = cpk_model_parse(&m, later[i], "probe");
+    cpk_model_free(m);
+    if (rc == CPK_OK)
+      continue;
+    assert_int_equal(rc, CPK_ENOTSUP);
+    f = fopen(model, "w");
+    assert_non_null(f);
+    fprintf(f, "linear 4 6\n%s\n", later[i]);
+    fclose(f);
+    snprintf(where, sizeof where, "%s:2", model);
+    fails(d, "", 1, where, "not supported yet", NULL);
+    break;
+  }
 
   /* a model that does not fit the parameters (line 3 is 6 -> 5 here) */
   f = fopen(model, "w");

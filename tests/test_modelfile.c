@@ -486,13 +486,21 @@ static void test_add_line(void **state) {
   assert_param(m, 3, "2.bias", CPK_F64, 1, b);
 
   /* errors leave the model as it was */
+  int rc;
   cpk_clear_error();
   assert_int_equal(cpk_model_add_line(m, "linear 3"), CPK_EFORMAT);
   assert_contains(cpk_last_error(), "missing argument 'out_features'");
   assert_int_equal(cpk_model_add_line(m, "softmax"), CPK_EUSAGE);
   assert_contains(cpk_last_error(), "softmax");
-  assert_int_equal(cpk_model_add_line(m, "conv2d 1 2 3"), CPK_ENOTSUP);
-  assert_contains(cpk_last_error(), "not supported yet");
+  rc = cpk_model_add_line(m, "conv2d 1 2 3");
+  if (rc != CPK_OK) { /* until a later release brings convolutions */
+    assert_int_equal(rc, CPK_ENOTSUP);
+    assert_contains(cpk_last_error(), "not supported yet");
+  } else {
+    assert_int_equal(cpk_model_num_layers(m), 4);
+    cpk_model_free(m);
+    tu_ok(cpk_model_parse(&m, "linear 4 6\nrelu\nlinear 6 3", "<api>"));
+  }
   assert_int_equal(cpk_model_add_line(m, "# only a comment"), CPK_EINVAL);
   assert_int_equal(cpk_model_add_line(m, ""), CPK_EINVAL);
   assert_int_equal(cpk_model_add_line(m, "relu\nrelu"), CPK_EINVAL);
@@ -533,21 +541,37 @@ static void test_unknown_layer(void **state) {
               "unknown layer 'bar'");
 }
 
+/* Every other line of the contract's table is recognised: either a later
+ * release supports it (it parses) or it is refused as "not supported yet"
+ * (CPK_ENOTSUP) naming the line and the layer, never as unknown. */
 static void test_layer_not_supported_yet(void **state) {
   (void)state;
   static const char *const later[] = {
-      "conv2d 1 4 3",        "conv1d 1 4 3",          "conv3d 1 4 3",
-      "conv_transpose2d 1 4 3", "maxpool2d 2",        "avgpool1d 2",
-      "adaptive_avgpool2d 3", "zeropad2d 1",          "batchnorm1d 4",
-      "batchnorm2d 4",
+      "conv2d 1 4 3",         "conv1d 1 4 3",       "conv3d 1 4 3",
+      "conv_transpose1d 1 4 3", "conv_transpose2d 1 4 3",
+      "conv_transpose3d 1 4 3", "maxpool1d 2",      "maxpool2d 2",
+      "maxpool3d 2",          "avgpool1d 2",        "avgpool2d 2",
+      "avgpool3d 2",          "adaptive_avgpool2d 3", "zeropad2d 1",
+      "batchnorm1d 4",        "batchnorm2d 4",
   };
+  int refused = 0;
   for (size_t i = 0; i < sizeof later / sizeof later[0]; i++) {
     char text[128], name[64];
     snprintf(text, sizeof text, "flatten\n# x\n%s\nrelu\n", later[i]);
     sscanf(later[i], "%63s", name);
+    cpk_model *m = NULL;
+    cpk_clear_error();
+    int rc = cpk_model_parse(&m, text, "net.txt");
+    if (rc == CPK_OK) { /* brought by a later release */
+      assert_string_equal(cpk_model_layer_name(m, 1), name);
+      cpk_model_free(m);
+      continue;
+    }
     parse_fails(text, CPK_ENOTSUP, "net.txt:3", "not supported yet");
     assert_contains(cpk_last_error(), name);
+    refused++;
   }
+  print_message("%d contract layers refused as not supported yet\n", refused);
 }
 
 static void test_argument_errors(void **state) {
