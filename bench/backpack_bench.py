@@ -15,8 +15,8 @@ per-sample gradients of each parameter, as Cockpit computes it). Gradients and
 BackPACK's results of the previous run are dropped before each run, outside
 the timed region, as curvpack-bench frees its results.
 
-Peak memory: one more pass, after the timed runs, under torch.profiler with
-profile_memory=True; the peak of the CPU allocator's "Total Allocated" over
+Peak memory: the first warm-up pass runs under torch.profiler with
+profile_memory=True (its time is not used); the peak of the CPU allocator's "Total Allocated" over
 that pass (allocations made during the pass; model, data and anything held
 before it do not count, as with curvpack's cpk_memory_peak() minus what was
 in use). If the profiler gives nothing, the fallback is the growth of the
@@ -78,6 +78,8 @@ def profiled_peak(step):
         prof.export_chrome_trace(path)
         with open(path) as f:
             trace = json.load(f)
+    except Exception:  # no usable trace: the caller falls back to RSS
+        return None
     finally:
         os.unlink(path)
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
@@ -173,54 +175,59 @@ def main():
                 p.batch_dot = gb @ gb.T
         return loss
 
-    # ---- warm-up (also the support check: BackPACK raises on what it lacks)
+    # ---- warm-up (also the support check: BackPACK raises on what it lacks).
+    # The first warm-up run is the one measured for memory, under the
+    # profiler; its time is not used.
     loss = None
+    peak, method = None, None
+    rss_base = rss_peak = None
+    want_prof = args.memory in ("auto", "profiler")
+
+    def measure_memory():
+        nonlocal peak, method
+        clear()
+        peak = profiled_peak(step)
+        if peak is not None:
+            method = "torch-profiler"
+
     try:
-        for w in range(max(1, args.warmup)):
+        for w in range(args.warmup):
+            if w == 0 and want_prof:
+                measure_memory()
+                continue
             clear()
             t0 = time.perf_counter()
             loss = step()
             t = time.perf_counter() - t0
             if args.budget > 0 and t > args.budget:
                 break
-    except (NotImplementedError, RuntimeError, ValueError, AttributeError, TypeError) as e:
+        if args.warmup == 0 and want_prof:
+            measure_memory()
+        clear()
+        if peak is None and args.memory in ("auto", "rss") and reset_hwm():
+            rss_base = read_status_kib("VmRSS")
+        # ---- timed runs
+        times = []
+        total = 0.0
+        for r in range(args.repeat):
+            clear()
+            t0 = time.perf_counter()
+            loss = step()
+            t = time.perf_counter() - t0
+            times.append(t)
+            total += t
+            if args.budget > 0 and total >= args.budget and len(times) >= args.min_repeat:
+                break
+    except Exception as e:  # BackPACK raises NotImplementedError where it stops
         msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
-        row.update(status="unsupported", reason=msg)
+        row.update(status="unsupported" if isinstance(e, NotImplementedError) else "error",
+                   reason=msg)
         emit(row)
         return 0
-
-    # ---- timed runs
-    times = []
-    rss_base = rss_peak = None
-    if args.memory in ("auto", "rss"):
-        clear()
-        if reset_hwm():
-            rss_base = read_status_kib("VmRSS")
-    total = 0.0
-    for r in range(args.repeat):
-        clear()
-        t0 = time.perf_counter()
-        loss = step()
-        t = time.perf_counter() - t0
-        times.append(t)
-        total += t
-        if args.budget > 0 and total >= args.budget and len(times) >= args.min_repeat:
-            break
     if rss_base is not None:
         rss_peak = read_status_kib("VmHWM")
-
-    # ---- peak memory of one pass
-    peak, method = None, None
-    if args.memory in ("auto", "profiler"):
-        clear()
-        try:
-            peak = profiled_peak(step)
-        except Exception:  # the profiler is optional; fall back to RSS
-            peak = None
-        if peak is not None:
-            method = "torch-profiler"
-    if peak is None and rss_base is not None and rss_peak is not None:
-        peak, method = max(0, rss_peak - rss_base) * 1024, "rss-hwm"
+        if rss_peak is not None:
+            peak, method = max(0, rss_peak - rss_base) * 1024, "rss-hwm"
 
     row.update(median_s=statistics.median(times), min_s=min(times), max_s=max(times),
                runs=len(times), warmup=args.warmup, peak_bytes=peak, memory_method=method,

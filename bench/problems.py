@@ -393,6 +393,25 @@ def output_elems(name, ext, batch, classes=CLASSES, mc_samples=1):
     return pass_cost(name, ext, batch, classes, mc_samples)[1]
 
 
+def backpack_working_elems(name, ext, batch):
+    """Elements of the largest intermediate BackPACK's algorithm must hold
+    (beyond the outputs), where that is what limits it, else 0.
+
+    KFRA propagates one dense averaged matrix over the features of every
+    layer output from the loss down to the first parameter layer: D x D for
+    the widest such output (D = 25088 after the first convolution of 2c2d,
+    50176 in 3c3d). bench/compare skips BackPACK's run when this alone
+    exceeds its memory limit.
+    """
+    if "kfra" not in _ext_list(ext):
+        return 0
+    layers = layer_shapes(name)
+    idx = [i for i, r in enumerate(layers) if "macs" in r]
+    if not idx:
+        return 0
+    return max(math.prod(r["out_shape"]) ** 2 for r in layers[idx[0]:])
+
+
 # ---------------------------------------------------------------- PyTorch
 
 def torch_model(name, dtype=None):

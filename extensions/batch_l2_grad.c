@@ -58,4 +58,4 @@ static int batch_l2_param(cpk__param_site *s) {
   return rc;
 }
 
-const cpk__extension cpk__batch_l2_grad_ext = {"batch_l2_grad", batch_l2_param};
+const cpk__extension cpk__batch_l2_grad_ext = {"batch_l2_grad", 0, batch_l2_param};

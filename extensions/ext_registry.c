@@ -10,12 +10,12 @@ static const cpk__extension_entry registry[] = {
     {"sum_grad_squared", &cpk__sum_grad_squared_ext},
     {"variance", &cpk__variance_ext},
     {"batch_dot_grad", &cpk__batch_dot_grad_ext},
-    {"diag_ggn_exact", NULL},
-    {"diag_ggn_mc", NULL},          {"batch_diag_ggn_exact", NULL},
-    {"batch_diag_ggn_mc", NULL},    {"diag_hessian", NULL},
-    {"batch_diag_hessian", NULL},   {"kfac", NULL},
-    {"kflr", NULL},                 {"kfra", NULL},
-    {"sqrt_ggn_exact", NULL},       {"sqrt_ggn_mc", NULL},
+    {"diag_ggn_exact", &cpk__diag_ggn_exact_ext},
+    {"diag_ggn_mc", &cpk__diag_ggn_mc_ext},          {"batch_diag_ggn_exact", &cpk__batch_diag_ggn_exact_ext},
+    {"batch_diag_ggn_mc", &cpk__batch_diag_ggn_mc_ext},    {"diag_hessian", NULL},
+    {"batch_diag_hessian", NULL},   {"kfac", &cpk__kfac_ext},
+    {"kflr", &cpk__kflr_ext},                 {"kfra", NULL},
+    {"sqrt_ggn_exact", &cpk__sqrt_ggn_exact_ext},       {"sqrt_ggn_mc", &cpk__sqrt_ggn_mc_ext},
 };
 
 static const cpk__extension_entry *find(const char *name, size_t len) {

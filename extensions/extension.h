@@ -25,6 +25,10 @@ typedef struct cpk__param_site {
   const cpk_tensor *x;    /* layer input [N, *in] */
   const cpk_tensor *g;    /* dL/dy as a block [1, N, *out] */
   const cpk_tensor *grad; /* the summed gradient, shape S */
+  /* Square roots of the loss Hessian backpropagated to this layer's output,
+   * [V, N, *out] (NULL unless an extension needs them): exact (V = C) and
+   * Monte Carlo (V = M). sum_v J^T S_v S_v^T J is the GGN. */
+  const cpk_tensor *sqrt_exact, *sqrt_mc;
   cpk_results *results;   /* where extensions add their outputs */
   /* Cached intermediates (owned by the site, freed after the parameter). */
   cpk_tensor *grad_batch;       /* [N, *S], or NULL until needed */
@@ -32,8 +36,15 @@ typedef struct cpk__param_site {
   cpk_tensor *sum_grad_squared; /* S, or NULL until needed */
 } cpk__param_site;
 
+/* What an extension needs the engine to backpropagate besides g. */
+enum {
+  CPK__NEED_SQRT_EXACT = 1, /* the exact square root of the loss Hessian */
+  CPK__NEED_SQRT_MC = 2     /* its Monte Carlo estimate */
+};
+
 typedef struct cpk__extension {
   const char *name;
+  unsigned needs; /* CPK__NEED_* flags */
   /* Compute this extension's outputs for one parameter. */
   int (*param)(cpk__param_site *site);
 } cpk__extension;
@@ -79,8 +90,19 @@ int cpk__site_is_dense_linear(const cpk__param_site *s);
 /* sum_n grad_batch[n]^2, shape S (cached). */
 int cpk__site_sum_grad_squared(cpk__param_site *s, const cpk_tensor **out);
 
-/* The extensions, one file each. */
+/* J_theta^T of a block for samples [first, first + count): in is a block
+ * [V, N, *out] at the layer output, out [V, count, *S] per sample. */
+int cpk__site_block_param_jac(cpk__param_site *s, const cpk_tensor *in,
+                              int64_t first, int64_t count, cpk_tensor *out);
+/* Samples per chunk so that a [V, count, *S] block fits ctx->work_bytes. */
+int64_t cpk__site_chunk_samples(const cpk__param_site *s, int64_t v);
+
+/* The extensions, one file each (a family shares one file). */
 extern const cpk__extension cpk__batch_grad_ext, cpk__batch_l2_grad_ext,
     cpk__sum_grad_squared_ext, cpk__variance_ext, cpk__batch_dot_grad_ext;
+extern const cpk__extension cpk__diag_ggn_exact_ext, cpk__diag_ggn_mc_ext,
+    cpk__batch_diag_ggn_exact_ext, cpk__batch_diag_ggn_mc_ext;
+extern const cpk__extension cpk__sqrt_ggn_exact_ext, cpk__sqrt_ggn_mc_ext;
+extern const cpk__extension cpk__kfac_ext, cpk__kflr_ext;
 
 #endif

@@ -40,25 +40,50 @@ int cpk__site_result_like(cpk__param_site *s, const char *suffix,
   return cpk__site_result(s, suffix, p->ndim + k, shape, t);
 }
 
-/* Per-sample gradients of samples [first, first + count) into out
- * [count, *S]: the layer's param_jac_t_mat on the slices of x and g. */
-static int grad_batch_slice(cpk__param_site *s, int64_t first, int64_t count,
-                            cpk_tensor *out) {
-  cpk_tensor xs, gs;
+int cpk__site_block_param_jac(cpk__param_site *s, const cpk_tensor *in,
+                              int64_t first, int64_t count, cpk_tensor *out) {
   const size_t es = cpk_dtype_size(s->x->dtype);
   const int64_t xper = cpk_tensor_numel(s->x) / s->n;
-  const int64_t gper = cpk_tensor_numel(s->g) / s->n;
+  const int64_t v = in->shape[0], per = cpk_tensor_numel(in) / (v * s->n);
   int64_t shape[CPK_MAX_DIMS];
+  cpk_tensor xs, bs;
   memcpy(shape, s->x->shape, (size_t)s->x->ndim * sizeof *shape);
   shape[0] = count;
   cpk__tensor_view(&xs, s->x->dtype, (char *)s->x->data + first * xper * es,
                    s->x->ndim, shape);
-  memcpy(shape, s->g->shape, (size_t)s->g->ndim * sizeof *shape);
-  shape[1] = count; /* [1, count, *out] */
-  cpk__tensor_view(&gs, s->g->dtype, (char *)s->g->data + first * gper * es,
-                   s->g->ndim, shape);
-  return s->layer->kind->param_jac_t_mat(s->layer, s->ctx, s->p, &xs, &gs, 1,
-                                         0.0, out);
+  if (first == 0 && count == s->n)
+    return s->layer->kind->param_jac_t_mat(s->layer, s->ctx, s->p, &xs, in, 1,
+                                           0.0, out);
+  /* The slice of every column: [V, count, *out] gathered contiguously. */
+  memcpy(shape, in->shape, (size_t)in->ndim * sizeof *shape);
+  shape[1] = count;
+  cpk_tensor *slice;
+  int rc = cpk_tensor_new(&slice, in->dtype, in->ndim, shape);
+  if (rc != CPK_OK)
+    return rc;
+  for (int64_t c = 0; c < v; c++)
+    memcpy((char *)slice->data + (size_t)(c * count * per) * es,
+           (const char *)in->data + (size_t)((c * s->n + first) * per) * es,
+           (size_t)(count * per) * es);
+  cpk__tensor_view(&bs, in->dtype, slice->data, in->ndim, shape);
+  rc = s->layer->kind->param_jac_t_mat(s->layer, s->ctx, s->p, &xs, &bs, 1,
+                                       0.0, out);
+  cpk_tensor_free(slice);
+  return rc;
+}
+
+int64_t cpk__site_chunk_samples(const cpk__param_site *s, int64_t v) {
+  const size_t bytes = (size_t)cpk_tensor_numel(s->grad) * (size_t)v *
+                       cpk_dtype_size(s->grad->dtype);
+  int64_t step = (int64_t)(s->ctx->work_bytes / (bytes ? bytes : 1));
+  return step < 1 ? 1 : step > s->n ? s->n : step;
+}
+
+/* Per-sample gradients of samples [first, first + count) into out
+ * [count, *S]: J_theta^T of the one-column block g. */
+static int grad_batch_slice(cpk__param_site *s, int64_t first, int64_t count,
+                            cpk_tensor *out) {
+  return cpk__site_block_param_jac(s, s->g, first, count, out);
 }
 
 int cpk__site_grad_batch(cpk__param_site *s, const cpk_tensor **out) {
@@ -84,14 +109,7 @@ int cpk__site_foreach_chunk(cpk__param_site *s, cpk__chunk_fn fn, void *ud) {
   if (s->grad_batch != NULL)
     return fn(ud, 0, s->grad_batch);
   const cpk__param *p = site_param(s);
-  const int64_t per = cpk_tensor_numel(p->value);
-  const size_t bytes = (size_t)per * cpk_dtype_size(s->grad->dtype);
-  /* Chunks of at most ctx->work_bytes. */
-  int64_t step = (int64_t)(s->ctx->work_bytes / (bytes ? bytes : 1));
-  if (step < 1)
-    step = 1;
-  if (step > s->n)
-    step = s->n;
+  const int64_t step = cpk__site_chunk_samples(s, 1);
   int64_t shape[CPK_MAX_DIMS + 1];
   shape[0] = step;
   memcpy(shape + 1, p->shape, (size_t)p->ndim * sizeof *shape);

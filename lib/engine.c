@@ -34,14 +34,16 @@ static int check_input(const cpk_model *m, const cpk_tensor *input) {
   if (!cpk__is_float(input->dtype))
     return cpk__fail(CPK_EINVAL, "input: expected float32 or float64, got %s",
                      cpk_dtype_name(input->dtype));
-  int same = input->ndim == m->in_ndim + 1 && input->shape[0] >= 1;
+  if (input->ndim >= 1 && input->shape[0] == 0)
+    return cpk__fail(CPK_ESHAPE, "input: the batch is empty (N = 0)");
+  int same = input->ndim == m->in_ndim + 1;
   for (int i = 0; same && i < m->in_ndim; i++)
     same = input->shape[i + 1] == m->in_shape[i];
   if (!same) {
     shape[0] = input->ndim > 0 ? input->shape[0] : 0;
     memcpy(shape + 1, m->in_shape, (size_t)m->in_ndim * sizeof *shape);
     return cpk__fail(CPK_ESHAPE,
-                     "input: expected shape (N, ...) = %s with N >= 1, got %s",
+                     "input: expected shape (N, ...) = %s, got %s",
                      cpk_shape_str(want, sizeof want, m->in_ndim + 1, shape),
                      cpk_shape_str(got, sizeof got, input->ndim, input->shape));
   }
@@ -116,10 +118,10 @@ int cpk__forward(cpk__pass *pass, const cpk_tensor *input) {
   return CPK_OK;
 }
 
-/* Every requested extension at parameter p of layer l, which has input
- * acts[l->index], output gradient g and gradient grad. */
+/* Every requested extension at parameter p of layer l, whose input is
+ * acts[l->index] and whose output sees the current blocks. */
 static int run_extensions(cpk__pass *pass, cpk__layer *l, int p,
-                          const cpk_tensor *g, const cpk_tensor *grad) {
+                          const cpk_tensor *grad) {
   char name[48];
   int rc = CPK_OK;
   if (pass->next == 0)
@@ -131,8 +133,10 @@ static int run_extensions(cpk__pass *pass, cpk__layer *l, int p,
                           .name = name,
                           .n = pass->n,
                           .x = pass->acts[l->index],
-                          .g = g,
+                          .g = pass->blocks[CPK__BLOCK_GRAD],
                           .grad = grad,
+                          .sqrt_exact = pass->blocks[CPK__BLOCK_SQRT_EXACT],
+                          .sqrt_mc = pass->blocks[CPK__BLOCK_SQRT_MC],
                           .results = pass->results};
   for (int e = 0; e < pass->next && rc == CPK_OK; e++)
     rc = pass->ext[e]->impl->param(&site);
@@ -140,9 +144,11 @@ static int run_extensions(cpk__pass *pass, cpk__layer *l, int p,
   return rc;
 }
 
-/* The gradient of every parameter of layer i from g [1, N, *out_i]. */
-static int param_grads(cpk__pass *pass, int i, const cpk_tensor *g) {
+/* The gradient of every parameter of layer i from g [1, N, *out_i], and the
+ * extensions at each. */
+static int param_grads(cpk__pass *pass, int i) {
   cpk__layer *l = pass->model->layers[i];
+  const cpk_tensor *g = pass->blocks[CPK__BLOCK_GRAD];
   for (int p = 0; p < l->nparams; p++) {
     char name[64];
     cpk_tensor *grad;
@@ -157,7 +163,7 @@ static int param_grads(cpk__pass *pass, int i, const cpk_tensor *g) {
     if ((rc = l->kind->param_jac_t_mat(l, pass->ctx, p, pass->acts[i], g, 0,
                                        0.0, grad)) != CPK_OK)
       return rc;
-    if ((rc = run_extensions(pass, l, p, g, grad)) != CPK_OK)
+    if ((rc = run_extensions(pass, l, p, grad)) != CPK_OK)
       return rc;
   }
   return CPK_OK;
@@ -172,36 +178,75 @@ static int first_trained_layer(const cpk_model *m) {
   return m->nlayers;
 }
 
-static int backward(cpk__pass *pass, cpk_tensor *g) {
+/* Every block B at the output of layer i becomes J^T B at its input. */
+static int propagate_blocks(cpk__pass *pass, int i) {
+  cpk__layer *l = pass->model->layers[i];
+  for (int b = 0; b < CPK__NBLOCKS; b++) {
+    cpk_tensor *in = pass->blocks[b], *out = NULL;
+    if (in == NULL)
+      continue;
+    int rc = cpk__block_new(&out, in->dtype, in->shape[0], pass->n, l->in_ndim,
+                            l->in_shape);
+    if (rc == CPK_OK)
+      rc = l->kind->jac_t_mat(l, pass->ctx, pass->acts[i], pass->acts[i + 1],
+                              in, out);
+    if (rc != CPK_OK) {
+      cpk_tensor_free(out);
+      return rc;
+    }
+    cpk_tensor_free(in);
+    pass->blocks[b] = out;
+  }
+  return CPK_OK;
+}
+
+static int backward(cpk__pass *pass) {
   cpk_model *m = pass->model;
   const int stop = first_trained_layer(m);
   int rc = CPK_OK;
   for (int i = m->nlayers - 1; i >= stop && rc == CPK_OK; i--) {
-    cpk__layer *l = m->layers[i];
-    if ((rc = param_grads(pass, i, g)) != CPK_OK)
+    if ((rc = param_grads(pass, i)) != CPK_OK || i == stop)
       break;
-    if (i == stop)
-      break;
-    cpk_tensor *gin;
-    if ((rc = cpk__block_new(&gin, m->dtype, 1, pass->n, l->in_ndim,
-                             l->in_shape)) != CPK_OK)
-      break;
-    rc = l->kind->jac_t_mat(l, pass->ctx, pass->acts[i], pass->acts[i + 1], g,
-                            gin);
-    cpk_tensor_free(g);
-    g = gin;
+    rc = propagate_blocks(pass, i);
   }
-  cpk_tensor_free(g);
+  return rc;
+}
+
+/* The square roots of the loss Hessian the extensions need, as blocks
+ * [V, N, *out] at the model output. Monte Carlo draws start from the
+ * context's seed at every pass, so a pass is reproducible. */
+static int loss_sqrt_blocks(cpk__pass *pass, const cpk_tensor *target) {
+  const cpk_tensor *f = pass->acts[pass->model->nlayers];
+  const cpk__layer *last = pass->model->layers[pass->model->nlayers - 1];
+  int rc = CPK_OK;
+  if (pass->needs & CPK__NEED_SQRT_EXACT) {
+    rc = cpk__block_new(&pass->blocks[CPK__BLOCK_SQRT_EXACT], f->dtype,
+                        pass->loss->sqrt_columns(f), pass->n, last->out_ndim,
+                        last->out_shape);
+    if (rc == CPK_OK)
+      rc = pass->loss->sqrt_hessian(pass->ctx, pass->scale, f, target,
+                                    pass->blocks[CPK__BLOCK_SQRT_EXACT]);
+  }
+  if (rc == CPK_OK && (pass->needs & CPK__NEED_SQRT_MC)) {
+    cpk__rng rng;
+    cpk__rng_seed(&rng, pass->ctx->seed);
+    rc = cpk__block_new(&pass->blocks[CPK__BLOCK_SQRT_MC], f->dtype,
+                        pass->ctx->mc_samples, pass->n, last->out_ndim,
+                        last->out_shape);
+    if (rc == CPK_OK)
+      rc = pass->loss->sqrt_hessian_mc(pass->ctx, pass->scale, f,
+                                       pass->ctx->mc_samples, &rng,
+                                       pass->blocks[CPK__BLOCK_SQRT_MC]);
+  }
   return rc;
 }
 
 /* Loss value and its gradient as the block [1, N, *out] that starts the
  * backward pass. */
-static int loss_and_grad(cpk__pass *pass, const cpk_tensor *target,
-                         cpk_tensor **g) {
+static int loss_and_grad(cpk__pass *pass, const cpk_tensor *target) {
   const cpk_tensor *f = pass->acts[pass->model->nlayers];
   const cpk__layer *last = pass->model->layers[pass->model->nlayers - 1];
-  cpk_tensor *loss, *output;
+  cpk_tensor *loss, *output, **g = &pass->blocks[CPK__BLOCK_GRAD];
   double value;
   int rc;
   pass->scale = cpk__loss_scale(pass->loss, pass->spec->reduction, f);
@@ -220,14 +265,13 @@ static int loss_and_grad(cpk__pass *pass, const cpk_tensor *target,
     return rc;
   memcpy(output->data, f->data,
          (size_t)cpk_tensor_numel(f) * cpk_dtype_size(f->dtype));
-  return CPK_OK;
+  return loss_sqrt_blocks(pass, target);
 }
 
 int cpk_compute(cpk_context *ctx, cpk_model *model, const cpk_pass_spec *spec,
                 const cpk_tensor *input, const cpk_tensor *target,
                 cpk_results **out) {
   cpk__pass pass = {0};
-  cpk_tensor *g = NULL;
   int rc;
   *out = NULL;
   if ((rc = cpk_check_pass(model, spec, input, target)) != CPK_OK)
@@ -239,13 +283,15 @@ int cpk_compute(cpk_context *ctx, cpk_model *model, const cpk_pass_spec *spec,
   pass.loss = cpk__loss_get(spec->loss);
   CPK__TRY(rc, cpk__extensions_parse(spec->extensions, pass.ext, &pass.next),
            done);
+  for (int e = 0; e < pass.next; e++)
+    pass.needs |= pass.ext[e]->impl->needs;
   CPK__TRY(rc, cpk__results_new(&pass.results), done);
   CPK__TRY(rc, cpk__forward(&pass, input), done);
-  CPK__TRY(rc, loss_and_grad(&pass, target, &g), done);
-  rc = backward(&pass, g); /* consumes g */
-  g = NULL;
+  CPK__TRY(rc, loss_and_grad(&pass, target), done);
+  rc = backward(&pass);
 done:
-  cpk_tensor_free(g);
+  for (int b = 0; b < CPK__NBLOCKS; b++)
+    cpk_tensor_free(pass.blocks[b]);
   cpk__pass_release(&pass);
   if (rc != CPK_OK)
     cpk_results_free(pass.results);

@@ -12,6 +12,10 @@
 #include "losses/loss.h"
 #include "model.h"
 
+/* The blocks [V, N, *features] that flow backward: the gradient (V = 1)
+ * always; the square roots of the loss Hessian when an extension needs them. */
+enum { CPK__BLOCK_GRAD, CPK__BLOCK_SQRT_EXACT, CPK__BLOCK_SQRT_MC, CPK__NBLOCKS };
+
 typedef struct cpk__pass {
   cpk_context *ctx;
   cpk_model *model;
@@ -23,6 +27,8 @@ typedef struct cpk__pass {
   int owns_input;            /* acts[0] was converted (and is ours) */
   const cpk__extension_entry *ext[CPK__MAX_EXTENSIONS];
   int next;
+  unsigned needs;            /* union of the extensions' CPK__NEED_* */
+  cpk_tensor *blocks[CPK__NBLOCKS]; /* at the output of the current layer */
   cpk_results *results;
 } cpk__pass;
 

@@ -97,6 +97,12 @@ int cpk__layer_kind_find(const char *name, const cpk__layer_kind **out);
 extern const cpk__layer_kind cpk__linear_kind;
 extern const cpk__layer_kind cpk__flatten_kind;
 extern const cpk__layer_kind cpk__dropout_kind;
+extern const cpk__layer_kind cpk__conv1d_kind, cpk__conv2d_kind,
+    cpk__conv3d_kind, cpk__conv_transpose1d_kind, cpk__conv_transpose2d_kind,
+    cpk__conv_transpose3d_kind;
+extern const cpk__layer_kind cpk__maxpool1d_kind, cpk__maxpool2d_kind,
+    cpk__maxpool3d_kind, cpk__avgpool1d_kind, cpk__avgpool2d_kind,
+    cpk__avgpool3d_kind, cpk__adaptive_avgpool2d_kind, cpk__zeropad2d_kind;
 extern const cpk__layer_kind cpk__batchnorm1d_kind, cpk__batchnorm2d_kind;
 extern const cpk__layer_kind cpk__relu_kind, cpk__sigmoid_kind,
     cpk__tanh_kind, cpk__leaky_relu_kind, cpk__elu_kind, cpk__selu_kind,

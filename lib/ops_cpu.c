@@ -2,6 +2,7 @@
  * BLAS for matrix products, OpenMP loops for the rest. */
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
 #include <string.h>
 
 #include "ops.h"
@@ -21,6 +22,20 @@
 #undef CPK_T
 #undef CPK_SFX
 #undef CPK_FN
+
+#include "kernels/conv_box.h"
+
+#define CPK_T float
+#define CPK_SFX f32
+#include "kernels/im2col.inc"
+#undef CPK_T
+#undef CPK_SFX
+
+#define CPK_T double
+#define CPK_SFX f64
+#include "kernels/im2col.inc"
+#undef CPK_T
+#undef CPK_SFX
 
 void cpk__gemm(const cpk_context *ctx, cpk_dtype dt, int trans_a, int trans_b,
                int64_t m, int64_t n, int64_t k, double alpha, const void *a,
@@ -92,4 +107,44 @@ void cpk__act_eval(const cpk_context *ctx, cpk_dtype dt, cpk__act act,
     act_eval_f32(act, param, order, n, x, y, out);
   else
     act_eval_f64(act, param, order, n, x, y, out);
+}
+
+void cpk__im2col(const cpk_context *ctx, cpk_dtype dt,
+                 const cpk__im2col_geom *g, int64_t count, const void *x,
+                 void *cols) {
+  (void)ctx;
+  if (dt == CPK_F32)
+    im2col_f32(g, count, x, cols);
+  else
+    im2col_f64(g, count, x, cols);
+}
+
+void cpk__col2im(const cpk_context *ctx, cpk_dtype dt,
+                 const cpk__im2col_geom *g, int64_t count, const void *cols,
+                 double beta, void *x) {
+  (void)ctx;
+  if (dt == CPK_F32)
+    col2im_f32(g, count, cols, beta, x);
+  else
+    col2im_f64(g, count, cols, beta, x);
+}
+
+void cpk__im2col_transposed(const cpk_context *ctx, cpk_dtype dt,
+                            const cpk__im2col_geom *g, int64_t count,
+                            const void *y, void *cols) {
+  (void)ctx;
+  if (dt == CPK_F32)
+    im2col_transposed_f32(g, count, y, cols);
+  else
+    im2col_transposed_f64(g, count, y, cols);
+}
+
+void cpk__channel_bias(const cpk_context *ctx, cpk_dtype dt, int64_t count,
+                       int64_t channels, int64_t m, const void *b, double beta,
+                       void *y) {
+  (void)ctx;
+  if (dt == CPK_F32)
+    channel_bias_f32(count, channels, m, b, beta, y);
+  else
+    channel_bias_f64(count, channels, m, b, beta, y);
 }

@@ -571,7 +571,7 @@ static void test_layer_not_supported_yet(void **state) {
     assert_contains(cpk_last_error(), name);
     refused++;
   }
-  print_message("%d contract layers refused as not supported yet\n", refused);
+  print_message("# %d contract layers refused as not supported yet\n", refused);
 }
 
 static void test_argument_errors(void **state) {

@@ -115,10 +115,15 @@ static int bn_configure(cpk__layer *l, const cpk__arg_value *a) {
   s->momentum = a[2].f;
   s->affine = a[3].b;
   s->track = a[4].b;
-  s->mean = cpk__malloc((size_t)s->features * sizeof *s->mean);
-  s->istd = cpk__malloc((size_t)s->features * sizeof *s->istd);
+  /* On failure the caller destroys l (and s with it). */
+  size_t bytes;
+  int rc = cpk__mul_size((size_t)s->features, sizeof(double), &bytes, l->where);
+  if (rc != CPK_OK)
+    return rc;
+  s->mean = cpk__malloc(bytes);
+  s->istd = cpk__malloc(bytes);
   if (s->mean == NULL || s->istd == NULL)
-    return CPK_ENOMEM; /* the caller destroys l */
+    return CPK_ENOMEM;
   return CPK_OK;
 }
 
@@ -181,7 +186,8 @@ static int bn_batch_stats(cpk__layer *l, const cpk_tensor *x) {
     return cpk__fail(CPK_EINVAL,
                      "%s: batch statistics need more than one value per "
                      "channel, got an input of shape %s",
-                     l->where, cpk_shape_str(buf, sizeof buf, x->ndim, x->shape));
+                     l->where,
+                     cpk_shape_str(buf, sizeof buf, x->ndim, x->shape));
   if (x->dtype == CPK_F32)
     bn_stats_f32(n, f, pos, x->data, s->mean, s->istd);
   else
@@ -192,10 +198,10 @@ static int bn_batch_stats(cpk__layer *l, const cpk_tensor *x) {
       cpk_tensor *rm = l->params[s->p_mean].value;
       cpk_tensor *rv = l->params[s->p_var].value;
       const double mo = s->momentum;
-      cpk_tensor_set(rm, c, (1.0 - mo) * cpk_tensor_get(rm, c) +
-                                mo * s->mean[c]);
-      cpk_tensor_set(rv, c, (1.0 - mo) * cpk_tensor_get(rv, c) +
-                                mo * var * m / (m - 1.0));
+      cpk_tensor_set(rm, c,
+                     (1.0 - mo) * cpk_tensor_get(rm, c) + mo * s->mean[c]);
+      cpk_tensor_set(
+          rv, c, (1.0 - mo) * cpk_tensor_get(rv, c) + mo * var * m / (m - 1.0));
     }
     s->istd[c] = 1.0 / sqrt(var + s->eps);
   }
@@ -220,7 +226,8 @@ static int bn_forward(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
       s->istd[c] = 1.0 / sqrt(cpk_tensor_get(rv, c) + s->eps);
     }
   }
-  const void *w = bn_param_data(l, s->p_weight), *b = bn_param_data(l, s->p_bias);
+  const void *w = bn_param_data(l, s->p_weight),
+             *b = bn_param_data(l, s->p_bias);
   if (x->dtype == CPK_F32)
     bn_forward_f32(n, f, pos, x->data, s->mean, s->istd, w, b, y->data);
   else
@@ -280,11 +287,11 @@ static int bn_param_jac_t_mat(cpk__layer *l, cpk_context *ctx, int p,
                      p);
   const int use_xhat = p == s->p_weight;
   if (in->dtype == CPK_F32)
-    bn_param_f32(v, n, f, pos, x->data, s->mean, s->istd, use_xhat,
-                 per_sample, beta, in->data, out->data);
+    bn_param_f32(v, n, f, pos, x->data, s->mean, s->istd, use_xhat, per_sample,
+                 beta, in->data, out->data);
   else
-    bn_param_f64(v, n, f, pos, x->data, s->mean, s->istd, use_xhat,
-                 per_sample, beta, in->data, out->data);
+    bn_param_f64(v, n, f, pos, x->data, s->mean, s->istd, use_xhat, per_sample,
+                 beta, in->data, out->data);
   return CPK_OK;
 }
 

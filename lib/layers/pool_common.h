@@ -20,14 +20,14 @@
 typedef struct {
   int64_t in, out;      /* extents */
   int64_t step;         /* distance between taps: dilation, else 1 */
-  const int64_t *first; /* [out] */
-  const int64_t *count; /* [out] */
-  const int64_t *div;   /* [out] */
+  int64_t *first;       /* [out], in the geometry's tables */
+  int64_t *count;       /* [out] */
+  int64_t *div;         /* [out] */
 } cpk__pool_axis;
 
 typedef struct {
   cpk__pool_axis ax[3];     /* depth, height, width */
-  int64_t divisor_override; /* > 0: every average divides by this instead */
+  int64_t divisor_override; /* nonzero: every average divides by this */
   int64_t *tables;          /* owns first, count and div of every axis */
 } cpk__pool_geom;
 
@@ -85,6 +85,12 @@ static inline int64_t cpk__pool_in_plane(const cpk__pool_geom *g) {
 static inline int64_t cpk__pool_out_plane(const cpk__pool_geom *g) {
   return g->ax[0].out * g->ax[1].out * g->ax[2].out;
 }
+
+/* The averaging map of g applied to a block [..., C, *spatial] (planes:
+ * numel(in) / plane size): its J, which is also the forward
+ * (transpose = 0), or J^T (transpose = 1). */
+void cpk__pool_avg_apply(const cpk__pool_geom *g, int transpose,
+                         const cpk_tensor *in, cpk_tensor *out);
 
 /* ---- plane kernels (x, y, in, out: buffers of dtype dt) ---- */
 

@@ -37,10 +37,45 @@ static int bce_value_grad(cpk_context *ctx, double c, const cpk_tensor *f,
   return CPK_OK;
 }
 
+static int64_t bce_sqrt_columns(const cpk_tensor *f) {
+  return cpk_tensor_numel(f) / f->shape[0];
+}
+
+/* The Hessian is diagonal, c s (1 - s) per output (s = sigmoid(f)):
+ * out[v, n, j] = sqrt(c s_j (1 - s_j)) d_vj, one column per output. */
+static int bce_sqrt_hessian(cpk_context *ctx, double c, const cpk_tensor *f,
+                            const cpk_tensor *target, cpk_tensor *out) {
+  const int64_t n = f->shape[0], d = bce_sqrt_columns(f);
+  for (int64_t v = 0; v < d; v++)
+    for (int64_t i = 0; i < n; i++) {
+      double s = sigmoid(cpk_tensor_get(f, i * d + v));
+      cpk_tensor_set(out, (v * n + i) * d + v, sqrt(c * s * (1.0 - s)));
+    }
+  return CPK_OK;
+}
+
+/* y_m ~ Bernoulli(s) per output; the loss gradient s - y_m, times
+ * sqrt(c / M). */
+static int bce_sqrt_hessian_mc(cpk_context *ctx, double c, const cpk_tensor *f,
+                               int64_t m, cpk__rng *rng, cpk_tensor *out) {
+  const int64_t total = cpk_tensor_numel(f);
+  const double scale = sqrt(c / (double)m);
+  for (int64_t v = 0; v < m; v++)
+    for (int64_t i = 0; i < total; i++) {
+      double s = sigmoid(cpk_tensor_get(f, i));
+      double y = cpk__rng_uniform(rng) < s ? 1.0 : 0.0;
+      cpk_tensor_set(out, v * total + i, scale * (s - y));
+    }
+  return CPK_OK;
+}
+
 const cpk__loss_def cpk__bce_with_logits_loss = {
     .kind = CPK_LOSS_BCE_WITH_LOGITS,
     .name = "bce_with_logits",
     .check_target = bce_check_target,
     .mean_count = bce_mean_count,
     .value_grad = bce_value_grad,
+    .sqrt_columns = bce_sqrt_columns,
+    .sqrt_hessian = bce_sqrt_hessian,
+    .sqrt_hessian_mc = bce_sqrt_hessian_mc,
 };

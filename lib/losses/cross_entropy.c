@@ -83,10 +83,83 @@ static int ce_value_grad(cpk_context *ctx, double c, const cpk_tensor *f,
   return CPK_OK;
 }
 
+/* softmax over the classes at (n, s) into p[0..C). */
+static void softmax_at(const cpk_tensor *f, int64_t base, int64_t classes,
+                       int64_t stride, double *p) {
+  double mx = -INFINITY, z = 0.0;
+  for (int64_t k = 0; k < classes; k++)
+    mx = fmax(mx, cpk_tensor_get(f, base + k * stride));
+  for (int64_t k = 0; k < classes; k++)
+    z += p[k] = exp(cpk_tensor_get(f, base + k * stride) - mx);
+  for (int64_t k = 0; k < classes; k++)
+    p[k] /= z;
+}
+
+static int64_t ce_sqrt_columns(const cpk_tensor *f) {
+  return f->shape[1] * spatial(f);
+}
+
+/* Column v = (k, s) of sample n is non-zero only at position s:
+ * out[(k,s), n, j, s] = sqrt(c) sqrt(p_j) (delta_kj - sqrt(p_k) sqrt(p_j)),
+ * whose outer products sum to c (diag(p) - p p^T) at each position. */
+static int ce_sqrt_hessian(cpk_context *ctx, double c, const cpk_tensor *f,
+                           const cpk_tensor *target, cpk_tensor *out) {
+  const int64_t n = f->shape[0], classes = f->shape[1], s = spatial(f);
+  const int64_t per = classes * s; /* one sample's output size */
+  double *p = cpk__malloc((size_t)classes * sizeof *p);
+  if (p == NULL)
+    return CPK_ENOMEM;
+  for (int64_t i = 0; i < n; i++)
+    for (int64_t pos = 0; pos < s; pos++) {
+      softmax_at(f, i * per + pos, classes, s, p);
+      for (int64_t k = 0; k < classes; k++) {
+        const int64_t v = k * s + pos;
+        for (int64_t j = 0; j < classes; j++)
+          cpk_tensor_set(out, (v * n + i) * per + j * s + pos,
+                         sqrt(c * p[j]) * ((k == j) - sqrt(p[k] * p[j])));
+      }
+    }
+  cpk__free(p);
+  return CPK_OK;
+}
+
+/* out[m, n] = sqrt(c / M) (p - onehot(y_m)) with y_m ~ Categorical(p) at
+ * every position. */
+static int ce_sqrt_hessian_mc(cpk_context *ctx, double c, const cpk_tensor *f,
+                              int64_t m, cpk__rng *rng, cpk_tensor *out) {
+  const int64_t n = f->shape[0], classes = f->shape[1], s = spatial(f);
+  const int64_t per = classes * s;
+  const double scale = sqrt(c / (double)m);
+  double *p = cpk__malloc((size_t)classes * sizeof *p);
+  if (p == NULL)
+    return CPK_ENOMEM;
+  for (int64_t i = 0; i < n; i++)
+    for (int64_t pos = 0; pos < s; pos++) {
+      softmax_at(f, i * per + pos, classes, s, p);
+      for (int64_t v = 0; v < m; v++) {
+        double u = cpk__rng_uniform(rng), acc = 0.0;
+        int64_t draw = classes - 1;
+        for (int64_t k = 0; k < classes; k++)
+          if (u < (acc += p[k])) {
+            draw = k;
+            break;
+          }
+        for (int64_t k = 0; k < classes; k++)
+          cpk_tensor_set(out, (v * n + i) * per + k * s + pos,
+                         scale * (p[k] - (k == draw)));
+      }
+    }
+  cpk__free(p);
+  return CPK_OK;
+}
+
 const cpk__loss_def cpk__cross_entropy_loss = {
     .kind = CPK_LOSS_CROSS_ENTROPY,
     .name = "cross_entropy",
     .check_target = ce_check_target,
     .mean_count = ce_mean_count,
     .value_grad = ce_value_grad,
+    .sqrt_columns = ce_sqrt_columns,
+    .sqrt_hessian = ce_sqrt_hessian,
+    .sqrt_hessian_mc = ce_sqrt_hessian_mc,
 };

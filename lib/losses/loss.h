@@ -22,6 +22,19 @@ typedef struct cpk__loss_def {
   /* *loss := L, grad := dL/df ([N, *out], f's dtype). c is the scale. */
   int (*value_grad)(cpk_context *ctx, double c, const cpk_tensor *f,
                     const cpk_tensor *target, double *loss, cpk_tensor *grad);
+  /* Columns V of the exact square root (C for cross-entropy times the
+   * spatial positions, the output size for MSE and BCE). */
+  int64_t (*sqrt_columns)(const cpk_tensor *f);
+  /* Exact square root of the loss Hessian, out [V, N, *out]:
+   * sum_v out[v,n] out[v,n]^T = c * d^2 l_n / d f_n^2 (backpack-reference.md,
+   * "Square roots of the loss Hessian"). */
+  int (*sqrt_hessian)(cpk_context *ctx, double c, const cpk_tensor *f,
+                      const cpk_tensor *target, cpk_tensor *out);
+  /* Monte Carlo square root, out [M, N, *out]: the loss gradient at targets
+   * drawn from the model's likelihood, times sqrt(c / M), so that
+   * E[sum_m out[m,n] out[m,n]^T] = c * d^2 l_n / d f_n^2. */
+  int (*sqrt_hessian_mc)(cpk_context *ctx, double c, const cpk_tensor *f,
+                         int64_t m, cpk__rng *rng, cpk_tensor *out);
 } cpk__loss_def;
 
 const cpk__loss_def *cpk__loss_get(cpk_loss_kind kind);

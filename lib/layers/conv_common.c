@@ -1,0 +1,546 @@
+/*
+ * conv_common.c: configuration, shapes and the compute core shared by the
+ * convolution and transposed-convolution layers (see conv_common.h).
+ */
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "conv_common.h"
+
+/* Arguments larger than this are refused, so that the shape arithmetic
+ * below (products of two of them with an extent) cannot overflow. */
+#define CONV_ARG_MAX ((int64_t)1 << 31)
+
+/* ------------------------------------------------------- configuration */
+
+static int check_range(const cpk__layer *l, const char *name,
+                       const int64_t *v, int dims, int64_t lo) {
+  for (int a = 0; a < dims; a++) {
+    if (v[a] < lo)
+      return cpk__fail(CPK_EFORMAT, "%s: %s must be %s, got %lld", l->where,
+                       name, lo > 0 ? "positive" : "non-negative",
+                       (long long)v[a]);
+    if (v[a] > CONV_ARG_MAX)
+      return cpk__fail(CPK_EFORMAT, "%s: %s=%lld is too large (at most %lld)",
+                       l->where, name, (long long)v[a],
+                       (long long)CONV_ARG_MAX);
+  }
+  return CPK_OK;
+}
+
+/* Channels and groups: PyTorch requires groups to divide both counts. */
+static int read_channels(const cpk__layer *l, const cpk__arg_value *a,
+                         const cpk__conv_slots *sl, cpk__conv *s) {
+  int rc;
+  s->in_channels = a[sl->in_channels].ints[0];
+  s->out_channels = a[sl->out_channels].ints[0];
+  s->groups = a[sl->groups].ints[0];
+  if ((rc = check_range(l, "in_channels", &s->in_channels, 1, 1)) ||
+      (rc = check_range(l, "out_channels", &s->out_channels, 1, 1)) ||
+      (rc = check_range(l, "groups", &s->groups, 1, 1)))
+    return rc;
+  if (s->in_channels % s->groups != 0 || s->out_channels % s->groups != 0)
+    return cpk__fail(CPK_EFORMAT,
+                     "%s: in_channels (%lld) and out_channels (%lld) must "
+                     "both be divisible by groups (%lld)",
+                     l->where, (long long)s->in_channels,
+                     (long long)s->out_channels, (long long)s->groups);
+  return CPK_OK;
+}
+
+/* Padding: a tuple, or the words 'valid' (0) and 'same' (ConvNd, stride 1:
+ * total d*(k-1) per axis, left = total/2, right = total - left). */
+static int read_padding(const cpk__layer *l, const cpk__arg_value *pad,
+                        cpk__conv *s) {
+  const int dims = s->dims;
+  int rc;
+  if (strcmp(pad->word, "same") == 0) {
+    for (int a = 0; a < dims; a++)
+      if (s->stride[a] != 1)
+        return cpk__fail(CPK_EFORMAT,
+                         "%s: padding='same' needs stride 1, got stride %lld",
+                         l->where, (long long)s->stride[a]);
+    for (int a = 0; a < dims; a++) {
+      int64_t total = s->dilation[a] * (s->kernel[a] - 1);
+      s->pad_lo[a] = total / 2;
+      s->pad_hi[a] = total - total / 2;
+    }
+    return CPK_OK;
+  }
+  if (strcmp(pad->word, "valid") == 0)
+    return CPK_OK; /* zero, as calloc left it */
+  if ((rc = cpk__args_tuple(pad, "padding", dims, s->pad_lo, l->where)) ||
+      (rc = check_range(l, "padding", s->pad_lo, dims, 0)))
+    return rc;
+  memcpy(s->pad_hi, s->pad_lo, sizeof s->pad_hi);
+  return CPK_OK;
+}
+
+/* PyTorch: output_padding must be smaller than stride or dilation. */
+static int read_output_padding(const cpk__layer *l, const cpk__arg_value *op,
+                               cpk__conv *s) {
+  int rc;
+  if ((rc = cpk__args_tuple(op, "output_padding", s->dims, s->output_padding,
+                            l->where)) ||
+      (rc = check_range(l, "output_padding", s->output_padding, s->dims, 0)))
+    return rc;
+  for (int a = 0; a < s->dims; a++)
+    if (s->output_padding[a] >= s->stride[a] &&
+        s->output_padding[a] >= s->dilation[a])
+      return cpk__fail(CPK_EFORMAT,
+                       "%s: output_padding (%lld) must be smaller than stride "
+                       "(%lld) or dilation (%lld)",
+                       l->where, (long long)s->output_padding[a],
+                       (long long)s->stride[a], (long long)s->dilation[a]);
+  return CPK_OK;
+}
+
+static int read_args(const cpk__layer *l, const cpk__arg_value *a,
+                     const cpk__conv_slots *sl, cpk__conv *s) {
+  const int dims = s->dims;
+  int rc;
+  if ((rc = read_channels(l, a, sl, s)) ||
+      (rc = cpk__args_tuple(&a[sl->kernel_size], "kernel_size", dims,
+                            s->kernel, l->where)) ||
+      (rc = check_range(l, "kernel_size", s->kernel, dims, 1)) ||
+      (rc = cpk__args_tuple(&a[sl->stride], "stride", dims, s->stride,
+                            l->where)) ||
+      (rc = check_range(l, "stride", s->stride, dims, 1)) ||
+      (rc = cpk__args_tuple(&a[sl->dilation], "dilation", dims, s->dilation,
+                            l->where)) ||
+      (rc = check_range(l, "dilation", s->dilation, dims, 1)) ||
+      (rc = read_padding(l, &a[sl->padding], s)))
+    return rc;
+  if (sl->output_padding >= 0 &&
+      (rc = read_output_padding(l, &a[sl->output_padding], s)))
+    return rc;
+  s->bias = a[sl->bias].b;
+  return CPK_OK;
+}
+
+int cpk__conv_configure(cpk__layer *l, const cpk__arg_value *args,
+                        int transposed, const cpk__conv_slots *slots) {
+  cpk__conv *s = cpk__calloc(sizeof *s);
+  if (s == NULL)
+    return CPK_ENOMEM;
+  s->dims = *(const int *)l->kind->data;
+  s->transposed = transposed;
+  int rc = read_args(l, args, slots, s);
+  if (rc != CPK_OK) {
+    cpk__free(s);
+    return rc;
+  }
+  l->priv = s;
+  return CPK_OK;
+}
+
+/* ---------------------------------------------------------------- shapes */
+
+/* Output extent of axis a for input extent `in`, or an error. */
+static int out_extent(const cpk__layer *l, const cpk__conv *s, int a,
+                      int64_t in, int64_t *out) {
+  const int64_t span = s->dilation[a] * (s->kernel[a] - 1); /* < 2^62 */
+  const int64_t pads = s->pad_lo[a] + s->pad_hi[a];
+  if (!s->transposed) {
+    if (in > INT64_MAX - pads)
+      return cpk__fail(CPK_EOVERFLOW, "%s: padded input size overflows",
+                       l->where);
+    if (in + pads < span + 1)
+      return cpk__fail(CPK_ESHAPE,
+                       "%s: kernel (dilated size %lld) is larger than the "
+                       "padded input (size %lld) along spatial axis %d",
+                       l->where, (long long)(span + 1),
+                       (long long)(in + pads), a + 1);
+    *out = (in + pads - span - 1) / s->stride[a] + 1;
+    return CPK_OK;
+  }
+  if (in - 1 > (INT64_MAX - span - s->output_padding[a] - 1) / s->stride[a])
+    return cpk__fail(CPK_EOVERFLOW, "%s: output size overflows", l->where);
+  *out = (in - 1) * s->stride[a] - pads + span + s->output_padding[a] + 1;
+  if (*out <= 0)
+    return cpk__fail(CPK_ESHAPE,
+                     "%s: output size %lld <= 0 along spatial axis %d (input "
+                     "size %lld, padding %lld)",
+                     l->where, (long long)*out, a + 1, (long long)in,
+                     (long long)s->pad_lo[a]);
+  return CPK_OK;
+}
+
+static int check_sample(const cpk__layer *l, const cpk__conv *s) {
+  char buf[128];
+  if (l->in_ndim == s->dims + 1 && l->in_shape[0] == s->in_channels)
+    return CPK_OK;
+  return cpk__fail(CPK_ESHAPE,
+                   "%s: expected an input sample (channels, %d spatial "
+                   "axes) with %lld channels, got a sample of shape %s",
+                   l->where, s->dims, (long long)s->in_channels,
+                   cpk_shape_str(buf, sizeof buf, l->in_ndim, l->in_shape));
+}
+
+/* The 3-d im2col geometry of the core: X grid -> Y grid, leading trivial
+ * axes for D < 3. */
+static void set_geometry(cpk__conv *s, const int64_t *xs, const int64_t *ys) {
+  cpk__im2col_geom *g = &s->geom;
+  const int lead = 3 - s->dims;
+  s->cx = s->transposed ? s->out_channels : s->in_channels;
+  s->cy = s->transposed ? s->in_channels : s->out_channels;
+  g->channels = s->cx;
+  for (int a = 0; a < 3; a++) {
+    int in_d = a >= lead;
+    g->in[a] = in_d ? xs[a - lead] : 1;
+    g->out[a] = in_d ? ys[a - lead] : 1;
+    g->k[a] = in_d ? s->kernel[a - lead] : 1;
+    g->stride[a] = in_d ? s->stride[a - lead] : 1;
+    g->pad[a] = in_d ? s->pad_lo[a - lead] : 0;
+    g->dil[a] = in_d ? s->dilation[a - lead] : 1;
+  }
+}
+
+int cpk__conv_build(cpk__layer *l) {
+  cpk__conv *s = l->priv;
+  int64_t out[3], wshape[2 + 3];
+  int rc;
+  if ((rc = check_sample(l, s)) != CPK_OK)
+    return rc;
+  for (int a = 0; a < s->dims; a++)
+    if ((rc = out_extent(l, s, a, l->in_shape[1 + a], &out[a])) != CPK_OK)
+      return rc;
+  l->out_ndim = l->in_ndim;
+  l->out_shape[0] = s->out_channels;
+  memcpy(l->out_shape + 1, out, (size_t)s->dims * sizeof *out);
+  if (s->transposed)
+    set_geometry(s, out, l->in_shape + 1);
+  else
+    set_geometry(s, l->in_shape + 1, out);
+  wshape[0] = s->cy;
+  wshape[1] = s->cx / s->groups;
+  memcpy(wshape + 2, s->kernel, (size_t)s->dims * sizeof *wshape);
+  if ((rc = cpk__layer_declare_param(l, "weight", 1, 2 + s->dims, wshape)))
+    return rc;
+  if (s->bias)
+    rc = cpk__layer_declare_param(l, "bias", 1, 1, &s->out_channels);
+  return rc;
+}
+
+int cpk__conv_init(cpk__layer *l, cpk__rng *rng) {
+  const cpk__conv *s = l->priv;
+  double fan_in = (double)(s->cx / s->groups);
+  for (int a = 0; a < s->dims; a++)
+    fan_in *= (double)s->kernel[a];
+  for (int p = 0; p < l->nparams; p++)
+    cpk__init_uniform(l->params[p].value, 1.0 / sqrt(fan_in), rng);
+  return CPK_OK;
+}
+
+void cpk__conv_destroy(cpk__layer *l) { cpk__free(l->priv); }
+
+/* ------------------------------------------------------------ the core */
+
+static int64_t kvol(const cpk__im2col_geom *g) {
+  return g->k[0] * g->k[1] * g->k[2];
+}
+
+/* Sizes of the core, in elements. */
+typedef struct {
+  int64_t g;        /* groups */
+  int64_t cxg, cyg; /* channels per group */
+  int64_t kx;       /* cxg * prod(K): one group's patch length */
+  int64_t lx, ly;   /* grid sizes */
+  int64_t xsz, ysz; /* one image: cx*lx, cy*ly */
+  int64_t wsz;      /* weight: cy * kx; group g starts at g*cyg*kx */
+  int64_t colsz;    /* one image's unfolding: G * kx * ly */
+  size_t es;        /* bytes per element */
+  int unfold;       /* 0: 1x1 kernel, stride 1, no padding, same grids,
+                       where the unfolding is the image itself */
+} core_dims;
+
+static core_dims dims_of(const cpk__conv *s, cpk_dtype dt) {
+  const cpk__im2col_geom *g = &s->geom;
+  core_dims d;
+  d.g = s->groups;
+  d.cxg = s->cx / s->groups;
+  d.cyg = s->cy / s->groups;
+  d.kx = d.cxg * kvol(g);
+  d.lx = g->in[0] * g->in[1] * g->in[2];
+  d.ly = g->out[0] * g->out[1] * g->out[2];
+  d.xsz = s->cx * d.lx;
+  d.ysz = s->cy * d.ly;
+  d.wsz = s->cy * d.kx;
+  d.colsz = d.g * d.kx * d.ly;
+  d.es = cpk_dtype_size(dt);
+  d.unfold = d.kx != d.cxg;
+  for (int a = 0; a < 3; a++)
+    d.unfold |= g->stride[a] != 1 || g->pad[a] != 0 || g->in[a] != g->out[a];
+  return d;
+}
+
+/* Threads over `count` independent items: all of OpenMP's, at most one per
+ * item. With one thread there is no parallel region and BLAS may thread. */
+static int threads_for(int64_t count) {
+  int nt = omp_get_max_threads();
+  return count < nt ? (int)(count > 0 ? count : 1) : nt;
+}
+
+/* One unfolding buffer per thread (NULL when the core needs none). */
+static int scratch_new(const core_dims *d, int nt, char **out) {
+  size_t bytes;
+  *out = NULL;
+  if (!d->unfold)
+    return CPK_OK;
+  int rc = cpk__mul_size((size_t)d->colsz, d->es, &bytes, "convolution "
+                         "unfolding buffer");
+  if (rc == CPK_OK)
+    rc = cpk__mul_size(bytes, (size_t)nt, &bytes, "convolution unfolding "
+                       "buffers");
+  if (rc != CPK_OK)
+    return rc;
+  *out = cpk__malloc(bytes);
+  return *out ? CPK_OK : CPK_ENOMEM;
+}
+
+/* The unfolding of image x into this thread's buffer (or x itself). */
+static const char *unfold_into(const cpk__conv *s, const core_dims *d,
+                               const cpk_context *ctx, cpk_dtype dt,
+                               const char *x, char *scratch) {
+  if (!d->unfold)
+    return x;
+  char *cols = scratch + (size_t)omp_get_thread_num() * d->colsz * d->es;
+  cpk__im2col(ctx, dt, &s->geom, 1, x, cols);
+  return cols;
+}
+
+/* y := W . cols (+ y when accumulate), one image, group by group. */
+static void gemm_apply(const core_dims *d, const cpk_context *ctx,
+                       cpk_dtype dt, const char *w, const char *cols,
+                       int accumulate, char *y) {
+  for (int64_t g = 0; g < d->g; g++)
+    cpk__gemm(ctx, dt, 0, 0, d->cyg, d->ly, d->kx, 1.0,
+              w + (size_t)(g * d->cyg * d->kx) * d->es, d->kx,
+              cols + (size_t)(g * d->kx * d->ly) * d->es, d->ly,
+              accumulate ? 1.0 : 0.0, y + (size_t)(g * d->cyg * d->ly) * d->es,
+              d->ly);
+}
+
+int cpk__conv_apply(const cpk__conv *s, const cpk_context *ctx, cpk_dtype dt,
+                    int64_t count, const void *x, const void *w, const void *b,
+                    void *y) {
+  const core_dims d = dims_of(s, dt);
+  const int nt = threads_for(count);
+  char *scratch;
+  int rc = scratch_new(&d, nt, &scratch);
+  if (rc != CPK_OK)
+    return rc;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t i = 0; i < count; i++) {
+    const char *xi = (const char *)x + (size_t)(i * d.xsz) * d.es;
+    char *yi = (char *)y + (size_t)(i * d.ysz) * d.es;
+    const char *cols = unfold_into(s, &d, ctx, dt, xi, scratch);
+    if (b)
+      cpk__channel_bias(ctx, dt, 1, s->cy, d.ly, b, 0.0, yi);
+    gemm_apply(&d, ctx, dt, w, cols, b != NULL, yi);
+  }
+  cpk__free(scratch);
+  return CPK_OK;
+}
+
+int cpk__conv_adjoint(const cpk__conv *s, const cpk_context *ctx,
+                      cpk_dtype dt, int64_t count, const void *y,
+                      const void *w, const void *b, void *x) {
+  const core_dims d = dims_of(s, dt);
+  const int nt = threads_for(count);
+  char *scratch;
+  int rc = scratch_new(&d, nt, &scratch);
+  if (rc != CPK_OK)
+    return rc;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t i = 0; i < count; i++) {
+    const char *yi = (const char *)y + (size_t)(i * d.ysz) * d.es;
+    char *xi = (char *)x + (size_t)(i * d.xsz) * d.es;
+    /* cols[g] [kx, ly] := W[g]^T [kx, cyg] . y[g] [cyg, ly], then fold;
+     * without unfolding the columns are x itself. */
+    char *cols = d.unfold
+                     ? scratch + (size_t)omp_get_thread_num() * d.colsz * d.es
+                     : xi;
+    if (b)
+      cpk__channel_bias(ctx, dt, 1, s->cx, d.lx, b, 0.0, xi);
+    for (int64_t g = 0; g < d.g; g++)
+      cpk__gemm(ctx, dt, 1, 0, d.kx, d.ly, d.cyg, 1.0,
+                (const char *)w + (size_t)(g * d.cyg * d.kx) * d.es, d.kx,
+                yi + (size_t)(g * d.cyg * d.ly) * d.es, d.ly,
+                !d.unfold && b ? 1.0 : 0.0,
+                cols + (size_t)(g * d.kx * d.ly) * d.es, d.ly);
+    if (d.unfold)
+      cpk__col2im(ctx, dt, &s->geom, 1, cols, b ? 1.0 : 0.0, xi);
+  }
+  cpk__free(scratch);
+  return CPK_OK;
+}
+
+/* acc [wsz] := beta*acc + Y . unfold(X)^T for one image pair, per group. */
+static void gemm_weight(const core_dims *d, const cpk_context *ctx,
+                        cpk_dtype dt, const char *yi, const char *cols,
+                        double beta, char *acc) {
+  for (int64_t g = 0; g < d->g; g++)
+    cpk__gemm(ctx, dt, 0, 1, d->cyg, d->kx, d->ly, 1.0,
+              yi + (size_t)(g * d->cyg * d->ly) * d->es, d->ly,
+              cols + (size_t)(g * d->kx * d->ly) * d->es, d->ly, beta,
+              acc + (size_t)(g * d->cyg * d->kx) * d->es, d->kx);
+}
+
+/* The operands of a weight product and where image (v, n) lives. */
+typedef struct {
+  const char *x, *y;
+  int64_t v, n;
+  int x_has_v, y_has_v;
+} weight_operands;
+
+static const char *image_x(const weight_operands *o, const core_dims *d,
+                           int64_t v, int64_t n) {
+  return o->x + (size_t)(((o->x_has_v ? v * o->n : 0) + n) * d->xsz) * d->es;
+}
+
+static const char *image_y(const weight_operands *o, const core_dims *d,
+                           int64_t v, int64_t n) {
+  return o->y + (size_t)(((o->y_has_v ? v * o->n : 0) + n) * d->ysz) * d->es;
+}
+
+/* acc[v] := beta*acc[v] + sum_{n in [n0, n1)} Y_{v,n} unfold(X_{v,n})^T
+ * (acc [V, wsz]); a shared X is unfolded once per sample. */
+static void weight_range(const cpk__conv *s, const core_dims *d,
+                         const cpk_context *ctx, cpk_dtype dt,
+                         const weight_operands *o, int64_t n0, int64_t n1,
+                         double beta, char *scratch, char *acc) {
+  const char *cols = NULL;
+  for (int64_t n = n0; n < n1; n++)
+    for (int64_t v = 0; v < o->v; v++) {
+      if (v == 0 || o->x_has_v)
+        cols = unfold_into(s, d, ctx, dt, image_x(o, d, v, n), scratch);
+      gemm_weight(d, ctx, dt, image_y(o, d, v, n), cols,
+                  n == n0 ? beta : 1.0, acc + (size_t)(v * d->wsz) * d->es);
+    }
+}
+
+/* Per sample: out[v, n] := Y_{v,n} unfold(X_{v,n})^T, threads over n. */
+static void weight_per_sample(const cpk__conv *s, const core_dims *d,
+                              const cpk_context *ctx, cpk_dtype dt,
+                              const weight_operands *o, int nt, char *scratch,
+                              char *out) {
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (int64_t n = 0; n < o->n; n++) {
+    const char *cols = NULL;
+    for (int64_t v = 0; v < o->v; v++) {
+      if (v == 0 || o->x_has_v)
+        cols = unfold_into(s, d, ctx, dt, image_x(o, d, v, n), scratch);
+      gemm_weight(d, ctx, dt, image_y(o, d, v, n), cols, 0.0,
+                  out + (size_t)((v * o->n + n) * d->wsz) * d->es);
+    }
+  }
+}
+
+/* Summed: thread t sums samples [t*N/nt, (t+1)*N/nt); thread 0 into out
+ * (with beta), the others into partial sums added to out afterwards. */
+static int weight_summed(const cpk__conv *s, const core_dims *d,
+                         const cpk_context *ctx, cpk_dtype dt,
+                         const weight_operands *o, int nt, double beta,
+                         char *scratch, char *out) {
+  const int64_t total = o->v * d->wsz;
+  char *partial = NULL;
+  if (nt > 1) {
+    size_t bytes;
+    int rc = cpk__mul_size((size_t)total * d->es, (size_t)(nt - 1), &bytes,
+                           "convolution weight partial sums");
+    if (rc != CPK_OK)
+      return rc;
+    if ((partial = cpk__malloc(bytes)) == NULL)
+      return CPK_ENOMEM;
+  }
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    const int t = omp_get_thread_num();
+    const int64_t n0 = o->n * t / nt, n1 = o->n * (t + 1) / nt;
+    char *acc = t == 0 ? out : partial + (size_t)((t - 1) * total) * d->es;
+    weight_range(s, d, ctx, dt, o, n0, n1, t == 0 ? beta : 0.0, scratch,
+                 acc);
+  }
+  for (int t = 1; t < nt; t++)
+    cpk__axpy(ctx, dt, total, 1.0,
+              partial + (size_t)((t - 1) * total) * d->es, out);
+  cpk__free(partial);
+  return CPK_OK;
+}
+
+int cpk__conv_weight_grad(const cpk__conv *s, const cpk_context *ctx,
+                          cpk_dtype dt, int64_t v, int64_t n, const void *x,
+                          int x_has_v, const void *y, int y_has_v,
+                          int per_sample, double beta, void *out) {
+  const core_dims d = dims_of(s, dt);
+  const weight_operands o = {x, y, v, n, x_has_v, y_has_v};
+  const int nt = threads_for(n);
+  char *scratch;
+  int rc = scratch_new(&d, nt, &scratch);
+  if (rc != CPK_OK)
+    return rc;
+  if (per_sample)
+    weight_per_sample(s, &d, ctx, dt, &o, nt, scratch, out);
+  else
+    rc = weight_summed(s, &d, ctx, dt, &o, nt, beta, scratch, out);
+  cpk__free(scratch);
+  return rc;
+}
+
+int cpk__conv_bias_grad(const cpk_context *ctx, cpk_dtype dt, int64_t v,
+                        int64_t n, int64_t c, int64_t m, const void *in,
+                        int per_sample, double beta, void *out) {
+  /* Sums over the last axis: [B, M] as B blocks of an [M, 1] matrix. */
+  if (per_sample) {
+    cpk__sum_rows(ctx, dt, v * n * c, m, 1, in, 0.0, out);
+    return CPK_OK;
+  }
+  cpk_tensor *per;
+  int64_t shape[3] = {v, n, c};
+  int rc = cpk_tensor_new(&per, dt, 3, shape);
+  if (rc != CPK_OK)
+    return rc;
+  cpk__sum_rows(ctx, dt, v * n * c, m, 1, in, 0.0, per->data);
+  cpk__sum_rows(ctx, dt, v, n, c, per->data, beta, out);
+  cpk_tensor_free(per);
+  return CPK_OK;
+}
+
+/* ------------------------------------------------------ for extensions */
+
+const cpk__conv *cpk__conv_of(const cpk__layer *l) {
+  const cpk__layer_kind *k = l->kind;
+  if (k == &cpk__conv1d_kind || k == &cpk__conv2d_kind ||
+      k == &cpk__conv3d_kind || k == &cpk__conv_transpose1d_kind ||
+      k == &cpk__conv_transpose2d_kind || k == &cpk__conv_transpose3d_kind)
+    return l->priv;
+  return NULL;
+}
+
+int cpk__conv_unfold_input(const cpk__layer *l, const cpk_context *ctx,
+                           const cpk_tensor *x, cpk_tensor **out) {
+  const cpk__conv *s = cpk__conv_of(l);
+  *out = NULL;
+  if (s == NULL)
+    return cpk__fail(CPK_EINVAL, "%s: not a convolution", l->where);
+  cpk__im2col_geom g = s->geom;
+  const int64_t kv = kvol(&g);
+  const int64_t n = x->shape[0], c = s->in_channels;
+  /* ConvNd: x is on the X grid; ConvTransposeNd: on the Y grid, and its
+   * patches are laid out on the X grid. */
+  const int64_t l_out = s->transposed ? g.in[0] * g.in[1] * g.in[2]
+                                      : g.out[0] * g.out[1] * g.out[2];
+  int64_t shape[4] = {n, s->groups, c / s->groups * kv, l_out};
+  int rc = cpk_tensor_new(out, x->dtype, 4, shape);
+  if (rc != CPK_OK)
+    return rc;
+  g.channels = c;
+  if (s->transposed)
+    cpk__im2col_transposed(ctx, x->dtype, &g, n, x->data, (*out)->data);
+  else
+    cpk__im2col(ctx, x->dtype, &g, n, x->data, (*out)->data);
+  return CPK_OK;
+}

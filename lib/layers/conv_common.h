@@ -1,0 +1,111 @@
+/*
+ * conv_common.h: the one N-d convolution core (D = 1, 2, 3 spatial axes)
+ * behind conv{1,2,3}d (conv.c) and conv_transpose{1,2,3}d
+ * (conv_transpose.c), and what extensions need to know of those layers.
+ *
+ * The core convolution maps an image X [cx, *xs] to Y [cy, *ys] with a
+ * weight W [cy, cx/G, *K] in G groups. Per group g (cxg = cx/G, cyg = cy/G,
+ * Ly = prod(ys)):
+ *   Y[g] [cyg, Ly] = W[g] [cyg, cxg*prod(K)] . unfold(X)[g] [cxg*prod(K), Ly]
+ * where unfold is im2col (ops.h) with the layer's stride, leading padding
+ * and dilation. Its adjoint, X = fold(W^T Y), is col2im of W[g]^T Y[g].
+ *
+ *   layer            X              Y             forward    weight layout
+ *   ConvNd           layer input    layer output  apply      (OUT, IN/G, *K)
+ *   ConvTransposeNd  layer output   layer input   adjoint    (IN, OUT/G, *K)
+ *
+ * so for ConvNd (cx, cy) = (IN, OUT) and for ConvTransposeNd (cx, cy) =
+ * (OUT, IN): in both, W is [cy, cx/G, *K] exactly as PyTorch stores it.
+ * The Jacobian of one is the other: J^T of a convolution is its adjoint.
+ */
+#ifndef CPK_CONV_COMMON_H
+#define CPK_CONV_COMMON_H
+
+#include "layer.h"
+#include "ops.h"
+
+typedef struct cpk__conv {
+  int dims;       /* D: 1, 2 or 3 spatial axes */
+  int transposed; /* 0: ConvNd, 1: ConvTransposeNd */
+  int64_t in_channels, out_channels, groups; /* as PyTorch names them */
+  int64_t kernel[3], stride[3], dilation[3]; /* first D entries used */
+  int64_t pad_lo[3], pad_hi[3]; /* padding before / after, per axis */
+  int64_t output_padding[3];    /* ConvTransposeNd only, else 0 */
+  int bias;
+  /* Set by build. */
+  int64_t cx, cy;         /* channels of X and Y (see above) */
+  cpk__im2col_geom geom;  /* X grid -> Y grid; geom.channels = cx */
+} cpk__conv;
+
+/* Where each PyTorch argument sits in a kind's argument list (-1: absent,
+ * as output_padding is for ConvNd). */
+typedef struct {
+  int in_channels, out_channels, kernel_size, stride, padding,
+      output_padding, dilation, groups, bias;
+} cpk__conv_slots;
+
+/* configure: read the bound arguments into a new cpk__conv (l->priv), with
+ * D = *(const int *)l->kind->data. Checks what needs no input shape:
+ * positive channels, groups dividing both, kernel/stride/dilation >= 1,
+ * padding >= 0, 'same' only with stride 1 (total d*(k-1), left half
+ * rounded down), output_padding < max(stride, dilation). */
+int cpk__conv_configure(cpk__layer *l, const cpk__arg_value *args,
+                        int transposed, const cpk__conv_slots *slots);
+/* build: check the sample shape [IN, *in], set [OUT, *out] with, per axis,
+ *   ConvNd:          out = (in + lo + hi - d*(k-1) - 1) / s + 1
+ *   ConvTransposeNd: out = (in - 1)*s - lo - hi + d*(k-1) + op + 1
+ * (a kernel wider than the padded input, or out <= 0, is an error), and
+ * declare weight [cy, cx/G, *K] and bias [OUT]. */
+int cpk__conv_build(cpk__layer *l);
+/* kaiming_uniform(a = sqrt(5)) on the weight and PyTorch's bias rule: both
+ * U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = weight.shape[1] * prod(K). */
+int cpk__conv_init(cpk__layer *l, cpk__rng *rng);
+void cpk__conv_destroy(cpk__layer *l);
+
+/* The core over `count` images, threads over the images (BLAS runs single
+ * threaded inside). w is [cy, cx/G, *K]; b (or NULL for none) is added per
+ * output channel.
+ *   apply:   y [count, cy, *ys] := W . unfold(x) (+ b), x [count, cx, *xs]
+ *   adjoint: x [count, cx, *xs] := fold(W^T y) (+ b), y [count, cy, *ys] */
+int cpk__conv_apply(const cpk__conv *s, const cpk_context *ctx, cpk_dtype dt,
+                    int64_t count, const void *x, const void *w, const void *b,
+                    void *y);
+int cpk__conv_adjoint(const cpk__conv *s, const cpk_context *ctx,
+                      cpk_dtype dt, int64_t count, const void *y,
+                      const void *w, const void *b, void *x);
+
+/* Weight part of a parameter-Jacobian product. Images X_{v,n} and Y_{v,n}
+ * for v < V, n < N; x is [V, N, cx, *xs] when x_has_v, else [N, cx, *xs]
+ * shared by every v (likewise y, [V, N, cy, *ys] or [N, cy, *ys]).
+ *   per_sample: out[v, n] := Y_{v,n} . unfold(X_{v,n})^T   ([V, N, *W])
+ *   summed:     out[v] := beta*out[v] + sum_n (the same)    ([V, *W])
+ * per group: [cyg, Ly] x [Ly, cxg*prod(K)] -> [cyg, cxg*prod(K)]. */
+int cpk__conv_weight_grad(const cpk__conv *s, const cpk_context *ctx,
+                          cpk_dtype dt, int64_t v, int64_t n, const void *x,
+                          int x_has_v, const void *y, int y_has_v,
+                          int per_sample, double beta, void *out);
+/* Bias part: in [V, N, C, M] summed over the M positions (and n):
+ *   per_sample: out[v, n, c] := sum_m in[v, n, c, m]
+ *   summed:     out[v, c] := beta*out[v, c] + sum_{n,m} in[v, n, c, m]. */
+int cpk__conv_bias_grad(const cpk_context *ctx, cpk_dtype dt, int64_t v,
+                        int64_t n, int64_t c, int64_t m, const void *in,
+                        int per_sample, double beta, void *out);
+
+/* For extensions. The convolution state of layer l, or NULL when l is not
+ * one of the six convolution kinds. */
+const cpk__conv *cpk__conv_of(const cpk__layer *l);
+/* Unfold a convolution layer's input x [N, IN, *in] into the patches its
+ * weight contracts with, *out (allocated here, caller frees)
+ * [N, G, IN/G * prod(K), L] (rows (channel of the group, k0, k1, k2)):
+ *   ConvNd:          im2col(x), L = prod(out):
+ *                    y[n, g*OUTg + o, l] = sum_r W[g*OUTg + o, r] out[n,g,r,l]
+ *   ConvTransposeNd: the transposed unfolding (cpk__im2col_transposed),
+ *                    L = prod(out) of the layer output:
+ *                    y[n, g*OUTg + o, l] = sum_{c,k} W[g*INg + c, o, k]
+ *                                                    out[n, g, (c, k), l]
+ * (BackPACK's unfold_input / unfold_by_conv_transpose; the Kronecker input
+ * factor of KFAC is over these patches). */
+int cpk__conv_unfold_input(const cpk__layer *l, const cpk_context *ctx,
+                           const cpk_tensor *x, cpk_tensor **out);
+
+#endif /* CPK_CONV_COMMON_H */
