@@ -203,7 +203,7 @@ int cpk__pool_geom_window(cpk__pool_geom *g, cpk__layer *l,
         const int64_t last = end_pad < in ? end_pad : in;
         ax->first[o] = first;
         ax->count[o] = last - first;
-        ax->div[o] = mode == CPK__POOL_AVG_WITH_PAD ? start + k - start
+        ax->div[o] = mode == CPK__POOL_AVG_WITH_PAD ? end_pad - start
                                                     : last - first;
       }
     }

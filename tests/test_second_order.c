@@ -1,0 +1,340 @@
+/*
+ * test_second_order.c: the GGN extensions against the full generalized
+ * Gauss-Newton matrix of tiny networks, G = sum_n J_n^T H_n J_n, built
+ * independently: J_n (d output / d parameters) by central differences of
+ * the outputs, H_n from the closed forms of the loss Hessians below. Checks
+ * diag_ggn_exact, batch_diag_ggn_exact, sqrt_ggn_exact (F F^T = G), KFLR at
+ * batch size 1 (exactly the GGN block), and the Monte Carlo versions
+ * converging to the exact ones.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+
+#define N 3
+#define OUT 3
+#define MAXP 80
+
+static const char *const net_text =
+    "flatten\nlinear 4 3\ntanh\nlinear 3 4 bias=false\nsigmoid\nlinear 4 3\n";
+static const int64_t sample_shape[2] = {2, 2};
+
+typedef struct {
+  cpk_model *m;
+  cpk_context *ctx;
+  cpk_tensor *x, *y;
+  cpk_loss_kind loss;
+  cpk_reduction red;
+  int64_t n;
+  int64_t np;              /* total parameters */
+  double ggn[MAXP][MAXP];  /* the GGN */
+  double ggn_n[N][MAXP];   /* its per-sample diagonals */
+} problem;
+
+static cpk_tensor *make_target(cpk_loss_kind loss, int64_t n) {
+  int64_t s2[2] = {n, OUT};
+  if (loss != CPK_LOSS_CROSS_ENTROPY)
+    return tu_random(CPK_F64, 2, s2, 0, 1, 31);
+  cpk_tensor *t;
+  tu_ok(cpk_tensor_new(&t, CPK_I64, 1, &n));
+  for (int64_t i = 0; i < n; i++)
+    cpk_tensor_set(t, i, (double)((i + 1) % OUT));
+  return t;
+}
+
+static const cpk_tensor *result(const cpk_results *r, const char *param,
+                                const char *suffix) {
+  char key[96];
+  snprintf(key, sizeof key, "%s.%s", param, suffix);
+  const cpk_tensor *t = cpk_results_find(r, key);
+  if (t == NULL) {
+    print_error("missing result %s\n", key);
+    fail();
+  }
+  return t;
+}
+
+/* Output of the network for the current parameters, [n, OUT]. */
+static void outputs(problem *pb, double *out) {
+  cpk_pass_spec spec = {pb->loss, pb->red, NULL, 0};
+  cpk_results *r;
+  tu_ok(cpk_compute(pb->ctx, pb->m, &spec, pb->x, pb->y, &r));
+  const cpk_tensor *f = cpk_results_find(r, "output");
+  for (int64_t i = 0; i < pb->n * OUT; i++)
+    out[i] = cpk_tensor_get(f, i);
+  cpk_results_free(r);
+}
+
+/* c * Hessian of l_n with respect to f_n (closed forms). */
+static void loss_hessian(const problem *pb, const double *f, int64_t n,
+                         double h[OUT][OUT]) {
+  double c = 1.0;
+  if (pb->red == CPK_REDUCTION_MEAN)
+    c = pb->loss == CPK_LOSS_CROSS_ENTROPY ? 1.0 / pb->n : 1.0 / (pb->n * OUT);
+  memset(h, 0, sizeof(double) * OUT * OUT);
+  if (pb->loss == CPK_LOSS_CROSS_ENTROPY) {
+    double p[OUT], z = 0;
+    for (int k = 0; k < OUT; k++)
+      z += p[k] = exp(f[n * OUT + k]);
+    for (int a = 0; a < OUT; a++)
+      for (int b = 0; b < OUT; b++)
+        h[a][b] = c * ((a == b) * p[a] / z - p[a] * p[b] / (z * z));
+  } else if (pb->loss == CPK_LOSS_MSE) {
+    for (int a = 0; a < OUT; a++)
+      h[a][a] = 2 * c;
+  } else {
+    for (int a = 0; a < OUT; a++) {
+      double s = 1 / (1 + exp(-f[n * OUT + a]));
+      h[a][a] = c * s * (1 - s);
+    }
+  }
+}
+
+static void build_ggn(problem *pb) {
+  static double jac[MAXP][N * OUT];
+  double f0[N * OUT], fp[N * OUT], fm[N * OUT];
+  outputs(pb, f0);
+  int64_t k = 0;
+  for (int p = 0; p < cpk_model_num_params(pb->m); p++) {
+    cpk_tensor *theta;
+    tu_ok(cpk_model_param(pb->m, p, NULL, &theta));
+    for (int64_t i = 0; i < cpk_tensor_numel(theta); i++, k++) {
+      double *t = theta->data, keep = t[i];
+      t[i] = keep + 1e-6;
+      outputs(pb, fp);
+      t[i] = keep - 1e-6;
+      outputs(pb, fm);
+      t[i] = keep;
+      for (int64_t j = 0; j < pb->n * OUT; j++)
+        jac[k][j] = (fp[j] - fm[j]) / 2e-6;
+    }
+  }
+  pb->np = k;
+  assert_true(pb->np <= MAXP);
+  memset(pb->ggn, 0, sizeof pb->ggn);
+  memset(pb->ggn_n, 0, sizeof pb->ggn_n);
+  for (int64_t n = 0; n < pb->n; n++) {
+    double h[OUT][OUT];
+    loss_hessian(pb, f0, n, h);
+    for (int64_t a = 0; a < pb->np; a++)
+      for (int64_t b = 0; b < pb->np; b++) {
+        double acc = 0;
+        for (int u = 0; u < OUT; u++)
+          for (int v = 0; v < OUT; v++)
+            acc += jac[a][n * OUT + u] * h[u][v] * jac[b][n * OUT + v];
+        pb->ggn[a][b] += acc;
+        if (a == b)
+          pb->ggn_n[n][a] = acc;
+      }
+  }
+}
+
+static void setup(problem *pb, cpk_loss_kind loss, cpk_reduction red,
+                  int64_t n, const cpk_context_options *o) {
+  int64_t xs[3] = {n, 2, 2};
+  memset(pb, 0, sizeof *pb);
+  pb->loss = loss;
+  pb->red = red;
+  pb->n = n;
+  tu_ok(cpk_context_new(&pb->ctx, o));
+  tu_ok(cpk_model_parse(&pb->m, net_text, "net"));
+  tu_ok(cpk_model_build(pb->m, 2, sample_shape, CPK_F64));
+  tu_ok(cpk_model_init_params(pb->m, 5));
+  pb->x = tu_random(CPK_F64, 3, xs, -1.5, 1.5, 7);
+  pb->y = make_target(loss, n);
+  build_ggn(pb);
+}
+
+static void teardown(problem *pb) {
+  cpk_tensor_free(pb->x);
+  cpk_tensor_free(pb->y);
+  cpk_model_free(pb->m);
+  cpk_context_free(pb->ctx);
+}
+
+static cpk_results *run(problem *pb, const char *ext) {
+  cpk_pass_spec spec = {pb->loss, pb->red, ext, 0};
+  cpk_results *r;
+  tu_ok(cpk_compute(pb->ctx, pb->m, &spec, pb->x, pb->y, &r));
+  return r;
+}
+
+/* Offsets of each parameter in the flat ordering used by build_ggn. */
+static int64_t param_offset(const problem *pb, int p) {
+  int64_t off = 0;
+  for (int q = 0; q < p; q++) {
+    cpk_tensor *t;
+    tu_ok(cpk_model_param(pb->m, q, NULL, &t));
+    off += cpk_tensor_numel(t);
+  }
+  return off;
+}
+
+static void check_exact(cpk_loss_kind loss, cpk_reduction red) {
+  problem pb;
+  setup(&pb, loss, red, N, NULL);
+  cpk_results *r =
+      run(&pb, "diag_ggn_exact,batch_diag_ggn_exact,sqrt_ggn_exact");
+  char what[128];
+  /* F: rows = parameters, columns = (v, n). */
+  static double f[MAXP][64];
+  int64_t cols = 0;
+  for (int p = 0; p < cpk_model_num_params(pb.m); p++) {
+    const char *name;
+    cpk_tensor *theta;
+    tu_ok(cpk_model_param(pb.m, p, &name, &theta));
+    const int64_t k = cpk_tensor_numel(theta), off = param_offset(&pb, p);
+    double want[MAXP], want_n[N * MAXP];
+    for (int64_t i = 0; i < k; i++) {
+      want[i] = pb.ggn[off + i][off + i];
+      for (int64_t n = 0; n < N; n++)
+        want_n[n * k + i] = pb.ggn_n[n][off + i];
+    }
+    snprintf(what, sizeof what, "%s %s %s diag_ggn_exact",
+             cpk_loss_name(loss), red ? "sum" : "mean", name);
+    tu_assert_close_array(result(r, name, "diag_ggn_exact")->data, want, k,
+                          1e-7, 1e-11, what);
+    snprintf(what, sizeof what, "%s %s %s diag_ggn_exact_batch",
+             cpk_loss_name(loss), red ? "sum" : "mean", name);
+    tu_assert_close_array(result(r, name, "diag_ggn_exact_batch")->data,
+                          want_n, N * k, 1e-7, 1e-11, what);
+    const cpk_tensor *sq = result(r, name, "sqrt_ggn_exact");
+    assert_int_equal(sq->shape[1], N);
+    cols = sq->shape[0] * N;
+    assert_true(cols <= 64);
+    for (int64_t c = 0; c < cols; c++)
+      for (int64_t i = 0; i < k; i++)
+        f[off + i][c] = cpk_tensor_get(sq, c * k + i);
+  }
+  /* F F^T is the whole GGN, off-diagonal blocks included. */
+  static double fft[MAXP * MAXP], want[MAXP * MAXP];
+  for (int64_t a = 0; a < pb.np; a++)
+    for (int64_t b = 0; b < pb.np; b++) {
+      double acc = 0;
+      for (int64_t c = 0; c < cols; c++)
+        acc += f[a][c] * f[b][c];
+      fft[a * pb.np + b] = acc;
+      want[a * pb.np + b] = pb.ggn[a][b];
+    }
+  snprintf(what, sizeof what, "%s %s sqrt_ggn_exact F F^T",
+           cpk_loss_name(loss), red ? "sum" : "mean");
+  tu_assert_close_array(fft, want, pb.np * pb.np, 1e-7, 1e-11, what);
+  cpk_results_free(r);
+  teardown(&pb);
+}
+
+static void test_exact_cross_entropy(void **state) {
+  check_exact(CPK_LOSS_CROSS_ENTROPY, CPK_REDUCTION_MEAN);
+  check_exact(CPK_LOSS_CROSS_ENTROPY, CPK_REDUCTION_SUM);
+}
+static void test_exact_mse(void **state) {
+  check_exact(CPK_LOSS_MSE, CPK_REDUCTION_MEAN);
+  check_exact(CPK_LOSS_MSE, CPK_REDUCTION_SUM);
+}
+static void test_exact_bce(void **state) {
+  check_exact(CPK_LOSS_BCE_WITH_LOGITS, CPK_REDUCTION_MEAN);
+  check_exact(CPK_LOSS_BCE_WITH_LOGITS, CPK_REDUCTION_SUM);
+}
+
+/* At batch size 1, KFLR's G (x) A is exactly the GGN block of a linear
+ * weight, and G alone the bias block. */
+static void test_kflr_batch_one(void **state) {
+  for (int loss = 0; loss < 3; loss++) {
+    problem pb;
+    setup(&pb, (cpk_loss_kind)loss, CPK_REDUCTION_MEAN, 1, NULL);
+    cpk_results *r = run(&pb, "kflr");
+    for (int p = 0; p < cpk_model_num_params(pb.m); p++) {
+      const char *name;
+      cpk_tensor *theta;
+      tu_ok(cpk_model_param(pb.m, p, &name, &theta));
+      const int64_t off = param_offset(&pb, p), k = cpk_tensor_numel(theta);
+      const cpk_tensor *g = result(r, name, "kflr.0");
+      const cpk_tensor *a =
+          theta->ndim == 2 ? result(r, name, "kflr.1") : NULL;
+      const int64_t rows = g->shape[0], in = a ? a->shape[0] : 1;
+      static double kron[MAXP * MAXP], want[MAXP * MAXP];
+      for (int64_t i = 0; i < k; i++)
+        for (int64_t j = 0; j < k; j++) {
+          /* (G (x) A)[(o,i),(o',i')] = G[o,o'] A[i,i'] */
+          int64_t o = i / in, ii = i % in, o2 = j / in, jj = j % in;
+          double av = a ? cpk_tensor_get(a, ii * in + jj) : 1.0;
+          kron[i * k + j] = cpk_tensor_get(g, o * rows + o2) * av;
+          want[i * k + j] = pb.ggn[off + i][off + j];
+        }
+      char what[96];
+      snprintf(what, sizeof what, "%s kflr %s", cpk_loss_name(pb.loss), name);
+      tu_assert_close_array(kron, want, k * k, 1e-7, 1e-11, what);
+    }
+    cpk_results_free(r);
+    teardown(&pb);
+  }
+}
+
+/* Monte Carlo diagonals and factors converge to the exact ones. */
+static void test_mc_converges(void **state) {
+  cpk_context_options o = {.seed = 3, .mc_samples = 40000};
+  problem pb;
+  setup(&pb, CPK_LOSS_CROSS_ENTROPY, CPK_REDUCTION_MEAN, N, &o);
+  cpk_results *r = run(&pb, "diag_ggn_mc,diag_ggn_exact,batch_diag_ggn_mc,"
+                            "batch_diag_ggn_exact,kfac,kflr,sqrt_ggn_mc");
+  for (int p = 0; p < cpk_model_num_params(pb.m); p++) {
+    const char *name;
+    tu_ok(cpk_model_param(pb.m, p, &name, NULL));
+    const struct {
+      const char *mc, *exact;
+    } pairs[] = {{"diag_ggn_mc", "diag_ggn_exact"},
+                 {"diag_ggn_mc_batch", "diag_ggn_exact_batch"},
+                 {"kfac.0", "kflr.0"}};
+    for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
+      char what[96];
+      snprintf(what, sizeof what, "%s %s vs %s", name, pairs[i].mc,
+               pairs[i].exact);
+      /* 40000 samples: relative error about 1/sqrt(40000) = 0.5% */
+      tu_assert_close(result(r, name, pairs[i].mc),
+                      result(r, name, pairs[i].exact), 0.03, 1e-9, what);
+    }
+    const cpk_tensor *sq = result(r, name, "sqrt_ggn_mc");
+    assert_int_equal(sq->shape[0], 40000);
+    assert_int_equal(sq->shape[1], N);
+  }
+  cpk_results_free(r);
+  teardown(&pb);
+}
+
+/* The same seed gives the same draws, another seed others. */
+static void test_mc_seeded(void **state) {
+  problem a, b;
+  cpk_context_options o1 = {.seed = 1, .mc_samples = 2};
+  cpk_context_options o2 = {.seed = 2, .mc_samples = 2};
+  setup(&a, CPK_LOSS_MSE, CPK_REDUCTION_SUM, N, &o1);
+  setup(&b, CPK_LOSS_MSE, CPK_REDUCTION_SUM, N, &o2);
+  cpk_results *r1 = run(&a, "diag_ggn_mc"), *r2 = run(&a, "diag_ggn_mc");
+  cpk_results *r3 = run(&b, "diag_ggn_mc");
+  const cpk_tensor *t1 = result(r1, "1.weight", "diag_ggn_mc");
+  tu_assert_close(t1, result(r2, "1.weight", "diag_ggn_mc"), 0, 0, "same seed");
+  const cpk_tensor *t3 = result(r3, "1.weight", "diag_ggn_mc");
+  int differs = 0;
+  for (int64_t i = 0; i < cpk_tensor_numel(t1); i++)
+    differs |= cpk_tensor_get(t1, i) != cpk_tensor_get(t3, i);
+  assert_true(differs);
+  cpk_results_free(r1);
+  cpk_results_free(r2);
+  cpk_results_free(r3);
+  teardown(&a);
+  teardown(&b);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_exact_cross_entropy),
+      cmocka_unit_test(test_exact_mse),
+      cmocka_unit_test(test_exact_bce),
+      cmocka_unit_test(test_kflr_batch_one),
+      cmocka_unit_test(test_mc_converges),
+      cmocka_unit_test(test_mc_seeded),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
