@@ -12,9 +12,9 @@ static const cpk__extension_entry registry[] = {
     {"batch_dot_grad", &cpk__batch_dot_grad_ext},
     {"diag_ggn_exact", &cpk__diag_ggn_exact_ext},
     {"diag_ggn_mc", &cpk__diag_ggn_mc_ext},          {"batch_diag_ggn_exact", &cpk__batch_diag_ggn_exact_ext},
-    {"batch_diag_ggn_mc", &cpk__batch_diag_ggn_mc_ext},    {"diag_hessian", NULL},
-    {"batch_diag_hessian", NULL},   {"kfac", &cpk__kfac_ext},
-    {"kflr", &cpk__kflr_ext},                 {"kfra", NULL},
+    {"batch_diag_ggn_mc", &cpk__batch_diag_ggn_mc_ext},    {"diag_hessian", &cpk__diag_hessian_ext},
+    {"batch_diag_hessian", &cpk__batch_diag_hessian_ext},   {"kfac", &cpk__kfac_ext},
+    {"kflr", &cpk__kflr_ext},                 {"kfra", &cpk__kfra_ext},
     {"sqrt_ggn_exact", &cpk__sqrt_ggn_exact_ext},       {"sqrt_ggn_mc", &cpk__sqrt_ggn_mc_ext},
 };
 

@@ -15,6 +15,8 @@
 #include "internal.h"
 #include "layer.h"
 
+typedef struct cpk__hterms cpk__hterms;
+
 /* What the engine knows at one trainable parameter during backward. */
 typedef struct cpk__param_site {
   cpk_context *ctx;
@@ -29,6 +31,10 @@ typedef struct cpk__param_site {
    * [V, N, *out] (NULL unless an extension needs them): exact (V = C) and
    * Monte Carlo (V = M). sum_v J^T S_v S_v^T J is the GGN. */
   const cpk_tensor *sqrt_exact, *sqrt_mc;
+  /* The loss Hessian at the layer output as terms (diag_hessian), and
+   * KFRA's averaged GGN [D_out, D_out]; NULL unless needed. */
+  cpk__hterms *hterms;
+  const cpk_tensor *kfra;
   cpk_results *results;   /* where extensions add their outputs */
   /* Cached intermediates (owned by the site, freed after the parameter). */
   cpk_tensor *grad_batch;       /* [N, *S], or NULL until needed */
@@ -39,7 +45,9 @@ typedef struct cpk__param_site {
 /* What an extension needs the engine to backpropagate besides g. */
 enum {
   CPK__NEED_SQRT_EXACT = 1, /* the exact square root of the loss Hessian */
-  CPK__NEED_SQRT_MC = 2     /* its Monte Carlo estimate */
+  CPK__NEED_SQRT_MC = 2,    /* its Monte Carlo estimate */
+  CPK__NEED_HESSIAN_TERMS = 4, /* the exact Hessian as terms */
+  CPK__NEED_KFRA = 8        /* KFRA's averaged GGN matrix */
 };
 
 typedef struct cpk__extension {
@@ -103,6 +111,15 @@ extern const cpk__extension cpk__batch_grad_ext, cpk__batch_l2_grad_ext,
 extern const cpk__extension cpk__diag_ggn_exact_ext, cpk__diag_ggn_mc_ext,
     cpk__batch_diag_ggn_exact_ext, cpk__batch_diag_ggn_mc_ext;
 extern const cpk__extension cpk__sqrt_ggn_exact_ext, cpk__sqrt_ggn_mc_ext;
-extern const cpk__extension cpk__kfac_ext, cpk__kflr_ext;
+extern const cpk__extension cpk__kfac_ext, cpk__kflr_ext, cpk__kfra_ext;
+extern const cpk__extension cpk__diag_hessian_ext, cpk__batch_diag_hessian_ext;
+
+/* KFRA's matrix: at the loss Gbar = c sum_n d^2 l_n / d f_n^2 from the exact
+ * square root S [V, N, *out] (Gbar = S_flat^T S_flat); through a layer
+ * Gbar <- (1/N) sum_n J_n^T Gbar J_n (the layer's ea_jac_t_mat_jac). */
+int cpk__kfra_start(cpk_context *ctx, const cpk_tensor *sqrt_exact,
+                    cpk_tensor **gbar);
+int cpk__kfra_through(cpk_tensor **gbar, cpk__layer *l, cpk_context *ctx,
+                      const cpk_tensor *x, const cpk_tensor *y);
 
 #endif

@@ -137,6 +137,8 @@ static int run_extensions(cpk__pass *pass, cpk__layer *l, int p,
                           .grad = grad,
                           .sqrt_exact = pass->blocks[CPK__BLOCK_SQRT_EXACT],
                           .sqrt_mc = pass->blocks[CPK__BLOCK_SQRT_MC],
+                          .hterms = pass->hterms,
+                          .kfra = pass->kfra,
                           .results = pass->results};
   for (int e = 0; e < pass->next && rc == CPK_OK; e++)
     rc = pass->ext[e]->impl->param(&site);
@@ -178,18 +180,27 @@ static int first_trained_layer(const cpk_model *m) {
   return m->nlayers;
 }
 
-/* Every block B at the output of layer i becomes J^T B at its input. */
+/* Every block B at the output of layer i becomes J^T B at its input, and
+ * so do the Hessian terms and KFRA's matrix. */
 static int propagate_blocks(cpk__pass *pass, int i) {
   cpk__layer *l = pass->model->layers[i];
+  const cpk_tensor *x = pass->acts[i], *y = pass->acts[i + 1];
+  int rc = CPK_OK;
+  if (pass->hterms != NULL)
+    rc = cpk__hterms_through(pass->hterms, l, pass->ctx, x, y,
+                             pass->blocks[CPK__BLOCK_GRAD]);
+  if (rc == CPK_OK && pass->kfra != NULL)
+    rc = cpk__kfra_through(&pass->kfra, l, pass->ctx, x, y);
+  if (rc != CPK_OK)
+    return rc;
   for (int b = 0; b < CPK__NBLOCKS; b++) {
     cpk_tensor *in = pass->blocks[b], *out = NULL;
     if (in == NULL)
       continue;
-    int rc = cpk__block_new(&out, in->dtype, in->shape[0], pass->n, l->in_ndim,
-                            l->in_shape);
+    rc = cpk__block_new(&out, in->dtype, in->shape[0], pass->n, l->in_ndim,
+                        l->in_shape);
     if (rc == CPK_OK)
-      rc = l->kind->jac_t_mat(l, pass->ctx, pass->acts[i], pass->acts[i + 1],
-                              in, out);
+      rc = l->kind->jac_t_mat(l, pass->ctx, x, y, in, out);
     if (rc != CPK_OK) {
       cpk_tensor_free(out);
       return rc;
@@ -212,6 +223,32 @@ static int backward(cpk__pass *pass) {
   return rc;
 }
 
+/* The Hessian terms and KFRA's matrix start from the exact square root of
+ * the loss Hessian (computed here unless an extension keeps it anyway). */
+static int start_from_exact_root(cpk__pass *pass, const cpk_tensor *target) {
+  const cpk_tensor *f = pass->acts[pass->model->nlayers];
+  const cpk__layer *last = pass->model->layers[pass->model->nlayers - 1];
+  cpk_tensor *root = pass->blocks[CPK__BLOCK_SQRT_EXACT], *own = NULL;
+  int rc = CPK_OK;
+  if (root == NULL) {
+    rc = cpk__block_new(&own, f->dtype, pass->loss->sqrt_columns(f), pass->n,
+                        last->out_ndim, last->out_shape);
+    if (rc == CPK_OK)
+      rc = pass->loss->sqrt_hessian(pass->ctx, pass->scale, f, target, own);
+    root = own;
+  }
+  if (rc == CPK_OK && (pass->needs & CPK__NEED_HESSIAN_TERMS)) {
+    if ((pass->hterms = cpk__calloc(sizeof *pass->hterms)) == NULL)
+      rc = CPK_ENOMEM;
+    else
+      rc = cpk__hterms_start(pass->hterms, root);
+  }
+  if (rc == CPK_OK && (pass->needs & CPK__NEED_KFRA))
+    rc = cpk__kfra_start(pass->ctx, root, &pass->kfra);
+  cpk_tensor_free(own);
+  return rc;
+}
+
 /* The square roots of the loss Hessian the extensions need, as blocks
  * [V, N, *out] at the model output. Monte Carlo draws start from the
  * context's seed at every pass, so a pass is reproducible. */
@@ -227,6 +264,8 @@ static int loss_sqrt_blocks(cpk__pass *pass, const cpk_tensor *target) {
       rc = pass->loss->sqrt_hessian(pass->ctx, pass->scale, f, target,
                                     pass->blocks[CPK__BLOCK_SQRT_EXACT]);
   }
+  if (rc == CPK_OK && (pass->needs & (CPK__NEED_HESSIAN_TERMS | CPK__NEED_KFRA)))
+    rc = start_from_exact_root(pass, target);
   if (rc == CPK_OK && (pass->needs & CPK__NEED_SQRT_MC)) {
     cpk__rng rng;
     cpk__rng_seed(&rng, pass->ctx->seed);
@@ -292,6 +331,10 @@ int cpk_compute(cpk_context *ctx, cpk_model *model, const cpk_pass_spec *spec,
 done:
   for (int b = 0; b < CPK__NBLOCKS; b++)
     cpk_tensor_free(pass.blocks[b]);
+  if (pass.hterms != NULL)
+    cpk__hterms_free(pass.hterms);
+  cpk__free(pass.hterms);
+  cpk_tensor_free(pass.kfra);
   cpk__pass_release(&pass);
   if (rc != CPK_OK)
     cpk_results_free(pass.results);

@@ -9,6 +9,7 @@
 #define CPK_ENGINE_H
 
 #include "extension.h"
+#include "hessian_terms.h"
 #include "losses/loss.h"
 #include "model.h"
 
@@ -29,6 +30,8 @@ typedef struct cpk__pass {
   int next;
   unsigned needs;            /* union of the extensions' CPK__NEED_* */
   cpk_tensor *blocks[CPK__NBLOCKS]; /* at the output of the current layer */
+  cpk__hterms *hterms;       /* the Hessian as terms (diag_hessian) */
+  cpk_tensor *kfra;          /* KFRA's averaged GGN matrix */
   cpk_results *results;
 } cpk__pass;
 

@@ -59,6 +59,26 @@ typedef struct cpk__layer_kind {
   /* Elementwise layers: out := f''(x), [N,*in]. NULL when f'' = 0. */
   int (*d2)(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
             const cpk_tensor *y, cpk_tensor *out);
+  /* Layers whose Jacobian J^T diag(d) J stays diagonal (elementwise maps,
+   * reshapes, selections): d_in := diag(J_n^T diag(d_out[n]) J_n), both
+   * [N, *shape]. NULL otherwise. Used by the diagonal Hessian. */
+  int (*jac_t_diag)(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
+                    const cpk_tensor *y, const cpk_tensor *d_out,
+                    cpk_tensor *d_in);
+  /* Elementwise layers (same number of elements in and out): out := the
+   * diagonal of J_n, [N, *in]. NULL otherwise. */
+  int (*jac_diag)(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
+                  const cpk_tensor *y, cpk_tensor *out);
+  /* KFRA: out := (1/N) sum_n J_n^T m J_n for a matrix m [D_out, D_out]
+   * shared by the samples; out is [D_in, D_in]. NULL: the engine uses
+   * jac_t_mat (dense, for small layers). */
+  int (*ea_jac_t_mat_jac)(cpk__layer *l, cpk_context *ctx,
+                          const cpk_tensor *x, const cpk_tensor *y,
+                          const cpk_tensor *m, cpk_tensor *out);
+  /* Nonzero when every entry of d y / d theta is an entry of the input x
+   * or zero (linear, convolutions): then sum_o d_o (d y_o / d theta)^2 is
+   * param_jac_t_mat applied to x o x. */
+  int param_jac_is_input;
   /* Fill the parameters as PyTorch's reset_parameters() does (same
    * distributions). NULL: no parameters. */
   int (*init)(cpk__layer *l, cpk__rng *rng);
@@ -80,6 +100,12 @@ struct cpk__layer {
 /* Declare parameter `name` of the given shape (during build). */
 int cpk__layer_declare_param(cpk__layer *l, const char *name, int trainable,
                              int ndim, const int64_t *shape);
+
+/* KFRA's (1/N) sum_n J_n^T m J_n for any layer, from jac_t_mat applied
+ * twice to dense blocks (memory N * D_in * D_out). */
+int cpk__ea_jac_t_mat_jac_generic(cpk__layer *l, cpk_context *ctx,
+                                  const cpk_tensor *x, const cpk_tensor *y,
+                                  const cpk_tensor *m, cpk_tensor *out);
 
 /* Fill `t` with draws from U(-bound, bound). */
 void cpk__init_uniform(cpk_tensor *t, double bound, cpk__rng *rng);

@@ -75,6 +75,47 @@ static int activation_jac_mat(cpk__layer *l, cpk_context *ctx,
   return CPK_OK;
 }
 
+/* diag(J^T diag(d) J) = f'(x)^2 d. */
+static int activation_jac_t_diag(cpk__layer *l, cpk_context *ctx,
+                                 const cpk_tensor *x, const cpk_tensor *y,
+                                 const cpk_tensor *d_out, cpk_tensor *d_in) {
+  const cpk_tensor *d1;
+  int rc = activation_d1(l, ctx, x, y, &d1);
+  if (rc != CPK_OK)
+    return rc;
+  int64_t m = cpk_tensor_numel(x);
+  cpk__mul_broadcast(ctx, x->dtype, 1, m, d1->data, d_out->data, d_in->data);
+  cpk__mul_broadcast(ctx, x->dtype, 1, m, d1->data, d_in->data, d_in->data);
+  return CPK_OK;
+}
+
+static int activation_jac_diag(cpk__layer *l, cpk_context *ctx,
+                               const cpk_tensor *x, const cpk_tensor *y,
+                               cpk_tensor *out) {
+  const cpk_tensor *d1;
+  int rc = activation_d1(l, ctx, x, y, &d1);
+  if (rc == CPK_OK)
+    cpk__copy(ctx, x->dtype, cpk_tensor_numel(x), d1->data, out->data);
+  return rc;
+}
+
+/* KFRA: (1/N) sum_n diag(f'_n) m diag(f'_n) = m o ((1/N) F^T F) with
+ * F = f'(x) as [N, D]. */
+static int activation_ea_jac_t_mat_jac(cpk__layer *l, cpk_context *ctx,
+                                       const cpk_tensor *x,
+                                       const cpk_tensor *y,
+                                       const cpk_tensor *m, cpk_tensor *out) {
+  const cpk_tensor *d1;
+  int rc = activation_d1(l, ctx, x, y, &d1);
+  if (rc != CPK_OK)
+    return rc;
+  const int64_t n = x->shape[0], d = cpk_tensor_numel(x) / n;
+  cpk__gemm(ctx, x->dtype, 1, 0, d, d, n, 1.0 / (double)n, d1->data, d,
+            d1->data, d, 0.0, out->data, d);
+  cpk__mul_broadcast(ctx, x->dtype, 1, d * d, m->data, out->data, out->data);
+  return CPK_OK;
+}
+
 static int activation_d2(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
                          const cpk_tensor *y, cpk_tensor *out) {
   const activation *s = l->priv;
@@ -113,6 +154,9 @@ static const cpk__arg_spec elu_args[] = {{"alpha", CPK__ARG_FLOAT, "1.0"},
       .jac_t_mat = activation_jac_mat,                                         \
       .jac_mat = activation_jac_mat,                                           \
       .d2 = D2,                                                                \
+      .jac_t_diag = activation_jac_t_diag,                                     \
+      .jac_diag = activation_jac_diag,                                         \
+      .ea_jac_t_mat_jac = activation_ea_jac_t_mat_jac,                         \
       .destroy = activation_destroy,                                           \
   };
 

@@ -268,7 +268,7 @@ static core_dims dims_of(const cpk__conv *s, cpk_dtype dt) {
   d.xsz = s->cx * d.lx;
   d.ysz = s->cy * d.ly;
   d.wsz = s->cy * d.kx;
-  d.colsz = d.g * d.kx * d.ly;
+  d.colsz = 0; /* set by scratch_new, overflow-checked */
   d.es = cpk_dtype_size(dt);
   d.unfold = d.kx != d.cxg;
   for (int a = 0; a < 3; a++)
@@ -283,19 +283,22 @@ static int threads_for(int64_t count) {
   return count < nt ? (int)(count > 0 ? count : 1) : nt;
 }
 
-/* One unfolding buffer per thread (NULL when the core needs none). */
-static int scratch_new(const core_dims *d, int nt, char **out) {
-  size_t bytes;
+/* One unfolding buffer per thread, nt * [cx*prod(K), Ly] (NULL when the
+ * core needs none); sets d->colsz, the elements of one. */
+static int scratch_new(core_dims *d, int nt, char **out) {
+  static const char what[] = "convolution unfolding buffers";
+  size_t elems, bytes;
   *out = NULL;
   if (!d->unfold)
     return CPK_OK;
-  int rc = cpk__mul_size((size_t)d->colsz, d->es, &bytes, "convolution "
-                         "unfolding buffer");
+  int rc = cpk__mul_size((size_t)(d->g * d->kx), (size_t)d->ly, &elems, what);
   if (rc == CPK_OK)
-    rc = cpk__mul_size(bytes, (size_t)nt, &bytes, "convolution unfolding "
-                       "buffers");
+    rc = cpk__mul_size(elems, d->es, &bytes, what);
+  if (rc == CPK_OK)
+    rc = cpk__mul_size(bytes, (size_t)nt, &bytes, what);
   if (rc != CPK_OK)
     return rc;
+  d->colsz = (int64_t)elems;
   *out = cpk__malloc(bytes);
   return *out ? CPK_OK : CPK_ENOMEM;
 }
@@ -326,7 +329,7 @@ static void gemm_apply(const core_dims *d, const cpk_context *ctx,
 int cpk__conv_apply(const cpk__conv *s, const cpk_context *ctx, cpk_dtype dt,
                     int64_t count, const void *x, const void *w, const void *b,
                     void *y) {
-  const core_dims d = dims_of(s, dt);
+  core_dims d = dims_of(s, dt);
   const int nt = threads_for(count);
   char *scratch;
   int rc = scratch_new(&d, nt, &scratch);
@@ -348,7 +351,7 @@ int cpk__conv_apply(const cpk__conv *s, const cpk_context *ctx, cpk_dtype dt,
 int cpk__conv_adjoint(const cpk__conv *s, const cpk_context *ctx,
                       cpk_dtype dt, int64_t count, const void *y,
                       const void *w, const void *b, void *x) {
-  const core_dims d = dims_of(s, dt);
+  core_dims d = dims_of(s, dt);
   const int nt = threads_for(count);
   char *scratch;
   int rc = scratch_new(&d, nt, &scratch);
@@ -456,15 +459,20 @@ static int weight_summed(const cpk__conv *s, const core_dims *d,
     if ((partial = cpk__malloc(bytes)) == NULL)
       return CPK_ENOMEM;
   }
+  /* The team may be smaller than nt (inside an outer parallel region it
+   * is one thread): split by its real size. */
+  int team = 1;
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
-    const int t = omp_get_thread_num();
-    const int64_t n0 = o->n * t / nt, n1 = o->n * (t + 1) / nt;
+    const int t = omp_get_thread_num(), size = omp_get_num_threads();
+    const int64_t n0 = o->n * t / size, n1 = o->n * (t + 1) / size;
     char *acc = t == 0 ? out : partial + (size_t)((t - 1) * total) * d->es;
+    if (t == 0)
+      team = size;
     weight_range(s, d, ctx, dt, o, n0, n1, t == 0 ? beta : 0.0, scratch,
                  acc);
   }
-  for (int t = 1; t < nt; t++)
+  for (int t = 1; t < team; t++)
     cpk__axpy(ctx, dt, total, 1.0,
               partial + (size_t)((t - 1) * total) * d->es, out);
   cpk__free(partial);
@@ -475,7 +483,7 @@ int cpk__conv_weight_grad(const cpk__conv *s, const cpk_context *ctx,
                           cpk_dtype dt, int64_t v, int64_t n, const void *x,
                           int x_has_v, const void *y, int y_has_v,
                           int per_sample, double beta, void *out) {
-  const core_dims d = dims_of(s, dt);
+  core_dims d = dims_of(s, dt);
   const weight_operands o = {x, y, v, n, x_has_v, y_has_v};
   const int nt = threads_for(n);
   char *scratch;

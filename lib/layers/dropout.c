@@ -73,6 +73,43 @@ static int dropout_jac_mat(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
   return CPK_OK;
 }
 
+/* The diagonal of J: m / (1 - p) in training, else ones. */
+static int dropout_jac_diag(cpk__layer *l, cpk_context *ctx,
+                            const cpk_tensor *x, const cpk_tensor *y,
+                            cpk_tensor *out) {
+  const dropout *s = l->priv;
+  int64_t n = cpk_tensor_numel(out);
+  for (int64_t i = 0; i < n; i++)
+    cpk_tensor_set(out, i, s->scale ? cpk_tensor_get(s->scale, i) : 1.0);
+  return CPK_OK;
+}
+
+/* diag(J^T diag(d) J) = scale^2 d. */
+static int dropout_jac_t_diag(cpk__layer *l, cpk_context *ctx,
+                              const cpk_tensor *x, const cpk_tensor *y,
+                              const cpk_tensor *d_out, cpk_tensor *d_in) {
+  int rc = dropout_jac_mat(l, ctx, x, y, d_out, d_in);
+  if (rc == CPK_OK)
+    rc = dropout_jac_mat(l, ctx, x, y, d_in, d_in);
+  return rc;
+}
+
+/* KFRA: m o ((1/N) sum_n s_n s_n^T) with s_n the scale of sample n. */
+static int dropout_ea_jac_t_mat_jac(cpk__layer *l, cpk_context *ctx,
+                                    const cpk_tensor *x, const cpk_tensor *y,
+                                    const cpk_tensor *m, cpk_tensor *out) {
+  const dropout *s = l->priv;
+  const int64_t n = x->shape[0], d = cpk_tensor_numel(x) / n;
+  if (s->scale == NULL) {
+    cpk__copy(ctx, m->dtype, d * d, m->data, out->data);
+    return CPK_OK;
+  }
+  cpk__gemm(ctx, x->dtype, 1, 0, d, d, n, 1.0 / (double)n, s->scale->data, d,
+            s->scale->data, d, 0.0, out->data, d);
+  cpk__mul_broadcast(ctx, x->dtype, 1, d * d, m->data, out->data, out->data);
+  return CPK_OK;
+}
+
 static void dropout_destroy(cpk__layer *l) {
   dropout *s = l->priv;
   if (s != NULL)
@@ -89,5 +126,8 @@ const cpk__layer_kind cpk__dropout_kind = {
     .forward = dropout_forward,
     .jac_t_mat = dropout_jac_mat,
     .jac_mat = dropout_jac_mat,
+    .jac_t_diag = dropout_jac_t_diag,
+    .jac_diag = dropout_jac_diag,
+    .ea_jac_t_mat_jac = dropout_ea_jac_t_mat_jac,
     .destroy = dropout_destroy,
 };

@@ -62,6 +62,28 @@ static int flatten_copy(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
   return CPK_OK;
 }
 
+/* diag(J^T diag(d) J) = d: the same numbers in another shape. */
+static int flatten_jac_t_diag(cpk__layer *l, cpk_context *ctx,
+                              const cpk_tensor *x, const cpk_tensor *y,
+                              const cpk_tensor *d_out, cpk_tensor *d_in) {
+  return flatten_copy(l, ctx, x, y, d_out, d_in);
+}
+
+static int flatten_jac_diag(cpk__layer *l, cpk_context *ctx,
+                            const cpk_tensor *x, const cpk_tensor *y,
+                            cpk_tensor *out) {
+  int64_t n = cpk_tensor_numel(out);
+  for (int64_t i = 0; i < n; i++)
+    cpk_tensor_set(out, i, 1.0);
+  return CPK_OK;
+}
+
+static int flatten_ea_jac_t_mat_jac(cpk__layer *l, cpk_context *ctx,
+                                    const cpk_tensor *x, const cpk_tensor *y,
+                                    const cpk_tensor *m, cpk_tensor *out) {
+  return flatten_copy(l, ctx, x, y, m, out);
+}
+
 static int flatten_forward(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
                            cpk_tensor *y, int training) {
   return flatten_copy(l, ctx, x, y, x, y);
@@ -78,5 +100,8 @@ const cpk__layer_kind cpk__flatten_kind = {
     .forward = flatten_forward,
     .jac_t_mat = flatten_copy,
     .jac_mat = flatten_copy,
+    .jac_t_diag = flatten_jac_t_diag,
+    .jac_diag = flatten_jac_diag,
+    .ea_jac_t_mat_jac = flatten_ea_jac_t_mat_jac,
     .destroy = flatten_destroy,
 };

@@ -146,6 +146,29 @@ static int linear_param_jac_t_mat(cpk__layer *l, cpk_context *ctx, int p,
   return CPK_OK;
 }
 
+/* KFRA: (1/N) sum_n J_n^T m J_n = W^T m W when a sample is one row; with
+ * leading axes the Jacobian is block diagonal and the generic form applies. */
+static int linear_ea_jac_t_mat_jac(cpk__layer *l, cpk_context *ctx,
+                                   const cpk_tensor *x, const cpk_tensor *y,
+                                   const cpk_tensor *m, cpk_tensor *out) {
+  const linear *s = l->priv;
+  if (x->ndim != 2)
+    return cpk__ea_jac_t_mat_jac_generic(l, ctx, x, y, m, out);
+  const int64_t fo = s->out_features, fi = s->in_features;
+  int64_t shape[2] = {fo, fi};
+  cpk_tensor *mw;
+  int rc = cpk_tensor_new(&mw, m->dtype, 2, shape);
+  if (rc != CPK_OK)
+    return rc;
+  const void *w = l->params[0].value->data;
+  cpk__gemm(ctx, m->dtype, 0, 0, fo, fi, fo, 1.0, m->data, fo, w, fi, 0.0,
+            mw->data, fi);
+  cpk__gemm(ctx, m->dtype, 1, 0, fi, fi, fo, 1.0, w, fi, mw->data, fi, 0.0,
+            out->data, fi);
+  cpk_tensor_free(mw);
+  return CPK_OK;
+}
+
 /* kaiming_uniform_(a=sqrt(5)) on W gives U(-1/sqrt(IN), 1/sqrt(IN)), and
  * the bias draws from the same interval. */
 static int linear_init(cpk__layer *l, cpk__rng *rng) {
@@ -169,5 +192,7 @@ const cpk__layer_kind cpk__linear_kind = {
     .jac_mat = linear_jac_mat,
     .param_jac_t_mat = linear_param_jac_t_mat,
     .init = linear_init,
+    .ea_jac_t_mat_jac = linear_ea_jac_t_mat_jac,
+    .param_jac_is_input = 1,
     .destroy = linear_destroy,
 };

@@ -99,7 +99,8 @@ static int geom_alloc(cpk__pool_geom *g, cpk__layer *l, int dims,
     int spatial = a - (3 - dims); /* index among the spatial axes, or < 0 */
     ax->in = spatial < 0 ? 1 : l->in_shape[1 + spatial];
     ax->out = spatial < 0 ? 1 : out[spatial];
-    ax->step = 1;
+    ax->step = ax->kernel = ax->stride = ax->full_hi = 1;
+    ax->pad = ax->full_lo = 0;
     if (spatial >= 0)
       l->out_shape[1 + spatial] = ax->out;
     total += 3 * (size_t)ax->out;
@@ -184,6 +185,9 @@ int cpk__pool_geom_window(cpk__pool_geom *g, cpk__layer *l,
     const int64_t in = ax->in, k = w->kernel[i], s = w->stride[i];
     const int64_t p = w->padding[i], d = w->dilation[i];
     ax->step = mode == CPK__POOL_MAX ? d : 1;
+    ax->kernel = k;
+    ax->stride = s;
+    ax->pad = p;
     for (int64_t o = 0; o < ax->out; o++) {
       const int64_t start = o * s - p;
       if (mode == CPK__POOL_MAX) {
@@ -207,6 +211,14 @@ int cpk__pool_geom_window(cpk__pool_geom *g, cpk__layer *l,
                                                     : last - first;
       }
     }
+    /* Windows move right with o, so the full ones are contiguous. */
+    ax->full_lo = ax->full_hi = 0;
+    for (int64_t o = 0; o < ax->out; o++)
+      if (ax->count[o] == k) {
+        if (ax->full_hi == 0)
+          ax->full_lo = o;
+        ax->full_hi = o + 1;
+      }
   }
   return CPK_OK;
 }

@@ -20,6 +20,9 @@
 typedef struct {
   int64_t in, out;      /* extents */
   int64_t step;         /* distance between taps: dilation, else 1 */
+  int64_t kernel, stride, pad; /* window o starts at o*stride - pad (pools) */
+  int64_t full_lo, full_hi;    /* the outputs whose kernel taps all lie
+                                  inside: full_lo <= o < full_hi (pools) */
   int64_t *first;       /* [out], in the geometry's tables */
   int64_t *count;       /* [out] */
   int64_t *div;         /* [out] */

@@ -1,0 +1,72 @@
+/*
+ * ea_generic.c: KFRA's expectation-averaged Jacobian product for any layer,
+ *   A = (1/N) sum_n J_n^T m J_n,   m [D_out, D_out] symmetric, A [D_in, D_in],
+ * from the layer's jac_t_mat applied twice to dense blocks:
+ *   T[v, n, :] = J_n^T m[v, :]           (block [D_out, N, D_in])
+ *   U[j, n, v] = T[v, n, j]              (rows of J_n^T m, [D_in, N, D_out])
+ *   A[j, :]    = (1/N) sum_n J_n^T U[j, n, :].
+ * Memory N * D_out * D_in: layers with closed forms provide their own.
+ */
+#include <string.h>
+
+#include "layer.h"
+
+/* Dense blocks above this size are refused with the size in the message. */
+#define CPK__EA_MAX_BYTES ((size_t)1 << 30)
+
+int cpk__ea_jac_t_mat_jac_generic(cpk__layer *l, cpk_context *ctx,
+                                  const cpk_tensor *x, const cpk_tensor *y,
+                                  const cpk_tensor *m, cpk_tensor *out) {
+  const int64_t n = x->shape[0];
+  const int64_t di = cpk__layer_in_numel(l), dout = cpk__layer_out_numel(l);
+  const int64_t big = di > dout ? di : dout;
+  size_t bytes;
+  int rc = cpk__mul_size((size_t)(n * dout), (size_t)big, &bytes, l->where);
+  if (rc == CPK_OK)
+    rc = cpk__mul_size(bytes, cpk_dtype_size(m->dtype), &bytes, l->where);
+  if (rc != CPK_OK)
+    return rc;
+  if (bytes > CPK__EA_MAX_BYTES)
+    return cpk__fail(CPK_ENOTSUP,
+                     "%s: kfra needs %zu bytes for this layer's dense Jacobian "
+                     "products (at most %zu)",
+                     l->where, bytes, CPK__EA_MAX_BYTES);
+  int64_t s1[3] = {dout, n, dout}, s2[3] = {dout, n, di}, s3[3] = {di, n, dout};
+  int64_t s4[3] = {di, n, di};
+  cpk_tensor *b = NULL, *t = NULL, *u = NULL, *a = NULL;
+  if ((rc = cpk_tensor_new(&b, m->dtype, 3, s1)) != CPK_OK ||
+      (rc = cpk_tensor_new(&t, m->dtype, 3, s2)) != CPK_OK)
+    goto done;
+  for (int64_t v = 0; v < dout; v++)
+    for (int64_t j = 0; j < n; j++)
+      for (int64_t k = 0; k < dout; k++)
+        cpk_tensor_set(b, (v * n + j) * dout + k,
+                       cpk_tensor_get(m, v * dout + k));
+  if ((rc = l->kind->jac_t_mat(l, ctx, x, y, b, t)) != CPK_OK)
+    goto done;
+  cpk_tensor_free(b);
+  b = NULL;
+  if ((rc = cpk_tensor_new(&u, m->dtype, 3, s3)) != CPK_OK)
+    goto done;
+  for (int64_t v = 0; v < dout; v++)
+    for (int64_t j = 0; j < n; j++)
+      for (int64_t k = 0; k < di; k++)
+        cpk_tensor_set(u, (k * n + j) * dout + v,
+                       cpk_tensor_get(t, (v * n + j) * di + k));
+  if ((rc = cpk_tensor_new(&a, m->dtype, 3, s4)) != CPK_OK ||
+      (rc = l->kind->jac_t_mat(l, ctx, x, y, u, a)) != CPK_OK)
+    goto done;
+  for (int64_t r = 0; r < di; r++)
+    for (int64_t k = 0; k < di; k++) {
+      double acc = 0.0;
+      for (int64_t j = 0; j < n; j++)
+        acc += cpk_tensor_get(a, (r * n + j) * di + k);
+      cpk_tensor_set(out, r * di + k, acc / (double)n);
+    }
+done:
+  cpk_tensor_free(b);
+  cpk_tensor_free(t);
+  cpk_tensor_free(u);
+  cpk_tensor_free(a);
+  return rc;
+}
