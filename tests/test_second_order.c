@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "context.h"
 #include "testutil.h"
 
 #define N 3
@@ -273,6 +274,180 @@ static void test_kflr_batch_one(void **state) {
   }
 }
 
+/* KFRA at batch size 1 is exactly the GGN block too. */
+static void test_kfra_batch_one(void **state) {
+  for (int loss = 0; loss < 3; loss++) {
+    problem pb;
+    setup(&pb, (cpk_loss_kind)loss, CPK_REDUCTION_SUM, 1, NULL);
+    cpk_results *r = run(&pb, "kfra,kflr");
+    for (int p = 0; p < cpk_model_num_params(pb.m); p++) {
+      const char *name;
+      tu_ok(cpk_model_param(pb.m, p, &name, NULL));
+      char what[96];
+      snprintf(what, sizeof what, "%s kfra.0 %s", cpk_loss_name(pb.loss), name);
+      tu_assert_close(result(r, name, "kfra.0"), result(r, name, "kflr.0"),
+                      1e-12, 1e-15, what);
+    }
+    cpk_results_free(r);
+    teardown(&pb);
+  }
+}
+
+/* The gradient of the loss of samples [first, first+count) (all when
+ * count = n), scaled as in the full batch, flattened. */
+static void gradient_of(problem *pb, int64_t sample, double *out) {
+  cpk_pass_spec spec = {pb->loss, CPK_REDUCTION_SUM, NULL, 0};
+  cpk_tensor *x = pb->x, *y = pb->y;
+  double c = 1.0;
+  if (pb->red == CPK_REDUCTION_MEAN)
+    c = pb->loss == CPK_LOSS_CROSS_ENTROPY ? 1.0 / pb->n : 1.0 / (pb->n * OUT);
+  if (sample >= 0) { /* one sample as a batch of one */
+    int64_t xs[3] = {1, 2, 2}, one = 1, ys[2] = {1, OUT};
+    tu_ok(cpk_tensor_new(&x, CPK_F64, 3, xs));
+    if (pb->loss == CPK_LOSS_CROSS_ENTROPY)
+      tu_ok(cpk_tensor_new(&y, CPK_I64, 1, &one));
+    else
+      tu_ok(cpk_tensor_new(&y, CPK_F64, 2, ys));
+    for (int i = 0; i < 4; i++)
+      cpk_tensor_set(x, i, cpk_tensor_get(pb->x, sample * 4 + i));
+    int64_t per = cpk_tensor_numel(y);
+    for (int64_t i = 0; i < per; i++)
+      cpk_tensor_set(y, i, cpk_tensor_get(pb->y, sample * per + i));
+  }
+  cpk_results *r;
+  tu_ok(cpk_compute(pb->ctx, pb->m, &spec, x, y, &r));
+  int64_t k = 0;
+  for (int p = 0; p < cpk_model_num_params(pb->m); p++) {
+    const char *name;
+    tu_ok(cpk_model_param(pb->m, p, &name, NULL));
+    const cpk_tensor *g = result(r, name, "grad");
+    for (int64_t i = 0; i < cpk_tensor_numel(g); i++)
+      out[k++] = c * cpk_tensor_get(g, i);
+  }
+  cpk_results_free(r);
+  if (sample >= 0) {
+    cpk_tensor_free(x);
+    cpk_tensor_free(y);
+  }
+}
+
+/* diag_hessian and batch_diag_hessian against central differences of the
+ * gradient (whole batch and sample by sample), with activations whose
+ * second derivatives do not vanish. */
+static void check_diag_hessian(const char *text, cpk_loss_kind loss,
+                               cpk_reduction red) {
+  problem pb;
+  int64_t xs[3] = {N, 2, 2};
+  memset(&pb, 0, sizeof pb);
+  pb.loss = loss;
+  pb.red = red;
+  pb.n = N;
+  tu_ok(cpk_context_new(&pb.ctx, NULL));
+  tu_ok(cpk_model_parse(&pb.m, text, "net"));
+  tu_ok(cpk_model_build(pb.m, 2, sample_shape, CPK_F64));
+  tu_ok(cpk_model_init_params(pb.m, 9));
+  pb.x = tu_random(CPK_F64, 3, xs, -1.5, 1.5, 4);
+  pb.y = make_target(loss, N);
+  cpk_results *r = run(&pb, "diag_hessian,batch_diag_hessian");
+  static double want[MAXP], want_n[N][MAXP], gp[MAXP], gm[MAXP];
+  int64_t k = 0;
+  for (int p = 0; p < cpk_model_num_params(pb.m); p++) {
+    cpk_tensor *theta;
+    tu_ok(cpk_model_param(pb.m, p, NULL, &theta));
+    for (int64_t i = 0; i < cpk_tensor_numel(theta); i++, k++) {
+      double *t = theta->data, keep = t[i];
+      for (int64_t smp = -1; smp < N; smp++) {
+        t[i] = keep + 1e-5;
+        gradient_of(&pb, smp, gp);
+        t[i] = keep - 1e-5;
+        gradient_of(&pb, smp, gm);
+        t[i] = keep;
+        double h = (gp[k] - gm[k]) / 2e-5;
+        if (smp < 0)
+          want[k] = h;
+        else
+          want_n[smp][k] = h;
+      }
+    }
+  }
+  assert_true(k <= MAXP);
+  int64_t off = 0;
+  for (int p = 0; p < cpk_model_num_params(pb.m); p++) {
+    const char *name;
+    cpk_tensor *theta;
+    tu_ok(cpk_model_param(pb.m, p, &name, &theta));
+    const int64_t np = cpk_tensor_numel(theta);
+    char what[160];
+    snprintf(what, sizeof what, "%s %s %s diag_h", cpk_loss_name(loss),
+             red ? "sum" : "mean", name);
+    tu_assert_close_array(result(r, name, "diag_h")->data, want + off, np,
+                          1e-6, 1e-9, what);
+    const cpk_tensor *b = result(r, name, "diag_h_batch");
+    for (int64_t n = 0; n < N; n++) {
+      snprintf(what, sizeof what, "%s %s %s diag_h_batch[%lld]",
+               cpk_loss_name(loss), red ? "sum" : "mean", name, (long long)n);
+      tu_assert_close_array((double *)b->data + n * np, want_n[n] + off, np,
+                            1e-6, 1e-9, what);
+    }
+    off += np;
+  }
+  cpk_results_free(r);
+  teardown(&pb);
+}
+
+static void test_diag_hessian(void **state) {
+  /* residuals at every depth: lazy rows, expansion through a linear layer */
+  const char *deep = "flatten\nlinear 4 3\nsigmoid\nlinear 3 4\ntanh\n"
+                     "linear 4 3 bias=false\nelu\nlinear 3 3\n";
+  /* a residual right under the loss, and exp/log/logsigmoid/selu */
+  const char *mixed = "flatten\nlinear 4 3\nselu\nlinear 3 3\nexp\nlog\n"
+                      "linear 3 3\nlogsigmoid\n";
+  /* linear layers on [N, 2, 2]: the generic (non-closed-form) paths */
+  const char *rows = "linear 2 3\nsigmoid\nlinear 3 2\ntanh\nflatten\n"
+                     "linear 4 3\n";
+  for (int loss = 0; loss < 3; loss++)
+    for (int red = 0; red < 2; red++) {
+      check_diag_hessian(deep, (cpk_loss_kind)loss, (cpk_reduction)red);
+      check_diag_hessian(mixed, (cpk_loss_kind)loss, (cpk_reduction)red);
+      check_diag_hessian(rows, (cpk_loss_kind)loss, (cpk_reduction)red);
+    }
+}
+
+/* Without curved activations the Hessian diagonal is the GGN diagonal:
+ * checks the generic (chunked, non-closed-form) GGN path on linear layers
+ * over [N, 2, 2] inputs, whose Hessian diagonal is checked against finite
+ * differences. */
+static void test_generic_ggn_path(void **state) {
+  const char *text = "linear 2 3\nrelu\nlinear 3 2\nflatten\nlinear 4 3\n";
+  for (int loss = 0; loss < 3; loss++) {
+    check_diag_hessian(text, (cpk_loss_kind)loss, CPK_REDUCTION_MEAN);
+    problem pb;
+    int64_t xs[3] = {N, 2, 2};
+    memset(&pb, 0, sizeof pb);
+    pb.loss = (cpk_loss_kind)loss;
+    pb.n = N;
+    tu_ok(cpk_context_new(&pb.ctx, NULL));
+    pb.ctx->work_bytes = 64; /* several chunks */
+    tu_ok(cpk_model_parse(&pb.m, text, "net"));
+    tu_ok(cpk_model_build(pb.m, 2, sample_shape, CPK_F64));
+    tu_ok(cpk_model_init_params(pb.m, 9));
+    pb.x = tu_random(CPK_F64, 3, xs, -1.5, 1.5, 4);
+    pb.y = make_target(pb.loss, N);
+    cpk_results *r = run(&pb, "diag_ggn_exact,batch_diag_ggn_exact,"
+                              "diag_hessian,batch_diag_hessian");
+    for (int p = 0; p < cpk_model_num_params(pb.m); p++) {
+      const char *name;
+      tu_ok(cpk_model_param(pb.m, p, &name, NULL));
+      tu_assert_close(result(r, name, "diag_ggn_exact"),
+                      result(r, name, "diag_h"), 1e-12, 1e-15, name);
+      tu_assert_close(result(r, name, "diag_ggn_exact_batch"),
+                      result(r, name, "diag_h_batch"), 1e-12, 1e-15, name);
+    }
+    cpk_results_free(r);
+    teardown(&pb);
+  }
+}
+
 /* Monte Carlo diagonals and factors converge to the exact ones. */
 static void test_mc_converges(void **state) {
   cpk_context_options o = {.seed = 3, .mc_samples = 40000};
@@ -333,6 +508,9 @@ int main(void) {
       cmocka_unit_test(test_exact_mse),
       cmocka_unit_test(test_exact_bce),
       cmocka_unit_test(test_kflr_batch_one),
+      cmocka_unit_test(test_kfra_batch_one),
+      cmocka_unit_test(test_diag_hessian),
+      cmocka_unit_test(test_generic_ggn_path),
       cmocka_unit_test(test_mc_converges),
       cmocka_unit_test(test_mc_seeded),
   };
