@@ -43,6 +43,10 @@ typedef struct cli_common {
 #define CLI_COMMON_NOPTS 12
 /* Fill opts[0..CLI_COMMON_NOPTS) with the common options bound to c. */
 void cli_common_opts(cli_common *c, cli_opt *opts);
+/* Say in --help that the options called `names` (NULL-terminated) are
+ * accepted and ignored by this command (common options that mean nothing
+ * to it, kept so that one command line serves every command). */
+void cli_mark_ignored(cli_opt *opts, int nopts, const char *const *names);
 
 /* Parsed forms of the common options. */
 typedef struct cli_setup {
@@ -76,5 +80,7 @@ int cli_make_dir(const char *path);
 /* Commands. */
 int cmd_compute(int argc, char **argv);
 int cmd_init(int argc, char **argv);
+int cmd_jacobian(int argc, char **argv);
+int cmd_propagate(int argc, char **argv);
 
 #endif

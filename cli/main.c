@@ -12,12 +12,15 @@ static const struct {
     {"compute", cmd_compute,
      "gradients and extensions in one backward pass"},
     {"init", cmd_init, "write PyTorch-style initial parameters for a model"},
+    {"jacobian", cmd_jacobian,
+     "per-sample Jacobian of the output w.r.t. the input (forward mode)"},
+    {"propagate", cmd_propagate,
+     "first-order propagation of input errors, with a Monte Carlo check"},
 };
 
 /* Commands of the contract that a later release brings. */
-static const char *const coming[] = {"hvp",   "ggnvp",    "eigen",
-                                     "trace", "density",  "jacobian",
-                                     "propagate", "train"};
+static const char *const coming[] = {"hvp",   "ggnvp",   "eigen",
+                                     "trace", "density", "train"};
 
 static void usage(FILE *to) {
   fprintf(to, "usage: curvpack COMMAND [options]\n\n"

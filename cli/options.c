@@ -202,3 +202,10 @@ fail_reported:
   *input = NULL;
   return rc == CPK_EUSAGE ? CLI_EXIT_USAGE : CLI_EXIT_FAILURE;
 }
+
+void cli_mark_ignored(cli_opt *opts, int nopts, const char *const *names) {
+  for (; *names != NULL; names++)
+    for (int i = 0; i < nopts; i++)
+      if (strcmp(opts[i].name, *names) == 0)
+        opts[i].help = "accepted and ignored by this command";
+}

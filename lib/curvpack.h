@@ -237,6 +237,277 @@ int cpk_compute(cpk_context *ctx, cpk_model *model, const cpk_pass_spec *spec,
                 const cpk_tensor *input, const cpk_tensor *target,
                 cpk_results **out);
 
+/* ------------------------------------------------------------ forward mode
+ * Jacobians of the model output f with respect to its input (and
+ * parameters), evaluated at `input` [N, *in_shape] in evaluation mode
+ * (dropout off, batch norm on its running statistics), in the model's
+ * dtype. D_in and D_out are the element counts of one input and one output
+ * sample. Memory beyond the results is bounded: tangents travel in chunks
+ * of columns sized from the context's work budget. A model whose samples
+ * are coupled (batch norm with track_running_stats=false) has no per-sample
+ * Jacobian: cpk_jacobian and cpk_propagate fail on it with CPK_ENOTSUP. */
+
+typedef enum {
+  CPK_JACOBIAN_AUTO = 0,    /* forward when D_in < D_out, else reverse */
+  CPK_JACOBIAN_FORWARD = 1, /* push the D_in identity columns through J */
+  CPK_JACOBIAN_REVERSE = 2  /* pull the D_out identity rows back through J^T */
+} cpk_jacobian_mode;
+
+/* Per-sample Jacobian of the output with respect to the input:
+ *   jac[n, o..., i...] = d f(x_n)[o...] / d x_n[i...]
+ * *jac is [N, *out_shape, *in_shape] (caller frees; CPK_EINVAL when that has
+ * more than CPK_MAX_DIMS axes). Forward and reverse mode give the same
+ * numbers up to rounding; they differ in cost (~D_in against ~D_out
+ * Jacobian products through the network). */
+int cpk_jacobian(cpk_context *ctx, cpk_model *model, const cpk_tensor *input,
+                 cpk_jacobian_mode mode, cpk_tensor **jac);
+
+/* Forward-mode Jacobian-vector product of the batch output, on V tangents
+ * at once:
+ *   out[v] := J_x t[v] + sum_p J_{theta_p} u_p[v]          [V, N, *out]
+ * the directional derivative of f(input; theta) along the input tangent t
+ * ([N, *in_shape] for V = 1 or [V, N, *in_shape]; NULL for zero) and the
+ * parameter tangents u (NULL for all zero, else one entry per parameter in
+ * cpk_model_param order: NULL for zero, [V, *S] or S for V = 1; buffers
+ * such as running_mean must be NULL). Tangents are converted to the model's
+ * dtype; they must be finite and agree on V. *out is owned by the caller.
+ * A parameter whose layer kind has no forward-mode product yet fails with
+ * CPK_ENOTSUP naming it. */
+int cpk_jvp(cpk_context *ctx, cpk_model *model, const cpk_tensor *input,
+            const cpk_tensor *input_tangent,
+            const cpk_tensor *const *param_tangents, cpk_tensor **out);
+
+/* First-order propagation of independent input errors. `sigma` holds the
+ * standard deviations of the input elements, shape in_shape (shared by the
+ * samples) or [N, *in_shape]; finite and >= 0 (else CPK_ENONFINITE /
+ * CPK_ERANGE naming "sigma"). Results (names are the contract's files):
+ *   "output"      f(x_n)                                   [N, *out_shape]
+ *   "sigma"       sqrt(C_n[o, o]) = sqrt(sum_i (J_oi sigma_i)^2)
+ *                                                          [N, *out_shape]
+ *   "covariance"  C_n = J_n diag(sigma_n^2) J_n^T           [N, D_out, D_out]
+ * and with samples >= 2 (0: none; 1 is CPK_EINVAL) a Monte Carlo check:
+ * `samples` Gaussian draws x_n + sigma_n * z per sample through the forward
+ * pass, from a generator seeded with the context's seed at every call,
+ *   "mc_mean"     mean of the draws' outputs               [N, *out_shape]
+ *   "mc_sigma"    their standard deviation (divisor S - 1) [N, *out_shape]
+ * The covariance goes through forward mode when D_in < D_out, else through
+ * the reverse-mode J diag(sigma) held whole ([N, D_out, D_in]). */
+int cpk_propagate(cpk_context *ctx, cpk_model *model, const cpk_tensor *input,
+                  const cpk_tensor *sigma, int64_t samples, cpk_results **out);
+
+/* ------------------------------------------------ curvature-vector products */
+
+/* Which curvature of the loss a product applies (all symmetric, P x P over
+ * the trainable parameters in cpk_model_param order, buffers skipped):
+ *  HESSIAN           the Hessian of L (Pearlmutter's R-operator, forward
+ *                    over reverse);
+ *  GGN               the generalized Gauss-Newton matrix sum_n J_n^T H_n J_n;
+ *  FISHER_MC         the Monte Carlo Fisher: H_n replaced by S S^T with the
+ *                    sampled square root of diag_ggn_mc (--mc-samples, --seed);
+ *  EMPIRICAL_FISHER  sum_n g_n g_n^T with g_n the per-sample gradients of
+ *                    batch_grad. */
+typedef enum {
+  CPK_CURV_HESSIAN = 0,
+  CPK_CURV_GGN = 1,
+  CPK_CURV_FISHER_MC = 2,
+  CPK_CURV_EMPIRICAL_FISHER = 3
+} cpk_curvature;
+
+int cpk_curvature_parse(const char *name, cpk_curvature *out);
+
+typedef struct cpk_curvature_op cpk_curvature_op;
+
+/* Run the forward pass (and the backward pass, for the Hessian) on one batch
+ * and keep what the products need; the model must not change while the
+ * operator lives. */
+int cpk_curvature_op_new(cpk_curvature_op **out, cpk_context *ctx,
+                         cpk_model *model, const cpk_pass_spec *spec,
+                         const cpk_tensor *input, const cpk_tensor *target,
+                         cpk_curvature kind);
+void cpk_curvature_op_free(cpk_curvature_op *op);
+/* P, the number of trainable parameters. */
+int64_t cpk_curvature_op_dim(const cpk_curvature_op *op);
+/* out[j] := C in[j] for k vectors stored row by row ([k, P], float64, the
+ * parameters flattened and concatenated in cpk_model_param order). The
+ * block goes through the network at once. */
+int cpk_curvature_op_apply(cpk_curvature_op *op, int64_t k, const double *in,
+                           double *out);
+
+/* ----------------------------------------------------------------- spectra
+ * Tools that work on any symmetric linear operator A of dimension P, given
+ * only as a block product (Hessian-, GGN-, Fisher-vector products of the
+ * engine, or an explicit matrix): top eigenpairs (Lanczos; power iteration
+ * as a check), trace estimates (Hutchinson, Hutch++), the spectral density
+ * (stochastic Lanczos quadrature, PyHessian's conventions). All in float64.
+ * Random draws come from `seed` alone, so results are reproducible. */
+
+/* out[j, :] := A in[j, :] for j < k: k vectors of length P, row major
+ * [k, P]; `in` and `out` never overlap. A whole block arrives in one call so
+ * that an implementation can run it through GEMM. Returns CPK_OK, or a
+ * negative status after recording a message (cpk__fail). */
+typedef int (*cpk_matvec_fn)(void *ud, int64_t k, const double *in,
+                             double *out);
+
+/* A symmetric operator of dimension `dim` (= P). */
+typedef struct cpk_operator {
+  int64_t dim;
+  cpk_matvec_fn apply;
+  void *ud;
+} cpk_operator;
+
+/* Options of the eigensolvers; zero-initialise (or pass NULL) for defaults. */
+typedef struct cpk_eigen_options {
+  /* Lanczos: most Lanczos steps (Krylov basis size) in one run, 0: min(P,
+   * max(80, 3k)); memory is (max_iter + 1) * P doubles. Power iteration:
+   * most iterations per eigenpair, 0: 1000. */
+  int64_t max_iter;
+  /* A pair (lambda, v) has converged when ||A v - lambda v|| <= tol * s, s
+   * the largest |lambda| seen. 0: 1e-8; never below 64 * DBL_EPSILON. */
+  double tol;
+  uint64_t seed; /* of the random start vectors */
+  /* Lanczos: a single start vector finds one copy of a repeated eigenvalue
+   * only. After the top k pairs converge, Lanczos restarts from a fresh
+   * random vector orthogonal to them; an eigenvalue above the k-th found
+   * there is merged in and the check repeats. Nonzero skips that check
+   * (about half the products for a well-separated top of the spectrum). */
+  int no_restart_check;
+  /* Power iteration runs on A - shift I: it finds the k eigenvalues farthest
+   * from `shift` (default 0: largest magnitude, PyHessian's eigenvalues()). */
+  double shift;
+} cpk_eigen_options;
+
+/* What an eigensolver did. */
+typedef struct cpk_eigen_info {
+  int converged;           /* 1: every returned pair met tol */
+  int runs;                /* Lanczos runs (1 + restarts of the check) */
+  int64_t iterations;      /* Lanczos steps over all runs, power iterations */
+  int64_t matvecs;         /* vectors the operator was applied to */
+  double max_rel_residual; /* max_i ||A v_i - lambda_i v_i|| / max|lambda|,
+                              measured with one more block product */
+} cpk_eigen_info;
+
+/* The k largest (algebraic) eigenvalues of A, largest first, into
+ * eigenvalues[k], and their unit eigenvectors into eigenvectors [k, P] (row
+ * i belongs to eigenvalue i; NULL: not wanted). Lanczos with full
+ * reorthogonalisation from a seeded Gaussian start; the tridiagonal problem
+ * through LAPACK dstev; Ritz vectors; the returned eigenvalues are the
+ * Rayleigh quotients of the Ritz vectors. 1 <= k <= P.
+ * Not converging within max_iter is not an error: the best estimates are
+ * returned and info->converged is 0 (pass `info` to see it). */
+int cpk_eigen_lanczos(const cpk_operator *op, int64_t k,
+                      const cpk_eigen_options *opts, double *eigenvalues,
+                      double *eigenvectors, cpk_eigen_info *info);
+
+/* The same by power iteration with deflation (each new vector kept
+ * orthogonal to the pairs found before), one pair at a time, on A - shift I:
+ * the k eigenvalues farthest from `shift`, in the order found (decreasing
+ * |lambda - shift|). A check on Lanczos, and PyHessian's method. */
+int cpk_eigen_power(const cpk_operator *op, int64_t k,
+                    const cpk_eigen_options *opts, double *eigenvalues,
+                    double *eigenvectors, cpk_eigen_info *info);
+
+/* Options of the trace estimators; zero-initialise or pass NULL. */
+typedef struct cpk_trace_options {
+  int64_t block; /* probes per operator call, 0: 16 */
+  uint64_t seed; /* of the Rademacher probes */
+} cpk_trace_options;
+
+/* Hutchinson: trace(A) ~ (1/S) sum_s z_s^T A z_s over S Rademacher probes
+ * z_s (entries +-1), applied in blocks. *std_error = sample standard
+ * deviation (divisor S - 1) / sqrt(S); NaN when S = 1. std_error may be
+ * NULL. */
+int cpk_trace_hutchinson(const cpk_operator *op, int64_t samples,
+                         const cpk_trace_options *opts, double *trace,
+                         double *std_error);
+
+/* Hutch++ (Meyer, Musco, Musco, Woodruff 2021) with `matvecs` (>= 3)
+ * products in all: s = matvecs / 3 Rademacher sketch vectors (at most P),
+ * Q = orth(A S) by Householder QR (dgeqrf/dorgqr), then
+ *   trace(A) ~ trace(Q^T A Q) + (1/g) sum z^T (I - QQ^T) A (I - QQ^T) z
+ * over g = matvecs - 2s Rademacher probes. The sketch and A Q each go
+ * through one block product. *std_error is that of the second term (given
+ * Q). */
+int cpk_trace_hutchpp(const cpk_operator *op, int64_t matvecs,
+                      const cpk_trace_options *opts, double *trace,
+                      double *std_error);
+
+/* Options of the spectral density; zero-initialise or pass NULL. The
+ * defaults are PyHessian's: density(iter=100, n_v=1) and
+ * density_generate(num_bins=10000, sigma_squared=1e-5, overhead=0.01). */
+typedef struct cpk_density_options {
+  int64_t runs;         /* SLQ runs (n_v), 0: 1 */
+  int64_t steps;        /* Lanczos steps per run (iter), 0: 100 */
+  int64_t grid;         /* grid points (num_bins), 0: 10000; >= 2 */
+  double sigma_squared; /* kernel variance factor, 0: 1e-5 */
+  double overhead;      /* grid margin, 0: 0.01 */
+  uint64_t seed;        /* of the Rademacher start vectors */
+} cpk_density_options;
+
+/* Stochastic Lanczos quadrature nodes and weights, nodes and weights
+ * [runs, steps]: each run starts Lanczos (full reorthogonalisation) from a
+ * normalised Rademacher vector; the nodes are the eigenvalues of its
+ * tridiagonal matrix T, the weights the squared first components of T's
+ * eigenvectors (they sum to 1 per run). A run stops early at an invariant
+ * subspace (at the latest after P steps), where the quadrature is already
+ * exact; its remaining slots repeat its smallest node with weight 0. */
+int cpk_slq(const cpk_operator *op, const cpk_density_options *opts,
+            double *nodes, double *weights);
+
+/* PyHessian's density_generate on SLQ nodes and weights [runs, steps]:
+ *   lmax = mean over runs of max node + overhead,
+ *   lmin = mean over runs of min node - overhead,
+ *   grid = linspace(lmin, lmax, G), s2 = sigma_squared * max(1, lmax - lmin),
+ *   d(x) = (1/runs) sum_r sum_i w_ri exp(-(x - t_ri)^2 / (2 s2))
+ *          / sqrt(2 pi s2),
+ * normalised so that sum_j d(grid_j) * (grid_1 - grid_0) = 1. Writes
+ * out[0, :] = grid and out[1, :] = density, out [2, G]. Fails when the
+ * kernel is too narrow for the grid spacing (every value underflows). */
+int cpk_density_from_slq(int64_t runs, int64_t steps, const double *nodes,
+                         const double *weights,
+                         const cpk_density_options *opts, double *out);
+
+/* cpk_slq followed by cpk_density_from_slq: out [2, G]. */
+int cpk_spectral_density(const cpk_operator *op,
+                         const cpk_density_options *opts, double *out);
+
+/* ----------------------------------------------- Kronecker-factored inverses
+ * A Linear weight W [m, n] (m outputs, n inputs) has Kronecker factors
+ * [A (m x m) output factor, B (n x n) input factor] (KFAC, KFLR, KFRA), with
+ * curvature ~ A (x) B acting on W in row-major order: (A (x) B) vec(G) =
+ * vec(A G B). A bias [m] has the factor A alone. Factors are symmetric
+ * (their symmetric part is used), float64, row major. */
+typedef enum {
+  /* Exact damping: out = (A (x) B + damping I)^-1 G through the
+   * eigendecompositions A = U diag(a) U^T, B = V diag(b) V^T (dsyevd):
+   *   out = U [(U^T G V)_ij / (a_i b_j + damping)] V^T.
+   * Needs a_i b_j + damping > 0 for all i, j. */
+  CPK_KRON_DAMP_EXACT = 0,
+  /* Factored (Tikhonov) damping, the cheaper KFAC approximation:
+   *   out = (A + sqrt(damping) I)^-1 G (B + sqrt(damping) I)^-1
+   * through Cholesky factors (dpotrf; dpotrs/dtrsm), i.e. the inverse of
+   * (A + sqrt(damping) I) (x) (B + sqrt(damping) I). */
+  CPK_KRON_DAMP_FACTORED = 1
+} cpk_kron_damping;
+
+/* A factored, damped inverse, prepared once and applied to many gradients. */
+typedef struct cpk_kron_inverse cpk_kron_inverse;
+
+/* Prepare the inverse for a weight (b != NULL: factors a [m, m], b [n, n])
+ * or a bias (b == NULL, n ignored: (A + damping I)^-1 in either mode).
+ * damping >= 0. Fails with CPK_ERANGE (naming the factor) when the damped
+ * matrix is not positive definite, CPK_ENONFINITE on non-finite entries. */
+int cpk_kron_inverse_new(cpk_kron_inverse **out, cpk_kron_damping mode,
+                         int64_t m, const double *a, int64_t n,
+                         const double *b, double damping);
+/* out := inverse applied to g, both [m, n] (bias: [m]); out may equal g. */
+int cpk_kron_inverse_apply(const cpk_kron_inverse *inv, const double *g,
+                           double *out);
+void cpk_kron_inverse_free(cpk_kron_inverse *inv);
+/* One-shot: prepare, apply, free. */
+int cpk_kron_solve(cpk_kron_damping mode, int64_t m, const double *a,
+                   int64_t n, const double *b, double damping, const double *g,
+                   double *out);
+
 /* ---------------------------------------------------------- memory account */
 
 /* Bytes currently held by library allocations, and the high-water mark since

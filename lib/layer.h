@@ -56,6 +56,16 @@ typedef struct cpk__layer_kind {
   int (*param_jac_t_mat)(cpk__layer *l, cpk_context *ctx, int p,
                          const cpk_tensor *x, const cpk_tensor *in,
                          int per_sample, double beta, cpk_tensor *out);
+  /* Parameter p, forward mode (the R-op of the parameter): for a tangent
+   * t [V, *S] (or S when V = 1), out[v] := beta*out[v] + J_theta t[v],
+   *   out[v,n,o] = beta*out[v,n,o] + sum_k (d y_n[o] / d theta_{p,k}) t[v,k],
+   * out [V, N, *out] (V = numel(out) / (N * out numel)); x is the layer's
+   * input at the last forward. beta = 0 never reads out. NULL for a kind
+   * without parameters, or one that does not have it yet (forward-mode
+   * products with respect to its parameters then fail with CPK_ENOTSUP). */
+  int (*param_jac_mat)(cpk__layer *l, cpk_context *ctx, int p,
+                       const cpk_tensor *x, const cpk_tensor *t, double beta,
+                       cpk_tensor *out);
   /* Elementwise layers: out := f''(x), [N,*in]. NULL when f'' = 0. */
   int (*d2)(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
             const cpk_tensor *y, cpk_tensor *out);
@@ -75,9 +85,11 @@ typedef struct cpk__layer_kind {
   int (*ea_jac_t_mat_jac)(cpk__layer *l, cpk_context *ctx,
                           const cpk_tensor *x, const cpk_tensor *y,
                           const cpk_tensor *m, cpk_tensor *out);
-  /* Nonzero when every entry of d y / d theta is an entry of the input x
-   * or zero (linear, convolutions): then sum_o d_o (d y_o / d theta)^2 is
-   * param_jac_t_mat applied to x o x. */
+  /* Nonzero for layers bilinear in (x, weight) plus a bias (linear,
+   * convolutions): every entry of d y / d weight is an entry of x or zero
+   * (so sum_o d_o (d y_o / d theta)^2 is param_jac_t_mat applied to x o x),
+   * J_x depends on the weight (slot 0) alone, and the bias (slot 1) enters
+   * additively. */
   int param_jac_is_input;
   /* Fill the parameters as PyTorch's reset_parameters() does (same
    * distributions). NULL: no parameters. */

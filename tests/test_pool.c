@@ -34,13 +34,13 @@ typedef enum { FAM_MAX, FAM_AVG, FAM_ADAPTIVE, FAM_PAD } family;
  * unit axes: in = 1, k = s = d = 1, p = 0. */
 typedef struct {
   family fam;
-  int dims;                    /* spatial axes of a pool (1..3) */
+  int dims; /* spatial axes of a pool (1..3) */
   int64_t k[3], s[3], p[3], d[3];
-  int ceil_mode, cip;          /* cip: count_include_pad */
-  int64_t divisor;             /* divisor_override, 0 = None */
-  int64_t osz[2];              /* adaptive: output size */
-  int64_t pad[4];              /* zeropad: left, right, top, bottom */
-  int ndim;                    /* axes of one sample */
+  int ceil_mode, cip; /* cip: count_include_pad */
+  int64_t divisor;    /* divisor_override, 0 = None */
+  int64_t osz[2];     /* adaptive: output size */
+  int64_t pad[4];     /* zeropad: left, right, top, bottom */
+  int ndim;           /* axes of one sample */
   int64_t sample[4];
 } setting;
 
@@ -154,8 +154,8 @@ static int ref_taps(const setting *st, const int64_t *in, const int64_t *out,
     w[0] = 1;
     return 1;
   }
-  double div = st->divisor ? (double)st->divisor
-                           : (double)(st->cip ? count_pad : n);
+  double div =
+      st->divisor ? (double)st->divisor : (double)(st->cip ? count_pad : n);
   for (int j = 0; j < n; j++)
     w[j] = 1.0 / div;
   return n;
@@ -165,8 +165,8 @@ static int ref_taps(const setting *st, const int64_t *in, const int64_t *out,
 
 /* Reference forward y [nb, planes, *out] and, when u != NULL, the
  * reference J^T u (u [.., *out] -> jt [.., *in]) over nb samples. */
-static void ref_apply(const setting *st, int64_t nb, const double *x,
-                      double *y, const double *u, double *jt) {
+static void ref_apply(const setting *st, int64_t nb, const double *x, double *y,
+                      const double *u, double *jt) {
   int64_t in[3], out[3], planes;
   ref_geometry(st, in, out, &planes);
   const int64_t ip = in[0] * in[1] * in[2], op = out[0] * out[1] * out[2];
@@ -206,19 +206,21 @@ static void setting_line(const setting *st, char *line, size_t len) {
   tuple_str(d, sizeof d, st->dims, st->d);
   switch (st->fam) {
   case FAM_MAX:
-    snprintf(line, len, "maxpool%dd %s stride=%s padding=%s dilation=%s "
-             "ceil_mode=%s", st->dims, k, s, p, d,
-             st->ceil_mode ? "true" : "false");
+    snprintf(line, len,
+             "maxpool%dd %s stride=%s padding=%s dilation=%s "
+             "ceil_mode=%s",
+             st->dims, k, s, p, d, st->ceil_mode ? "true" : "false");
     break;
   case FAM_AVG: {
     char extra[48] = "";
     if (st->divisor)
       snprintf(extra, sizeof extra, " divisor_override=%lld",
                (long long)st->divisor);
-    snprintf(line, len, "avgpool%dd %s stride=%s padding=%s ceil_mode=%s "
-             "count_include_pad=%s%s", st->dims, k, s, p,
-             st->ceil_mode ? "true" : "false", st->cip ? "true" : "false",
-             extra);
+    snprintf(line, len,
+             "avgpool%dd %s stride=%s padding=%s ceil_mode=%s "
+             "count_include_pad=%s%s",
+             st->dims, k, s, p, st->ceil_mode ? "true" : "false",
+             st->cip ? "true" : "false", extra);
     break;
   }
   case FAM_ADAPTIVE:
@@ -280,8 +282,8 @@ static void assert_close_inf(double *a, double *b, int64_t n, double rtol,
   for (int64_t i = 0; i < n; i++) {
     if (isinf(b[i]) || isinf(a[i])) {
       if (a[i] != b[i]) {
-        print_error("%s: element %lld is %g, expected %g\n", what,
-                    (long long)i, a[i], b[i]);
+        print_error("%s: element %lld is %g, expected %g\n", what, (long long)i,
+                    a[i], b[i]);
         fail();
       }
       a[i] = b[i] = 0;
@@ -293,9 +295,10 @@ static void assert_close_inf(double *a, double *b, int64_t n, double rtol,
 /* jac_mat and jac_t_mat on random blocks [V, N, ...] against the full
  * per-sample Jacobian by central differences (one perturbation of input i
  * in every sample at once gives column i of every sample's Jacobian). */
-static void check_fd(layer_under_test *t, const cpk_tensor *x,
-                     const char *line, uint64_t seed) {
-  const int64_t din = cpk__layer_in_numel(t->l), dout = cpk__layer_out_numel(t->l);
+static void check_fd(layer_under_test *t, const cpk_tensor *x, const char *line,
+                     uint64_t seed) {
+  const int64_t din = cpk__layer_in_numel(t->l),
+                dout = cpk__layer_out_numel(t->l);
   double *jac = calloc((size_t)(N * dout * din), sizeof *jac);
   cpk_tensor *xp;
   tu_ok(cpk_tensor_convert(&xp, x, CPK_F64));
@@ -375,7 +378,8 @@ static int check_setting(const setting *st, int fd, uint64_t seed) {
   if (!valid) {
     if (rc != CPK_ESHAPE || strstr(cpk_last_error(), "grid:1: ") == NULL) {
       print_error("%s: build returned %s (%s), expected CPK_ESHAPE naming "
-                  "grid:1\n", line, cpk_err_name(rc), cpk_last_error());
+                  "grid:1\n",
+                  line, cpk_err_name(rc), cpk_last_error());
       fail();
     }
     cpk_model_free(t.m);
@@ -391,7 +395,8 @@ static int check_setting(const setting *st, int fd, uint64_t seed) {
   if (cpk__layer_out_numel(t.l) != want_numel ||
       t.l->out_shape[t.l->out_ndim - 1] != out[2]) {
     print_error("%s: output of %lld elements, last axis %lld; expected %lld, "
-                "%lld\n", line, (long long)cpk__layer_out_numel(t.l),
+                "%lld\n",
+                line, (long long)cpk__layer_out_numel(t.l),
                 (long long)t.l->out_shape[t.l->out_ndim - 1],
                 (long long)want_numel, (long long)out[2]);
     fail();
@@ -588,9 +593,36 @@ static void test_by_hand(void **state) {
     cpk_tensor *y = by_hand("maxpool2d 2", 3, s, x, g, gin);
     expect(y, (double[]){5, 7}, 2, "maxpool2d ties: y");
     cpk_tensor_free(y);
-    expect(&(cpk_tensor){.dtype = CPK_F64, .ndim = 1, .shape = {8},
-                         .data = gin},
-           (double[]){2, 0, 0, 3, 0, 0, 0, 0}, 8, "maxpool2d ties: J^T g");
+    expect(
+        &(cpk_tensor){.dtype = CPK_F64, .ndim = 1, .shape = {8}, .data = gin},
+        (double[]){2, 0, 0, 3, 0, 0, 0, 0}, 8, "maxpool2d ties: J^T g");
+  }
+  {
+    /* Ties in windows cut by the padding (one window at a time in the
+     * kernel): [pad, 2, 2] -> offset 0, [2, 2, pad] -> offset 1. */
+    const int64_t s[2] = {1, 3};
+    const double x[3] = {2, 2, 2}, g[3] = {1, 10, 100};
+    cpk_tensor *y =
+        by_hand("maxpool1d 3 stride=1 padding=1", 2, s, x, g, gin);
+    expect(y, (double[]){2, 2, 2}, 3, "maxpool1d border ties: y");
+    cpk_tensor_free(y);
+    assert_true(gin[0] == 11 && gin[1] == 100 && gin[2] == 0);
+  }
+  {
+    /* A window of -inf values keeps its first position (PyTorch's rule);
+     * a NaN wins over everything after it. */
+    const int64_t s[2] = {1, 4};
+    const double x[4] = {-INFINITY, -INFINITY, 1, -INFINITY}, g[2] = {1, 10};
+    cpk_tensor *y = by_hand("maxpool1d 2", 2, s, x, g, gin);
+    expect(y, (double[]){-INFINITY, 1}, 2, "maxpool1d -inf: y");
+    cpk_tensor_free(y);
+    assert_true(gin[0] == 1 && gin[1] == 0 && gin[2] == 10 && gin[3] == 0);
+    const double xn[4] = {1, NAN, 3, 2}, gn[3] = {1, 10, 100};
+    y = by_hand("maxpool1d 2 stride=1", 2, s, xn, gn, gin);
+    const double *yd = y->data;
+    assert_true(isnan(yd[0]) && isnan(yd[1]) && yd[2] == 3);
+    cpk_tensor_free(y);
+    assert_true(gin[0] == 0 && gin[1] == 11 && gin[2] == 100 && gin[3] == 0);
   }
   {
     /* A window of padding only: -inf, and no derivative. */
@@ -606,8 +638,8 @@ static void test_by_hand(void **state) {
     /* Padding is -inf, not 0: max of {pad, -3, -1} is -1. */
     const int64_t s[2] = {1, 3};
     const double x[3] = {-3, -1, -2};
-    cpk_tensor *y = by_hand("maxpool1d 3 stride=2 padding=1", 2, s, x, NULL,
-                            NULL);
+    cpk_tensor *y =
+        by_hand("maxpool1d 3 stride=2 padding=1", 2, s, x, NULL, NULL);
     expect(y, (double[]){-1, -1}, 2, "maxpool1d padding: y");
     cpk_tensor_free(y);
   }
@@ -616,12 +648,11 @@ static void test_by_hand(void **state) {
      * [1, 4); with the padding counted: 3/3, 9/3; without: 3/2, 9/3. */
     const int64_t s[2] = {1, 4};
     const double x[4] = {1, 2, 3, 4};
-    cpk_tensor *y = by_hand("avgpool1d 3 stride=2 padding=1", 2, s, x, NULL,
-                            NULL);
+    cpk_tensor *y =
+        by_hand("avgpool1d 3 stride=2 padding=1", 2, s, x, NULL, NULL);
     expect(y, (double[]){1, 3}, 2, "avgpool1d count_include_pad");
     cpk_tensor_free(y);
-    y = by_hand("avgpool1d 3 2 1 count_include_pad=false", 2, s, x, NULL,
-                NULL);
+    y = by_hand("avgpool1d 3 2 1 count_include_pad=false", 2, s, x, NULL, NULL);
     expect(y, (double[]){1.5, 3}, 2, "avgpool1d no pad");
     cpk_tensor_free(y);
     /* ceil_mode adds a window [3, 6), clipped to the padded input [3, 5):
@@ -629,8 +660,8 @@ static void test_by_hand(void **state) {
     y = by_hand("avgpool1d 3 2 1 ceil_mode=true", 2, s, x, NULL, NULL);
     expect(y, (double[]){1, 3, 2}, 3, "avgpool1d ceil 4");
     cpk_tensor_free(y);
-    y = by_hand("avgpool1d 3 2 1 ceil_mode=true count_include_pad=false", 2,
-                s, x, NULL, NULL);
+    y = by_hand("avgpool1d 3 2 1 ceil_mode=true count_include_pad=false", 2, s,
+                x, NULL, NULL);
     expect(y, (double[]){1.5, 3, 4}, 3, "avgpool1d ceil 4 no pad");
     cpk_tensor_free(y);
     const int64_t s5[2] = {1, 5};
@@ -639,8 +670,8 @@ static void test_by_hand(void **state) {
     y = by_hand("avgpool1d 3 2 1 ceil_mode=true", 2, s5, x5, NULL, NULL);
     expect(y, (double[]){1, 3, 3}, 3, "avgpool1d ceil 5");
     cpk_tensor_free(y);
-    y = by_hand("avgpool1d 3 2 1 ceil_mode=true count_include_pad=false", 2,
-                s5, x5, NULL, NULL);
+    y = by_hand("avgpool1d 3 2 1 ceil_mode=true count_include_pad=false", 2, s5,
+                x5, NULL, NULL);
     expect(y, (double[]){1.5, 3, 4.5}, 3, "avgpool1d ceil 5 no pad");
     cpk_tensor_free(y);
     y = by_hand("avgpool1d 4 ceil_mode=true", 2, s5, x5, NULL, NULL);
@@ -691,7 +722,8 @@ static void check_fixtures(cpk_dtype dt, double rtol) {
     assert_int_equal(sscanf(text, "%63s %n", name, &at), 1);
     const char *line = text + at;
     cpk_tensor *x = load(name, "x.npy"), *r = load(name, "r.npy");
-    cpk_tensor *want_y = load(name, "y.npy"), *want_g = load(name, "grad_x.npy");
+    cpk_tensor *want_y = load(name, "y.npy"),
+               *want_g = load(name, "grad_x.npy");
     layer_under_test t = {0};
     tu_ok(cpk_model_parse(&t.m, line, name));
     tu_ok(cpk_model_build(t.m, x->ndim - 1, x->shape + 1, dt));
@@ -716,7 +748,8 @@ static void check_fixtures(cpk_dtype dt, double rtol) {
              cpk_dtype_name(dt));
     int64_t n = cpk_tensor_numel(want_g);
     assert_int_equal(cpk_tensor_numel(g), n);
-    double *a = malloc((size_t)n * sizeof *a), *b = malloc((size_t)n * sizeof *b);
+    double *a = malloc((size_t)n * sizeof *a),
+           *b = malloc((size_t)n * sizeof *b);
     for (int64_t i = 0; i < n; i++) {
       a[i] = cpk_tensor_get(g, i);
       b[i] = cpk_tensor_get(want_g, i);
@@ -780,8 +813,7 @@ static void check_large(const setting *st, uint64_t seed) {
       got[i] = cpk_tensor_get(y, i);
     tu_assert_close_array(got, want_y, nout, tol, 0, what);
     tu_ok(t.l->kind->jac_t_mat(t.l, t.ctx, xc, y, uc, jt));
-    snprintf(what, sizeof what, "%s (%s): jac_t_mat", line,
-             cpk_dtype_name(dt));
+    snprintf(what, sizeof what, "%s (%s): jac_t_mat", line, cpk_dtype_name(dt));
     double *gt = malloc((size_t)nin * sizeof *gt);
     for (int64_t i = 0; i < nin; i++)
       gt[i] = cpk_tensor_get(jt, i);
@@ -790,8 +822,7 @@ static void check_large(const setting *st, uint64_t seed) {
     cpk_tensor *jx;
     tu_ok(cpk_tensor_new(&jx, dt, y->ndim, y->shape));
     tu_ok(t.l->kind->jac_mat(t.l, t.ctx, xc, y, xc, jx));
-    snprintf(what, sizeof what, "%s (%s): jac_mat x", line,
-             cpk_dtype_name(dt));
+    snprintf(what, sizeof what, "%s (%s): jac_mat x", line, cpk_dtype_name(dt));
     tu_assert_close(jx, y, 0, 0, what);
     free(got);
     free(gt);
@@ -818,11 +849,14 @@ static void test_large(void **state) {
   st = pool_setting(FAM_MAX, 3, 2, 2, 0, 1, 0, 0);
   st.sample[0] = 4, st.sample[1] = 12, st.sample[2] = 13, st.sample[3] = 14;
   check_large(&st, 3);
-  st = (setting){.fam = FAM_ADAPTIVE, .dims = 2, .ndim = 3,
-                 .sample = {8, 37, 29}, .osz = {7, 5}};
+  st = (setting){.fam = FAM_ADAPTIVE,
+                 .dims = 2,
+                 .ndim = 3,
+                 .sample = {8, 37, 29},
+                 .osz = {7, 5}};
   check_large(&st, 4);
-  st = (setting){.fam = FAM_PAD, .ndim = 3, .sample = {8, 40, 30},
-                 .pad = {2, -3, -1, 4}};
+  st = (setting){
+      .fam = FAM_PAD, .ndim = 3, .sample = {8, 40, 30}, .pad = {2, -3, -1, 4}};
   check_large(&st, 5);
 }
 
@@ -839,8 +873,7 @@ static void test_max_needs_forward(void **state) {
   tu_ok(cpk_tensor_new(&u, CPK_F64, 5, bs));
   int64_t gs[5] = {1, 3, 2, 4, 4};
   tu_ok(cpk_tensor_new(&g, CPK_F64, 5, gs));
-  assert_int_equal(t.l->kind->jac_t_mat(t.l, t.ctx, x, NULL, u, g),
-                   CPK_EINVAL);
+  assert_int_equal(t.l->kind->jac_t_mat(t.l, t.ctx, x, NULL, u, g), CPK_EINVAL);
   cpk_tensor *y = forward(&t, x);
   tu_ok(t.l->kind->jac_t_mat(t.l, t.ctx, x, y, u, g));
   cpk_tensor_free(y);
@@ -860,23 +893,24 @@ static void expect_parse_error(const char *text, int status,
   if (rc != status || strstr(cpk_last_error(), "m.txt:2: ") == NULL ||
       strstr(cpk_last_error(), needle) == NULL) {
     print_error("'%s': got %s (%s), expected %s mentioning m.txt:2 and "
-                "'%s'\n", text, cpk_err_name(rc), cpk_last_error(),
-                cpk_err_name(status), needle);
+                "'%s'\n",
+                text, cpk_err_name(rc), cpk_last_error(), cpk_err_name(status),
+                needle);
     fail();
   }
   cpk_model_free(m);
 }
 
-static void expect_build_error(const char *text, int ndim,
-                               const int64_t *shape, const char *needle) {
+static void expect_build_error(const char *text, int ndim, const int64_t *shape,
+                               const char *needle) {
   cpk_model *m;
   tu_ok(cpk_model_parse(&m, text, "m.txt"));
   int rc = cpk_model_build(m, ndim, shape, CPK_F64);
   if (rc != CPK_ESHAPE || strstr(cpk_last_error(), "m.txt:2: ") == NULL ||
       strstr(cpk_last_error(), needle) == NULL) {
     print_error("'%s': build got %s (%s), expected CPK_ESHAPE mentioning "
-                "m.txt:2 and '%s'\n", text, cpk_err_name(rc),
-                cpk_last_error(), needle);
+                "m.txt:2 and '%s'\n",
+                text, cpk_err_name(rc), cpk_last_error(), needle);
     fail();
   }
   cpk_model_free(m);
@@ -887,16 +921,14 @@ static void test_errors(void **state) {
   expect_parse_error("identity\nmaxpool2d 2,0", CPK_EFORMAT, "kernel_size");
   expect_parse_error("identity\nmaxpool1d 2 dilation=0", CPK_EFORMAT,
                      "dilation");
-  expect_parse_error("identity\nmaxpool2d 3 padding=2", CPK_EFORMAT,
-                     "padding");
+  expect_parse_error("identity\nmaxpool2d 3 padding=2", CPK_EFORMAT, "padding");
   expect_parse_error("identity\nmaxpool2d 3 padding=-1", CPK_EFORMAT,
                      "padding");
   expect_parse_error("identity\nmaxpool3d 2,2", CPK_EFORMAT, "kernel_size");
-  expect_parse_error("identity\nmaxpool2d 2 return_indices=true",
-                     CPK_ENOTSUP, "return_indices");
+  expect_parse_error("identity\nmaxpool2d 2 return_indices=true", CPK_ENOTSUP,
+                     "return_indices");
   expect_parse_error("identity\nmaxpool2d", CPK_EFORMAT, "kernel_size");
-  expect_parse_error("identity\navgpool2d 2 stride=-1", CPK_EFORMAT,
-                     "stride");
+  expect_parse_error("identity\navgpool2d 2 stride=-1", CPK_EFORMAT, "stride");
   expect_parse_error("identity\navgpool2d 2 divisor_override=0", CPK_EFORMAT,
                      "divisor_override");
   expect_parse_error("identity\navgpool1d 2 divisor_override=2", CPK_EFORMAT,

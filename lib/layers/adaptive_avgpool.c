@@ -23,10 +23,10 @@ static int adaptive_configure(cpk__layer *l, const cpk__arg_value *a) {
   if (rc != CPK_OK)
     return rc;
   for (int i = 0; i < 2; i++)
-    if (out[i] < 1)
+    if (out[i] < 1 || out[i] > INT32_MAX)
       return cpk__fail(CPK_EFORMAT,
-                       "%s: output_size must be positive, got %lld", l->where,
-                       (long long)out[i]);
+                       "%s: output_size must be between 1 and %d, got %lld",
+                       l->where, INT32_MAX, (long long)out[i]);
   adaptive_avgpool *s = cpk__calloc(sizeof *s);
   if (s == NULL)
     return CPK_ENOMEM;

@@ -36,8 +36,8 @@ static int avgpool_configure(cpk__layer *l, const cpk__arg_value *a) {
   avgpool *s = cpk__calloc(sizeof *s);
   if (s == NULL)
     return CPK_ENOMEM;
-  int rc = cpk__pool_window_parse(&s->w, l, dims, &a[0], &a[1], &a[2], NULL,
-                                  a[3].b);
+  int rc =
+      cpk__pool_window_parse(&s->w, l, dims, &a[0], &a[1], &a[2], NULL, a[3].b);
   if (rc != CPK_OK) {
     cpk__free(s);
     return rc;
@@ -57,16 +57,16 @@ static int avgpool_build(cpk__layer *l) {
   return rc;
 }
 
-static int avgpool_forward(cpk__layer *l, cpk_context *ctx,
-                           const cpk_tensor *x, cpk_tensor *y, int training) {
+static int avgpool_forward(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
+                           cpk_tensor *y, int training) {
   const avgpool *s = l->priv;
   cpk__pool_avg_apply(&s->geom, 0, x, y);
   return CPK_OK;
 }
 
-static int avgpool_jac_mat(cpk__layer *l, cpk_context *ctx,
-                           const cpk_tensor *x, const cpk_tensor *y,
-                           const cpk_tensor *in, cpk_tensor *out) {
+static int avgpool_jac_mat(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
+                           const cpk_tensor *y, const cpk_tensor *in,
+                           cpk_tensor *out) {
   const avgpool *s = l->priv;
   cpk__pool_avg_apply(&s->geom, 0, in, out);
   return CPK_OK;

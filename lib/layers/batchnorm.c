@@ -295,6 +295,31 @@ static int bn_param_jac_t_mat(cpk__layer *l, cpk_context *ctx, int p,
   return CPK_OK;
 }
 
+/* Forward mode in the parameters (the statistics do not depend on them, in
+ * either mode): weight tangent t[v] [F]: out += t[v,c] x_hat; bias tangent:
+ * out += t[v,c] (bn_param_fwd in kernels/batchnorm.inc). */
+static int bn_param_jac_mat(cpk__layer *l, cpk_context *ctx, int p,
+                            const cpk_tensor *x, const cpk_tensor *t,
+                            double beta, cpk_tensor *out) {
+  const batchnorm *s = l->priv;
+  const int64_t n = x->shape[0], f = s->features, pos = bn_positions(l);
+  const int64_t v = cpk__block_v(out, n, f * pos);
+  int rc = bn_require_forward(l);
+  if (rc != CPK_OK)
+    return rc;
+  if (p != s->p_weight && p != s->p_bias)
+    return cpk__fail(CPK_EINVAL, "%s: parameter %d is not trainable", l->where,
+                     p);
+  const int use_xhat = p == s->p_weight;
+  if (out->dtype == CPK_F32)
+    bn_param_fwd_f32(v, n, f, pos, x->data, s->mean, s->istd, use_xhat, beta,
+                     t->data, out->data);
+  else
+    bn_param_fwd_f64(v, n, f, pos, x->data, s->mean, s->istd, use_xhat, beta,
+                     t->data, out->data);
+  return CPK_OK;
+}
+
 /* As PyTorch's reset_parameters(): weight 1, bias 0, running_mean 0,
  * running_var 1. */
 static int bn_init(cpk__layer *l, cpk__rng *rng) {
@@ -318,6 +343,7 @@ const cpk__layer_kind cpk__batchnorm1d_kind = {
     .jac_t_mat = bn_jac,
     .jac_mat = bn_jac,
     .param_jac_t_mat = bn_param_jac_t_mat,
+    .param_jac_mat = bn_param_jac_mat,
     .init = bn_init,
     .destroy = bn_destroy,
 };
@@ -333,6 +359,7 @@ const cpk__layer_kind cpk__batchnorm2d_kind = {
     .jac_t_mat = bn_jac,
     .jac_mat = bn_jac,
     .param_jac_t_mat = bn_param_jac_t_mat,
+    .param_jac_mat = bn_param_jac_mat,
     .init = bn_init,
     .destroy = bn_destroy,
 };

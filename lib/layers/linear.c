@@ -146,6 +146,43 @@ static int linear_param_jac_t_mat(cpk__layer *l, cpk_context *ctx, int p,
   return CPK_OK;
 }
 
+/* Forward mode in the parameters, tangent t [V, *S], out [V, rows, OUT]:
+ * weight (t[v] [OUT, IN]): out[v] := beta out[v] + X t[v]^T, one GEMM
+ *   [rows, IN] x [IN, OUT] per v;
+ * bias (t[v] [OUT]): out[v, r] := beta out[v, r] + t[v] for every row r. */
+static int linear_param_jac_mat(cpk__layer *l, cpk_context *ctx, int p,
+                                const cpk_tensor *x, const cpk_tensor *t,
+                                double beta, cpk_tensor *out) {
+  const linear *s = l->priv;
+  const int64_t rows = linear_rows(l, x);
+  const int64_t fo = s->out_features, fi = s->in_features;
+  const int64_t v = cpk_tensor_numel(out) / (rows * fo);
+  const size_t es = cpk_dtype_size(out->dtype);
+  const char *td = t->data;
+  char *od = out->data;
+  if (p == 0) {
+    for (int64_t b = 0; b < v; b++)
+      cpk__gemm(ctx, out->dtype, 0, 1, rows, fo, fi, 1.0, x->data, fi,
+                td + (size_t)(b * fo * fi) * es, fi, beta,
+                od + (size_t)(b * rows * fo) * es, fo);
+    return CPK_OK;
+  }
+  for (int64_t b = 0; b < v; b++) {
+    const char *tb = td + (size_t)(b * fo) * es;
+    char *ob = od + (size_t)(b * rows * fo) * es;
+    if (beta == 0.0) {
+      for (int64_t r = 0; r < rows; r++)
+        cpk__copy(ctx, out->dtype, fo, tb, ob + (size_t)(r * fo) * es);
+      continue;
+    }
+    if (beta != 1.0)
+      cpk__scale(ctx, out->dtype, rows * fo, beta, ob);
+    for (int64_t r = 0; r < rows; r++)
+      cpk__axpy(ctx, out->dtype, fo, 1.0, tb, ob + (size_t)(r * fo) * es);
+  }
+  return CPK_OK;
+}
+
 /* KFRA: (1/N) sum_n J_n^T m J_n = W^T m W when a sample is one row; with
  * leading axes the Jacobian is block diagonal and the generic form applies. */
 static int linear_ea_jac_t_mat_jac(cpk__layer *l, cpk_context *ctx,
@@ -191,6 +228,7 @@ const cpk__layer_kind cpk__linear_kind = {
     .jac_t_mat = linear_jac_t_mat,
     .jac_mat = linear_jac_mat,
     .param_jac_t_mat = linear_param_jac_t_mat,
+    .param_jac_mat = linear_param_jac_mat,
     .init = linear_init,
     .ea_jac_t_mat_jac = linear_ea_jac_t_mat_jac,
     .param_jac_is_input = 1,

@@ -60,8 +60,8 @@ static int maxpool_build(cpk__layer *l) {
   return CPK_OK;
 }
 
-static int maxpool_forward(cpk__layer *l, cpk_context *ctx,
-                           const cpk_tensor *x, cpk_tensor *y, int training) {
+static int maxpool_forward(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
+                           cpk_tensor *y, int training) {
   maxpool *s = l->priv;
   /* Keep the index tensor while the output size stays the same. */
   if (s->idx != NULL && cpk_tensor_numel(s->idx) != cpk_tensor_numel(y)) {
@@ -95,9 +95,9 @@ static int maxpool_indices(const cpk__layer *l, const cpk_tensor *x,
   return CPK_OK;
 }
 
-static int maxpool_jac_mat(cpk__layer *l, cpk_context *ctx,
-                           const cpk_tensor *x, const cpk_tensor *y,
-                           const cpk_tensor *in, cpk_tensor *out) {
+static int maxpool_jac_mat(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
+                           const cpk_tensor *y, const cpk_tensor *in,
+                           cpk_tensor *out) {
   const maxpool *s = l->priv;
   const int32_t *idx;
   int64_t ip;

@@ -4,7 +4,6 @@
  * the pooling and padding layers. See pool_common.h.
  */
 #include <math.h>
-#include <stdio.h>
 #include <string.h>
 
 #include "pool_common.h"
@@ -34,9 +33,8 @@ static int positive_tuple(const cpk__layer *l, const char *name, int dims,
                           const int64_t *v) {
   for (int i = 0; i < dims; i++)
     if (v[i] < 1 || v[i] > CPK_POOL_MAX_ARG)
-      return cpk__fail(CPK_EFORMAT,
-                       "%s: %s must be between 1 and %d, got %lld", l->where,
-                       name, CPK_POOL_MAX_ARG, (long long)v[i]);
+      return cpk__fail(CPK_EFORMAT, "%s: %s must be between 1 and %d, got %lld",
+                       l->where, name, CPK_POOL_MAX_ARG, (long long)v[i]);
   return CPK_OK;
 }
 
@@ -67,8 +65,8 @@ int cpk__pool_window_parse(cpk__pool_window *w, const cpk__layer *l, int dims,
                              l->where)) != CPK_OK ||
        (rc = positive_tuple(l, "dilation", dims, w->dilation)) != CPK_OK))
     return rc;
-  if ((rc = cpk__args_tuple(padding, "padding", dims, w->padding,
-                            l->where)) != CPK_OK)
+  if ((rc = cpk__args_tuple(padding, "padding", dims, w->padding, l->where)) !=
+      CPK_OK)
     return rc;
   for (int i = 0; i < dims; i++)
     if (w->padding[i] < 0 || w->padding[i] > w->kernel[i] / 2)
@@ -131,6 +129,17 @@ static int64_t floor_div(int64_t a, int64_t b) {
   return a >= 0 ? a / b : -((-a + b - 1) / b);
 }
 
+/* "L", "H, W" or "D, H, W": the spatial axes of a `dims`-d pool. */
+static const char *axis_names(int dims) {
+  return dims == 1 ? "L" : dims == 2 ? "H, W" : "D, H, W";
+}
+
+/* Name of spatial axis i of a `dims`-d pool. */
+static const char *axis_name(int dims, int i) {
+  static const char *const names[3] = {"D", "H", "W"};
+  return dims == 1 ? "L" : names[3 - dims + i];
+}
+
 /* The sample must be [C, *spatial] with `dims` spatial axes. */
 static int check_sample(const cpk__layer *l, int dims) {
   char buf[128];
@@ -139,14 +148,14 @@ static int check_sample(const cpk__layer *l, int dims) {
     return cpk__fail(CPK_ESHAPE,
                      "%s: expected a sample of shape (C, %s) with %d "
                      "spatial axes, got a sample of shape %s",
-                     l->where,
-                     dims == 1 ? "L" : dims == 2 ? "H, W" : "D, H, W", dims,
-                     buf);
+                     l->where, axis_names(dims), dims, buf);
   for (int i = 0; i < dims; i++)
     if (l->in_shape[1 + i] > CPK_POOL_MAX_EXTENT)
       return cpk__fail(CPK_EOVERFLOW, "%s: sample shape %s is too large",
                        l->where, buf);
-  return CPK_OK;
+  /* Then plane sizes (products of extents) fit int64 too. */
+  int64_t numel;
+  return cpk__shape_numel(l->in_ndim, l->in_shape, &numel, l->where);
 }
 
 int cpk__pool_geom_window(cpk__pool_geom *g, cpk__layer *l,
@@ -160,20 +169,20 @@ int cpk__pool_geom_window(cpk__pool_geom *g, cpk__layer *l,
   for (int i = 0; i < dims; i++) {
     const int64_t in = l->in_shape[1 + i], k = w->kernel[i];
     const int64_t s = w->stride[i], p = w->padding[i], d = w->dilation[i];
-    int64_t o = floor_div(in + 2 * p - d * (k - 1) - 1 +
-                              (w->ceil_mode ? s - 1 : 0),
-                          s) +
-                1;
+    int64_t o =
+        floor_div(in + 2 * p - d * (k - 1) - 1 + (w->ceil_mode ? s - 1 : 0),
+                  s) +
+        1;
     if (w->ceil_mode && (o - 1) * s >= in + p)
       o--;
     if (o < 1)
       return cpk__fail(CPK_ESHAPE,
                        "%s: the window (kernel_size=%lld, dilation=%lld) is "
                        "larger than the padded input (size %lld, "
-                       "padding=%lld) along spatial axis %d of a sample of "
-                       "shape %s: output size %lld",
+                       "padding=%lld) along %s of a sample of shape %s: "
+                       "output size %lld",
                        l->where, (long long)k, (long long)d, (long long)in,
-                       (long long)p, i,
+                       (long long)p, axis_name(dims, i),
                        cpk_shape_str(buf, sizeof buf, l->in_ndim, l->in_shape),
                        (long long)o);
     out[i] = o;
@@ -207,8 +216,8 @@ int cpk__pool_geom_window(cpk__pool_geom *g, cpk__layer *l,
         const int64_t last = end_pad < in ? end_pad : in;
         ax->first[o] = first;
         ax->count[o] = last - first;
-        ax->div[o] = mode == CPK__POOL_AVG_WITH_PAD ? end_pad - start
-                                                    : last - first;
+        ax->div[o] =
+            mode == CPK__POOL_AVG_WITH_PAD ? end_pad - start : last - first;
       }
     }
     /* Windows move right with o, so the full ones are contiguous. */
@@ -225,14 +234,17 @@ int cpk__pool_geom_window(cpk__pool_geom *g, cpk__layer *l,
 
 int cpk__pool_geom_adaptive(cpk__pool_geom *g, cpk__layer *l, int dims,
                             const int64_t *out) {
-  size_t prod;
   int rc;
   if ((rc = check_sample(l, dims)) != CPK_OK)
     return rc;
+  /* (o + 1) * in + out below must stay within int64. */
   for (int i = 0; i < dims; i++)
-    if ((rc = cpk__mul_size((size_t)l->in_shape[1 + i], (size_t)out[i] + 1,
-                            &prod, l->where)) != CPK_OK)
-      return rc;
+    if (l->in_shape[1 + i] > INT64_MAX / 2 / (out[i] + 1))
+      return cpk__fail(CPK_EOVERFLOW,
+                       "%s: output_size %lld of an input of size %lld is too "
+                       "large",
+                       l->where, (long long)out[i],
+                       (long long)l->in_shape[1 + i]);
   if ((rc = geom_alloc(g, l, dims, out)) != CPK_OK)
     return rc;
   for (int i = 0; i < dims; i++) {
@@ -252,9 +264,8 @@ int cpk__pool_geom_adaptive(cpk__pool_geom *g, cpk__layer *l, int dims,
 void cpk__pool_avg_apply(const cpk__pool_geom *g, int transpose,
                          const cpk_tensor *in, cpk_tensor *out) {
   if (transpose)
-    cpk__pool_avg_t(in->dtype, g,
-                    cpk_tensor_numel(in) / cpk__pool_out_plane(g), in->data,
-                    out->data);
+    cpk__pool_avg_t(in->dtype, g, cpk_tensor_numel(in) / cpk__pool_out_plane(g),
+                    in->data, out->data);
   else
     cpk__pool_avg(in->dtype, g, cpk_tensor_numel(in) / cpk__pool_in_plane(g),
                   in->data, out->data);
@@ -280,8 +291,8 @@ void cpk__pool_gather(cpk_dtype dt, int64_t planes, int64_t ip,
 }
 
 void cpk__pool_scatter(cpk_dtype dt, int64_t planes, int64_t ip,
-                       int64_t in_plane, int64_t out_plane,
-                       const int32_t *idx, const void *in, void *out) {
+                       int64_t in_plane, int64_t out_plane, const int32_t *idx,
+                       const void *in, void *out) {
   if (dt == CPK_F32)
     pool_scatter_f32(planes, ip, in_plane, out_plane, idx, in, out);
   else

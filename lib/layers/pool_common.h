@@ -18,14 +18,14 @@
  * first[o] + j*step for j < count[o], all inside [0, in); averaging layers
  * divide by the product over the axes of div[o]. */
 typedef struct {
-  int64_t in, out;      /* extents */
-  int64_t step;         /* distance between taps: dilation, else 1 */
+  int64_t in, out;             /* extents */
+  int64_t step;                /* distance between taps: dilation, else 1 */
   int64_t kernel, stride, pad; /* window o starts at o*stride - pad (pools) */
   int64_t full_lo, full_hi;    /* the outputs whose kernel taps all lie
                                   inside: full_lo <= o < full_hi (pools) */
-  int64_t *first;       /* [out], in the geometry's tables */
-  int64_t *count;       /* [out] */
-  int64_t *div;         /* [out] */
+  int64_t *first;              /* [out], in the geometry's tables */
+  int64_t *count;              /* [out] */
+  int64_t *div;                /* [out] */
 } cpk__pool_axis;
 
 typedef struct {
@@ -114,8 +114,8 @@ void cpk__pool_gather(cpk_dtype dt, int64_t planes, int64_t ip,
 /* J^T of max pooling: out[p,:] := 0, then out[p, idx[p mod ip, o]] +=
  * in[p,o]; in and idx planes have out_plane elements, out planes in_plane. */
 void cpk__pool_scatter(cpk_dtype dt, int64_t planes, int64_t ip,
-                       int64_t in_plane, int64_t out_plane,
-                       const int32_t *idx, const void *in, void *out);
+                       int64_t in_plane, int64_t out_plane, const int32_t *idx,
+                       const void *in, void *out);
 
 /* Average pooling (and its J, the same linear map):
  * out[p,o] := sum_{i in window o} in[p,i] / div(o), div(o) the product of

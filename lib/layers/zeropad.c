@@ -50,6 +50,10 @@ static int zeropad_build(cpk__layer *l) {
                      "got a sample of shape %s",
                      l->where, buf);
   const int h = l->in_ndim - 2, w = l->in_ndim - 1;
+  int64_t numel;
+  int rc = cpk__shape_numel(l->in_ndim, l->in_shape, &numel, l->where);
+  if (rc != CPK_OK)
+    return rc;
   if (l->in_shape[h] > INT64_MAX / 2 || l->in_shape[w] > INT64_MAX / 2)
     return cpk__fail(CPK_EOVERFLOW, "%s: sample shape %s is too large",
                      l->where, buf);
@@ -72,9 +76,9 @@ static int zeropad_build(cpk__layer *l) {
 }
 
 /* Pad (forward, J): in [..., H, W] -> out [..., HO, WO]. */
-static int zeropad_jac_mat(cpk__layer *l, cpk_context *ctx,
-                           const cpk_tensor *x, const cpk_tensor *y,
-                           const cpk_tensor *in, cpk_tensor *out) {
+static int zeropad_jac_mat(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
+                           const cpk_tensor *y, const cpk_tensor *in,
+                           cpk_tensor *out) {
   const zeropad *s = l->priv;
   const int64_t hi = l->in_shape[l->in_ndim - 2];
   const int64_t wi = l->in_shape[l->in_ndim - 1];
@@ -100,8 +104,8 @@ static int zeropad_jac_t_mat(cpk__layer *l, cpk_context *ctx,
   return CPK_OK;
 }
 
-static int zeropad_forward(cpk__layer *l, cpk_context *ctx,
-                           const cpk_tensor *x, cpk_tensor *y, int training) {
+static int zeropad_forward(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
+                           cpk_tensor *y, int training) {
   return zeropad_jac_mat(l, ctx, x, y, x, y);
 }
 

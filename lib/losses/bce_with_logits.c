@@ -69,6 +69,18 @@ static int bce_sqrt_hessian_mc(cpk_context *ctx, double c, const cpk_tensor *f,
   return CPK_OK;
 }
 
+/* c s (1 - s) u, elementwise. */
+static int bce_hessian_mat(cpk_context *ctx, double c, const cpk_tensor *f,
+                           const cpk_tensor *in, cpk_tensor *out) {
+  const int64_t total = cpk_tensor_numel(f), v = cpk_tensor_numel(in) / total;
+  for (int64_t i = 0; i < total; i++) {
+    const double s = sigmoid(cpk_tensor_get(f, i)), h = c * s * (1.0 - s);
+    for (int64_t col = 0; col < v; col++)
+      cpk_tensor_set(out, col * total + i, h * cpk_tensor_get(in, col * total + i));
+  }
+  return CPK_OK;
+}
+
 const cpk__loss_def cpk__bce_with_logits_loss = {
     .kind = CPK_LOSS_BCE_WITH_LOGITS,
     .name = "bce_with_logits",
@@ -78,4 +90,5 @@ const cpk__loss_def cpk__bce_with_logits_loss = {
     .sqrt_columns = bce_sqrt_columns,
     .sqrt_hessian = bce_sqrt_hessian,
     .sqrt_hessian_mc = bce_sqrt_hessian_mc,
+    .hessian_mat = bce_hessian_mat,
 };

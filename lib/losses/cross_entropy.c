@@ -153,6 +153,31 @@ static int ce_sqrt_hessian_mc(cpk_context *ctx, double c, const cpk_tensor *f,
   return CPK_OK;
 }
 
+/* c (diag(p) - p p^T) u = c (p o u - p (p . u)) at every position. */
+static int ce_hessian_mat(cpk_context *ctx, double c, const cpk_tensor *f,
+                          const cpk_tensor *in, cpk_tensor *out) {
+  const int64_t n = f->shape[0], classes = f->shape[1], s = spatial(f);
+  const int64_t per = classes * s, v = cpk_tensor_numel(in) / (n * per);
+  double *p = cpk__malloc((size_t)classes * sizeof *p);
+  if (p == NULL)
+    return CPK_ENOMEM;
+  for (int64_t i = 0; i < n; i++)
+    for (int64_t pos = 0; pos < s; pos++) {
+      softmax_at(f, i * per + pos, classes, s, p);
+      for (int64_t col = 0; col < v; col++) {
+        const int64_t base = (col * n + i) * per + pos;
+        double pu = 0.0;
+        for (int64_t k = 0; k < classes; k++)
+          pu += p[k] * cpk_tensor_get(in, base + k * s);
+        for (int64_t k = 0; k < classes; k++)
+          cpk_tensor_set(out, base + k * s,
+                         c * p[k] * (cpk_tensor_get(in, base + k * s) - pu));
+      }
+    }
+  cpk__free(p);
+  return CPK_OK;
+}
+
 const cpk__loss_def cpk__cross_entropy_loss = {
     .kind = CPK_LOSS_CROSS_ENTROPY,
     .name = "cross_entropy",
@@ -162,4 +187,5 @@ const cpk__loss_def cpk__cross_entropy_loss = {
     .sqrt_columns = ce_sqrt_columns,
     .sqrt_hessian = ce_sqrt_hessian,
     .sqrt_hessian_mc = ce_sqrt_hessian_mc,
+    .hessian_mat = ce_hessian_mat,
 };

@@ -35,6 +35,10 @@ typedef struct cpk__loss_def {
    * E[sum_m out[m,n] out[m,n]^T] = c * d^2 l_n / d f_n^2. */
   int (*sqrt_hessian_mc)(cpk_context *ctx, double c, const cpk_tensor *f,
                          int64_t m, cpk__rng *rng, cpk_tensor *out);
+  /* out[v, n] := c * (d^2 l_n / d f_n^2) in[v, n] for a block in
+   * [V, N, *out] (the loss Hessian applied to V directions per sample). */
+  int (*hessian_mat)(cpk_context *ctx, double c, const cpk_tensor *f,
+                     const cpk_tensor *in, cpk_tensor *out);
 } cpk__loss_def;
 
 const cpk__loss_def *cpk__loss_get(cpk_loss_kind kind);

@@ -54,6 +54,15 @@ static int mse_sqrt_hessian_mc(cpk_context *ctx, double c, const cpk_tensor *f,
   return CPK_OK;
 }
 
+/* 2c u. */
+static int mse_hessian_mat(cpk_context *ctx, double c, const cpk_tensor *f,
+                           const cpk_tensor *in, cpk_tensor *out) {
+  const int64_t m = cpk_tensor_numel(in);
+  for (int64_t i = 0; i < m; i++)
+    cpk_tensor_set(out, i, 2.0 * c * cpk_tensor_get(in, i));
+  return CPK_OK;
+}
+
 const cpk__loss_def cpk__mse_loss = {
     .kind = CPK_LOSS_MSE,
     .name = "mse",
@@ -63,4 +72,5 @@ const cpk__loss_def cpk__mse_loss = {
     .sqrt_columns = mse_sqrt_columns,
     .sqrt_hessian = mse_sqrt_hessian,
     .sqrt_hessian_mc = mse_sqrt_hessian_mc,
+    .hessian_mat = mse_hessian_mat,
 };

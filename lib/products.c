@@ -1,0 +1,408 @@
+/*
+ * products.c: curvature-vector products C v for a block of k parameter
+ * vectors at once (cpk_curvature_op).
+ *
+ * All four curvatures share one shape, sum_n J_n^T M_n J_n (+ the Hessian's
+ * second-order terms), computed as
+ *   1. R-forward: tangents xdot_{i+1} = J_x xdot_i + J_theta t_i through
+ *      every layer (jac_mat, param_jac_mat), giving u = J v at the output;
+ *   2. at the output w = M u per sample: the loss Hessian (Hessian, GGN), the
+ *      sampled root S S^T (Monte Carlo Fisher), or g g^T with the per-sample
+ *      output gradient (empirical Fisher);
+ *   3. R-backward: gdot_i = J_x^T gdot_{i+1}, products J_theta^T gdot.
+ * For the Hessian (Pearlmutter's R-operator, forward over reverse), step 3
+ * adds what differentiating the backward pass in the direction v gives
+ * besides J^T gdot, with g the ordinary gradient at the layer output:
+ *   elementwise f:  f''(x) o g o xdot                      (to gdot_in)
+ *   bilinear (linear, conv: J_x depends on the weight W = slot 0, J_W on x):
+ *     J_x(W := t_W)^T g (to gdot_in),  J_theta(x := xdot)^T g (to products).
+ */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "engine.h"
+#include "ops.h"
+
+typedef struct {
+  cpk__layer *layer;
+  int slot;
+  int64_t numel, offset; /* in the flat parameter vector */
+} trainable;
+
+struct cpk_curvature_op {
+  cpk__pass pass;
+  cpk_pass_spec spec;    /* the caller's, without extensions */
+  cpk_curvature kind;
+  int stop;              /* lowest layer with trainable parameters */
+  cpk_tensor **grads;    /* Hessian: dL/dy at each layer output (index i+1) */
+  cpk_tensor *root;      /* Fisher kinds: S [M, N, *out] or g [1, N, *out] */
+  int ntrain;
+  trainable *train;
+  int64_t dim;
+};
+
+int cpk_curvature_parse(const char *name, cpk_curvature *out) {
+  static const char *const names[] = {"hessian", "ggn", "fisher_mc",
+                                      "empirical_fisher"};
+  for (int i = 0; i < 4; i++)
+    if (strcmp(name, names[i]) == 0) {
+      *out = (cpk_curvature)i;
+      return CPK_OK;
+    }
+  return cpk__fail(CPK_EUSAGE,
+                   "unknown curvature '%s' (expected hessian, ggn, fisher_mc "
+                   "or empirical_fisher)",
+                   name);
+}
+
+int64_t cpk_curvature_op_dim(const cpk_curvature_op *op) { return op->dim; }
+
+void cpk_curvature_op_free(cpk_curvature_op *op) {
+  if (op == NULL)
+    return;
+  if (op->grads != NULL)
+    for (int i = 0; i <= op->pass.model->nlayers; i++)
+      cpk_tensor_free(op->grads[i]);
+  cpk__free(op->grads);
+  cpk_tensor_free(op->root);
+  cpk__free(op->train);
+  cpk__pass_release(&op->pass);
+  cpk__free(op);
+}
+
+static int list_trainable(cpk_curvature_op *op) {
+  const cpk_model *m = op->pass.model;
+  int count = 0;
+  op->stop = m->nlayers;
+  for (int i = 0; i < m->nlayers; i++)
+    for (int p = 0; p < m->layers[i]->nparams; p++)
+      if (m->layers[i]->params[p].trainable) {
+        count++;
+        if (op->stop == m->nlayers)
+          op->stop = i;
+      }
+  if (count == 0)
+    return cpk__fail(CPK_EINVAL, "%s: the model has no trainable parameters",
+                     m->source);
+  op->train = cpk__calloc((size_t)count * sizeof *op->train);
+  if (op->train == NULL)
+    return CPK_ENOMEM;
+  for (int i = 0; i < m->nlayers; i++)
+    for (int p = 0; p < m->layers[i]->nparams; p++) {
+      cpk__param *q = &m->layers[i]->params[p];
+      if (!q->trainable)
+        continue;
+      trainable *t = &op->train[op->ntrain++];
+      t->layer = m->layers[i];
+      t->slot = p;
+      t->numel = cpk_tensor_numel(q->value);
+      t->offset = op->dim;
+      op->dim += t->numel;
+    }
+  return CPK_OK;
+}
+
+/* The Hessian needs dL/dy at every layer output from one backward pass. */
+static int keep_gradients(cpk_curvature_op *op, const cpk_tensor *target) {
+  cpk__pass *pass = &op->pass;
+  const cpk_model *m = pass->model;
+  const cpk_tensor *f = pass->acts[m->nlayers];
+  double value;
+  op->grads = cpk__calloc((size_t)(m->nlayers + 1) * sizeof *op->grads);
+  if (op->grads == NULL)
+    return CPK_ENOMEM;
+  const cpk__layer *last = m->layers[m->nlayers - 1];
+  int rc = cpk__block_new(&op->grads[m->nlayers], f->dtype, 1, pass->n,
+                          last->out_ndim, last->out_shape);
+  if (rc == CPK_OK)
+    rc = pass->loss->value_grad(pass->ctx, pass->scale, f, target, &value,
+                                op->grads[m->nlayers]);
+  for (int i = m->nlayers - 1; rc == CPK_OK && i > op->stop; i--) {
+    cpk__layer *l = m->layers[i];
+    if ((rc = cpk__block_new(&op->grads[i], f->dtype, 1, pass->n, l->in_ndim,
+                             l->in_shape)) == CPK_OK)
+      rc = l->kind->jac_t_mat(l, pass->ctx, pass->acts[i], pass->acts[i + 1],
+                              op->grads[i + 1], op->grads[i]);
+  }
+  return rc;
+}
+
+/* The Fisher kinds' square root at the output: sampled (S [M, N, *out]) or
+ * the per-sample output gradient (g [1, N, *out]). */
+static int fisher_root(cpk_curvature_op *op, const cpk_tensor *target) {
+  cpk__pass *pass = &op->pass;
+  const cpk_tensor *f = pass->acts[pass->model->nlayers];
+  const cpk__layer *last = pass->model->layers[pass->model->nlayers - 1];
+  const int64_t cols = op->kind == CPK_CURV_FISHER_MC ? pass->ctx->mc_samples : 1;
+  double value;
+  int rc = cpk__block_new(&op->root, f->dtype, cols, pass->n, last->out_ndim,
+                          last->out_shape);
+  if (rc != CPK_OK)
+    return rc;
+  if (op->kind == CPK_CURV_EMPIRICAL_FISHER)
+    return pass->loss->value_grad(pass->ctx, pass->scale, f, target, &value,
+                                  op->root);
+  cpk__rng rng;
+  cpk__rng_seed(&rng, pass->ctx->seed);
+  return pass->loss->sqrt_hessian_mc(pass->ctx, pass->scale, f, cols, &rng,
+                                     op->root);
+}
+
+int cpk_curvature_op_new(cpk_curvature_op **out, cpk_context *ctx,
+                         cpk_model *model, const cpk_pass_spec *spec,
+                         const cpk_tensor *input, const cpk_tensor *target,
+                         cpk_curvature kind) {
+  cpk_pass_spec plain = *spec;
+  plain.extensions = NULL;
+  *out = NULL;
+  if (kind < CPK_CURV_HESSIAN || kind > CPK_CURV_EMPIRICAL_FISHER)
+    return cpk__fail(CPK_EINVAL, "unknown curvature kind %d", (int)kind);
+  int rc = cpk_check_pass(model, &plain, input, target);
+  if (rc != CPK_OK)
+    return rc;
+  cpk_curvature_op *op = cpk__calloc(sizeof *op);
+  if (op == NULL)
+    return CPK_ENOMEM;
+  cpk__context_apply_threads(ctx);
+  op->kind = kind;
+  op->pass.ctx = ctx;
+  op->pass.model = model;
+  op->spec = plain;
+  op->pass.spec = &op->spec;
+  op->pass.loss = cpk__loss_get(spec->loss);
+  CPK__TRY(rc, list_trainable(op), fail);
+  CPK__TRY(rc, cpk__forward(&op->pass, input), fail);
+  op->pass.scale = cpk__loss_scale(op->pass.loss, spec->reduction,
+                                   op->pass.acts[model->nlayers]);
+  if (kind == CPK_CURV_HESSIAN)
+    CPK__TRY(rc, keep_gradients(op, target), fail);
+  else if (kind != CPK_CURV_GGN)
+    CPK__TRY(rc, fisher_root(op, target), fail);
+  *out = op;
+  return CPK_OK;
+fail:
+  cpk_curvature_op_free(op);
+  return rc;
+}
+
+/* ------------------------------------------------------------- one product */
+
+/* A view of column v of a block [V, N, *shape] as [N, *shape] or
+ * [1, N, *shape] (lead = 1). */
+static void column(const cpk_tensor *b, int64_t v, int lead, cpk_tensor *out) {
+  const int64_t per = cpk_tensor_numel(b) / b->shape[0];
+  cpk__tensor_view(out, b->dtype,
+                   (char *)b->data + (size_t)(v * per) * cpk_dtype_size(b->dtype),
+                   b->ndim - 1 + lead, b->shape + 1 - lead);
+  if (lead)
+    out->shape[0] = 1;
+}
+
+/* out := M u at the model output, per the curvature kind. */
+static int output_curvature(cpk_curvature_op *op, const cpk_tensor *u,
+                            cpk_tensor *w) {
+  cpk__pass *pass = &op->pass;
+  const cpk_tensor *f = pass->acts[pass->model->nlayers];
+  if (op->root == NULL)
+    return pass->loss->hessian_mat(pass->ctx, pass->scale, f, u, w);
+  /* w[v, n] = sum_m S[m, n] (S[m, n] . u[v, n]) */
+  const int64_t k = u->shape[0], n = pass->n, m = op->root->shape[0];
+  const int64_t d = cpk_tensor_numel(f) / n;
+  for (int64_t v = 0; v < k; v++)
+    for (int64_t j = 0; j < n; j++)
+      for (int64_t c = 0; c < m; c++) {
+        double dot = 0.0;
+        for (int64_t i = 0; i < d; i++)
+          dot += cpk_tensor_get(op->root, (c * n + j) * d + i) *
+                 cpk_tensor_get(u, (v * n + j) * d + i);
+        for (int64_t i = 0; i < d; i++) {
+          const int64_t at = (v * n + j) * d + i;
+          cpk_tensor_set(w, at,
+                         cpk_tensor_get(w, at) +
+                             dot * cpk_tensor_get(op->root, (c * n + j) * d + i));
+        }
+      }
+  return CPK_OK;
+}
+
+/* R-forward through layer i: xdot[i+1] = J_x xdot[i] + sum_p J_theta_p t_p. */
+static int rforward_layer(cpk_curvature_op *op, int i, int64_t k,
+                          cpk_tensor **xdot, cpk_tensor **tang) {
+  cpk__pass *pass = &op->pass;
+  cpk__layer *l = pass->model->layers[i];
+  const cpk_tensor *x = pass->acts[i], *y = pass->acts[i + 1];
+  int rc = cpk__block_new(&xdot[i + 1], y->dtype, k, pass->n, l->out_ndim,
+                          l->out_shape);
+  if (rc == CPK_OK && xdot[i] != NULL)
+    rc = l->kind->jac_mat(l, pass->ctx, x, y, xdot[i], xdot[i + 1]);
+  for (int t = 0; rc == CPK_OK && t < op->ntrain; t++) {
+    if (op->train[t].layer != l)
+      continue;
+    if (l->kind->param_jac_mat == NULL)
+      return cpk__fail(CPK_ENOTSUP,
+                       "%s: curvature products through this layer's "
+                       "parameters are not supported yet",
+                       l->where);
+    rc = l->kind->param_jac_mat(l, pass->ctx, op->train[t].slot, x, tang[t],
+                                1.0, xdot[i + 1]);
+  }
+  return rc;
+}
+
+/* The Hessian's second-order terms at layer i for every column v. */
+static int hessian_terms(cpk_curvature_op *op, int i, int64_t k,
+                         cpk_tensor **xdot, cpk_tensor **tang,
+                         cpk_tensor *gdot_in, cpk_tensor **prods) {
+  cpk__pass *pass = &op->pass;
+  cpk__layer *l = pass->model->layers[i];
+  const cpk_tensor *x = pass->acts[i], *y = pass->acts[i + 1];
+  const cpk_tensor *g = op->grads[i + 1];
+  int rc = CPK_OK;
+  if (l->kind->d2 != NULL && gdot_in != NULL && xdot[i] != NULL) {
+    /* f''(x) o g o xdot[v] */
+    cpk_tensor *h;
+    if ((rc = cpk_tensor_new(&h, x->dtype, x->ndim, x->shape)) != CPK_OK)
+      return rc;
+    if ((rc = l->kind->d2(l, pass->ctx, x, y, h)) == CPK_OK) {
+      const int64_t m = cpk_tensor_numel(x);
+      cpk__mul_broadcast(pass->ctx, x->dtype, 1, m, g->data, h->data, h->data);
+      for (int64_t v = 0; v < k; v++) {
+        cpk_tensor xv, gv;
+        column(xdot[i], v, 0, &xv);
+        column(gdot_in, v, 0, &gv);
+        for (int64_t e = 0; e < m; e++)
+          cpk_tensor_set(&gv, e,
+                         cpk_tensor_get(&gv, e) +
+                             cpk_tensor_get(h, e) * cpk_tensor_get(&xv, e));
+      }
+    }
+    cpk_tensor_free(h);
+    return rc;
+  }
+  if (!l->kind->param_jac_is_input || l->nparams == 0)
+    return CPK_OK;
+  for (int t = 0; rc == CPK_OK && t < op->ntrain; t++) {
+    if (op->train[t].layer != l)
+      continue;
+    for (int64_t v = 0; rc == CPK_OK && v < k; v++) {
+      /* products: J_W(x := xdot[v])^T g; the bias's J^T g does not depend
+       * on x */
+      if (xdot[i] != NULL && op->train[t].slot == 0) {
+        cpk_tensor xv, pv;
+        column(xdot[i], v, 0, &xv);
+        column(prods[t], v, 0, &pv);
+        rc = l->kind->param_jac_t_mat(l, pass->ctx, op->train[t].slot, &xv, g,
+                                      0, 1.0, &pv);
+      }
+      /* gdot_in: J_x(W := t_W[v])^T g, the weight (slot 0) swapped in */
+      if (rc == CPK_OK && gdot_in != NULL && op->train[t].slot == 0) {
+        cpk_tensor tv, gv, *keep = l->params[0].value;
+        cpk_tensor *acc;
+        column(tang[t], v, 0, &tv);
+        tv.ndim = keep->ndim;
+        memcpy(tv.shape, keep->shape, sizeof tv.shape);
+        cpk__tensor_contiguous_strides(&tv);
+        column(gdot_in, v, 1, &gv);
+        if ((rc = cpk_tensor_new(&acc, gv.dtype, gv.ndim, gv.shape)) != CPK_OK)
+          break;
+        l->params[0].value = &tv;
+        rc = l->kind->jac_t_mat(l, pass->ctx, x, y, g, acc);
+        l->params[0].value = keep;
+        if (rc == CPK_OK)
+          cpk__axpy(pass->ctx, gv.dtype, cpk_tensor_numel(acc), 1.0, acc->data,
+                    gv.data);
+        cpk_tensor_free(acc);
+      }
+    }
+  }
+  return rc;
+}
+
+static int product_block(cpk_curvature_op *op, int64_t k, cpk_tensor **tang,
+                         cpk_tensor **prods) {
+  cpk__pass *pass = &op->pass;
+  const cpk_model *m = pass->model;
+  const int hess = op->kind == CPK_CURV_HESSIAN;
+  cpk_tensor **xdot = cpk__calloc((size_t)(m->nlayers + 1) * sizeof *xdot);
+  cpk_tensor *gdot = NULL;
+  int rc = xdot ? CPK_OK : CPK_ENOMEM;
+  for (int i = op->stop; rc == CPK_OK && i < m->nlayers; i++) {
+    rc = rforward_layer(op, i, k, xdot, tang);
+    if (!hess && i > op->stop) { /* only the Hessian needs them later */
+      cpk_tensor_free(xdot[i]);
+      xdot[i] = NULL;
+    }
+  }
+  const cpk__layer *last = m->layers[m->nlayers - 1];
+  if (rc == CPK_OK &&
+      (rc = cpk__block_new(&gdot, m->dtype, k, pass->n, last->out_ndim,
+                           last->out_shape)) == CPK_OK)
+    rc = output_curvature(op, xdot[m->nlayers], gdot);
+  for (int i = m->nlayers - 1; rc == CPK_OK && i >= op->stop; i--) {
+    cpk__layer *l = m->layers[i];
+    for (int t = 0; rc == CPK_OK && t < op->ntrain; t++)
+      if (op->train[t].layer == l)
+        rc = l->kind->param_jac_t_mat(l, pass->ctx, op->train[t].slot,
+                                      pass->acts[i], gdot, 0, 0.0, prods[t]);
+    cpk_tensor *gin = NULL;
+    if (rc == CPK_OK && i > op->stop &&
+        (rc = cpk__block_new(&gin, m->dtype, k, pass->n, l->in_ndim,
+                             l->in_shape)) == CPK_OK)
+      rc = l->kind->jac_t_mat(l, pass->ctx, pass->acts[i], pass->acts[i + 1],
+                              gdot, gin);
+    if (rc == CPK_OK && hess)
+      rc = hessian_terms(op, i, k, xdot, tang, gin, prods);
+    cpk_tensor_free(gdot);
+    gdot = gin;
+  }
+  cpk_tensor_free(gdot);
+  for (int i = 0; xdot && i <= m->nlayers; i++)
+    cpk_tensor_free(xdot[i]);
+  cpk__free(xdot);
+  return rc;
+}
+
+int cpk_curvature_op_apply(cpk_curvature_op *op, int64_t k, const double *in,
+                           double *out) {
+  const cpk_dtype dt = op->pass.model->dtype;
+  cpk_tensor **tang = cpk__calloc((size_t)op->ntrain * sizeof *tang);
+  cpk_tensor **prods = cpk__calloc((size_t)op->ntrain * sizeof *prods);
+  int rc = tang && prods ? CPK_OK : CPK_ENOMEM;
+  if (k < 1 && rc == CPK_OK)
+    rc = cpk__fail(CPK_EINVAL, "curvature product of %lld vectors",
+                   (long long)k);
+  cpk__context_apply_threads(op->pass.ctx);
+  for (int t = 0; rc == CPK_OK && t < op->ntrain; t++) {
+    const cpk__param *q = &op->train[t].layer->params[op->train[t].slot];
+    int64_t shape[CPK_MAX_DIMS + 1] = {k};
+    memcpy(shape + 1, q->shape, (size_t)q->ndim * sizeof *shape);
+    if ((rc = cpk_tensor_new(&tang[t], dt, q->ndim + 1, shape)) == CPK_OK)
+      rc = cpk_tensor_new(&prods[t], dt, q->ndim + 1, shape);
+    for (int64_t v = 0; rc == CPK_OK && v < k; v++)
+      for (int64_t e = 0; e < op->train[t].numel; e++) {
+        double val = in[v * op->dim + op->train[t].offset + e];
+        if (!isfinite(val)) {
+          rc = cpk__fail(CPK_ENONFINITE,
+                         "vector %lld: non-finite value at parameter %d.%s",
+                         (long long)v, op->train[t].layer->index, q->name);
+          break;
+        }
+        cpk_tensor_set(tang[t], v * op->train[t].numel + e, val);
+      }
+  }
+  if (rc == CPK_OK)
+    rc = product_block(op, k, tang, prods);
+  for (int t = 0; rc == CPK_OK && t < op->ntrain; t++)
+    for (int64_t v = 0; v < k; v++)
+      for (int64_t e = 0; e < op->train[t].numel; e++)
+        out[v * op->dim + op->train[t].offset + e] =
+            cpk_tensor_get(prods[t], v * op->train[t].numel + e);
+  for (int t = 0; t < op->ntrain && tang && prods; t++) {
+    cpk_tensor_free(tang[t]);
+    cpk_tensor_free(prods[t]);
+  }
+  cpk__free(tang);
+  cpk__free(prods);
+  return rc;
+}

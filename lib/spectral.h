@@ -1,0 +1,58 @@
+/*
+ * spectral.h: helpers shared by the spectral tools (lanczos.c, trace.c,
+ * density.c) and the Kronecker-factored inverses (kron_inverse.c). The
+ * public API is in curvpack.h, section "spectra". Not installed.
+ */
+#ifndef CPK_SPECTRAL_H
+#define CPK_SPECTRAL_H
+
+#include <stdint.h>
+
+#include "curvpack.h"
+#include "internal.h"
+#include "rng.h"
+
+/* Fail with CPK_EINVAL unless `op` is usable: non-NULL, apply set, dim >= 1.
+ * `who` starts the message ("lanczos"). */
+int cpk__op_check(const cpk_operator *op, const char *who);
+
+/* out := A in for k vectors [k, P]. An operator failure keeps its status
+ * (a positive or unknown one becomes CPK_EINVAL) and its message, prefixed
+ * "WHO: operator failed at STAGE INDEX"; a non-finite entry of `out` fails
+ * with CPK_ENONFINITE: "WHO: operator returned a non-finite value at STAGE
+ * INDEX (vector j, entry i)". Adds k to *matvecs when matvecs != NULL. */
+int cpk__op_apply(const cpk_operator *op, int64_t k, const double *in,
+                  double *out, const char *who, const char *stage,
+                  int64_t index, int64_t *matvecs);
+
+/* Turn a LAPACKE info code of `routine` into a status and message:
+ * info < 0 is an illegal argument (or LAPACKE's memory error), info > 0 is
+ * explained by `positive` (a printf format with one %d for info), e.g.
+ * "%d off-diagonal elements did not converge". Returns the status. */
+int cpk__lapack_fail(const char *who, const char *routine, int info,
+                     const char *positive);
+
+/* x[i] := +-1 with equal probability (64 draws per generator call). */
+void cpk__rademacher(cpk__rng *r, int64_t n, double *x);
+/* x[i] := standard normal. */
+void cpk__gaussian(cpk__rng *r, int64_t n, double *x);
+
+/* w := (I - V^T V) w, twice (classical Gram-Schmidt with one
+ * reorthogonalisation, "CGS2"), for the rows of V [nv, n], assumed
+ * orthonormal. h [nv] (or NULL) receives the summed coefficients of both
+ * passes; scratch holds nv doubles. */
+void cpk__orth(int64_t nv, int64_t n, const double *v, double *w, double *h,
+               double *scratch);
+
+/* Euclidean norm and dot product of length-n vectors. */
+double cpk__nrm2(int64_t n, const double *x);
+double cpk__dot(int64_t n, const double *x, const double *y);
+
+/* Eigen-decomposition of the symmetric tridiagonal matrix with diagonal
+ * alpha[m] and off-diagonal beta[m-1] (LAPACK dstev): theta[m] ascending,
+ * z [m, m] column major (column i is the unit eigenvector of theta[i]).
+ * work holds at least 3m doubles. */
+int cpk__tridiag_eig(int64_t m, const double *alpha, const double *beta,
+                     double *theta, double *z, double *work, const char *who);
+
+#endif /* CPK_SPECTRAL_H */
