@@ -77,10 +77,25 @@ int cli_write_text(const char *out, const char *name, const char *text);
 /* mkdir -p. Returns 0 or an exit status (after printing the error). */
 int cli_make_dir(const char *path);
 
+/* Load the model, parameters, input and target of the common options and
+ * check them against the loss (everything a loss-based command needs). */
+int cli_load_problem(const cli_common *c, const cli_setup *s,
+                     cpk_model **model, cpk_tensor **input,
+                     cpk_tensor **target);
+
+/* Monotonic wall time in seconds. */
+double cli_now(void);
+/* timing.json for `runs` timed repeats (times[0..max(runs,1)) are sorted in
+ * place): runs, median_s, min_s, max_s, peak_bytes. */
+int cli_write_timing(const char *out, int64_t runs, double *times,
+                     size_t peak);
+
 /* Commands. */
 int cmd_compute(int argc, char **argv);
 int cmd_init(int argc, char **argv);
 int cmd_jacobian(int argc, char **argv);
 int cmd_propagate(int argc, char **argv);
+int cmd_hvp(int argc, char **argv);
+int cmd_ggnvp(int argc, char **argv);
 
 #endif

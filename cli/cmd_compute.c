@@ -2,20 +2,8 @@
  * backward pass, with optional timing (--repeat). */
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
 
 #include "cli.h"
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
 
 /* One pass, timed; keeps the pass's peak allocation. */
 static int timed_pass(cpk_context *ctx, cpk_model *model,
@@ -26,24 +14,11 @@ static int timed_pass(cpk_context *ctx, cpk_model *model,
   *res = NULL;
   size_t base = cpk_memory_in_use();
   cpk_memory_reset_peak();
-  double t0 = now_s();
+  double t0 = cli_now();
   int rc = cpk_compute(ctx, model, spec, input, target, res);
-  *seconds = now_s() - t0;
+  *seconds = cli_now() - t0;
   *peak = cpk_memory_peak() - base;
   return rc;
-}
-
-static int write_timing(const char *out, int64_t runs, double *times,
-                        size_t peak) {
-  char text[256];
-  int64_t k = runs > 0 ? runs : 1;
-  qsort(times, (size_t)k, sizeof *times, cmp_double);
-  double median = k % 2 ? times[k / 2] : 0.5 * (times[k / 2 - 1] + times[k / 2]);
-  snprintf(text, sizeof text,
-           "{\"runs\": %lld, \"median_s\": %.9g, \"min_s\": %.9g, "
-           "\"max_s\": %.9g, \"peak_bytes\": %zu}\n",
-           (long long)runs, median, times[0], times[k - 1], peak);
-  return cli_write_text(out, "timing.json", text);
 }
 
 int cmd_compute(int argc, char **argv) {
@@ -139,7 +114,7 @@ int cmd_compute(int argc, char **argv) {
     peak = pass_peak > peak ? pass_peak : peak;
   }
   if ((rc = cli_write_results(c.out, res)) == 0 && repeat)
-    rc = write_timing(c.out, runs, times, peak);
+    rc = cli_write_timing(c.out, runs, times, peak);
 done:
   free(times);
   cpk_results_free(res);

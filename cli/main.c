@@ -16,11 +16,13 @@ static const struct {
      "per-sample Jacobian of the output w.r.t. the input (forward mode)"},
     {"propagate", cmd_propagate,
      "first-order propagation of input errors, with a Monte Carlo check"},
+    {"hvp", cmd_hvp, "Hessian of the loss times a parameter vector"},
+    {"ggnvp", cmd_ggnvp,
+     "generalized Gauss-Newton matrix times a parameter vector"},
 };
 
 /* Commands of the contract that a later release brings. */
-static const char *const coming[] = {"hvp",   "ggnvp",   "eigen",
-                                     "trace", "density", "train"};
+static const char *const coming[] = {"eigen", "trace", "density", "train"};
 
 static void usage(FILE *to) {
   fprintf(to, "usage: curvpack COMMAND [options]\n\n"

@@ -209,3 +209,24 @@ void cli_mark_ignored(cli_opt *opts, int nopts, const char *const *names) {
       if (strcmp(opts[i].name, *names) == 0)
         opts[i].help = "accepted and ignored by this command";
 }
+
+int cli_load_problem(const cli_common *c, const cli_setup *s,
+                     cpk_model **model, cpk_tensor **input,
+                     cpk_tensor **target) {
+  cpk_pass_spec spec = {s->loss, s->reduction, NULL, 0};
+  int st, rc = cli_load_model(c, s->dtype, model, input);
+  *target = NULL;
+  if (rc != 0)
+    return rc;
+  if ((st = cpk_npy_read(c->target, target)) == CPK_OK)
+    st = cpk_check_pass(*model, &spec, *input, *target);
+  if (st == CPK_OK)
+    return 0;
+  rc = cli_lib_error(st);
+  cpk_tensor_free(*target);
+  cpk_tensor_free(*input);
+  cpk_model_free(*model);
+  *target = *input = NULL;
+  *model = NULL;
+  return rc;
+}

@@ -150,7 +150,9 @@ int cpk_model_num_params(const cpk_model *model);
 /* Parameter i: its name ("0.weight") and its tensor (owned by the model). */
 int cpk_model_param(const cpk_model *model, int i, const char **name,
                     cpk_tensor **tensor);
-/* Total number of scalar parameters. */
+/* Whether parameter i is trainable (buffers such as running_mean are not). */
+int cpk_model_param_trainable(const cpk_model *model, int i);
+/* Total number of trainable scalar parameters. */
 int64_t cpk_model_param_count(const cpk_model *model);
 /* Fill the parameters as PyTorch's default initialisation does for the same
  * layers (same distributions; not the same random stream). */
@@ -205,6 +207,10 @@ const cpk_tensor *cpk_results_tensor(const cpk_results *r, int i);
 /* The tensor called `name`, or NULL. */
 const cpk_tensor *cpk_results_find(const cpk_results *r, const char *name);
 void cpk_results_free(cpk_results *r);
+/* An empty collection, and adding a tensor to one (ownership moves to the
+ * collection, which frees the tensor even when adding fails). */
+int cpk_results_new(cpk_results **out);
+int cpk_results_add(cpk_results *r, const char *name, cpk_tensor *t);
 
 /* What one forward + backward pass computes. */
 typedef struct cpk_pass_spec {

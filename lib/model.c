@@ -171,6 +171,11 @@ int cpk_model_param(const cpk_model *m, int i, const char **name,
   return CPK_OK;
 }
 
+int cpk_model_param_trainable(const cpk_model *m, int i) {
+  return m->built && i >= 0 && i < m->nparams &&
+         m->params[i].layer->params[m->params[i].slot].trainable;
+}
+
 int64_t cpk_model_param_count(const cpk_model *m) {
   int64_t n = 0;
   for (int i = 0; m->built && i < m->nparams; i++) {

@@ -73,3 +73,9 @@ void cpk_results_free(cpk_results *r) {
   cpk__free(r->items);
   cpk__free(r);
 }
+
+int cpk_results_new(cpk_results **out) { return cpk__results_new(out); }
+
+int cpk_results_add(cpk_results *r, const char *name, cpk_tensor *t) {
+  return cpk__results_add(r, name, t);
+}
