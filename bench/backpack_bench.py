@@ -196,7 +196,10 @@ def main():
     try:
         for w in range(args.warmup):
             if w == 0 and want_prof:
+                t0 = time.perf_counter()
                 measure_memory()
+                if args.budget > 0 and time.perf_counter() - t0 > args.budget:
+                    break
                 continue
             clear()
             t0 = time.perf_counter()

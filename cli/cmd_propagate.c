@@ -67,8 +67,7 @@ int cmd_propagate(int argc, char **argv) {
     rc = cli_lib_error(st);
     goto done;
   }
-  if ((st = cpk_propagate(ctx, model, input, sigma, samples, &res)) !=
-      CPK_OK) {
+  if ((st = cpk_propagate(ctx, model, input, sigma, samples, &res)) != CPK_OK) {
     /* The library names the array; add the file it came from. */
     const char *msg = cpk_last_error();
     if (strncmp(msg, "sigma:", 6) == 0)

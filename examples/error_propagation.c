@@ -33,7 +33,7 @@ static const double X = 2.0, Y = 3.0, SX = 0.1, SY = 0.1;
 
 typedef struct {
   const char *label;
-  int logexp; /* log; linear; exp instead of a lone linear */
+  int logexp;  /* log; linear; exp instead of a lone linear */
   double a, b; /* W = [a, b] */
   int kind;    /* 0 sum/difference, 1 product/quotient, 2 power */
 } textbook_case;
@@ -89,8 +89,8 @@ int main(int argc, char **argv) {
   char power[64];
   snprintf(power, sizeof power, "x^%g * y^%g", m, n);
   const textbook_case cases[] = {
-      {"x + y", 0, 1.0, 1.0, 0},  {"x - y", 0, 1.0, -1.0, 0},
-      {"x * y", 1, 1.0, 1.0, 1},  {"x / y", 1, 1.0, -1.0, 1},
+      {"x + y", 0, 1.0, 1.0, 0}, {"x - y", 0, 1.0, -1.0, 0},
+      {"x * y", 1, 1.0, 1.0, 1}, {"x / y", 1, 1.0, -1.0, 1},
       {power, 1, m, n, 2},
   };
   const int64_t xshape[2] = {1, 2}, sshape = 2;

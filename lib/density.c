@@ -20,6 +20,7 @@
  */
 #include <cblas.h>
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "spectral.h"

@@ -121,8 +121,8 @@ int cpk__jvp_through(cpk__pass *pass, int from, int to, const cpk_tensor *in,
     cpk_tensor *next = NULL;
     int rc = block_at(pass, i + 1, v, &next);
     if (rc == CPK_OK)
-      rc = l->kind->jac_mat(l, pass->ctx, pass->acts[i], pass->acts[i + 1],
-                            src, next);
+      rc = l->kind->jac_mat(l, pass->ctx, pass->acts[i], pass->acts[i + 1], src,
+                            next);
     cpk_tensor_free(cur);
     if (rc != CPK_OK) {
       cpk_tensor_free(next);
@@ -214,8 +214,8 @@ static int check_input_tangent(const cpk__pass *pass, int64_t v,
   if (t->dtype != m->dtype)
     return cpk__fail(CPK_EINVAL, "input tangent: expected %s, got %s",
                      cpk_dtype_name(m->dtype), cpk_dtype_name(t->dtype));
-  int ok = t->ndim == m->in_ndim + 2 && t->shape[0] == v &&
-           t->shape[1] == pass->n;
+  int ok =
+      t->ndim == m->in_ndim + 2 && t->shape[0] == v && t->shape[1] == pass->n;
   for (int a = 0; ok && a < m->in_ndim; a++)
     ok = t->shape[a + 2] == m->in_shape[a];
   if (!ok) {
@@ -229,10 +229,8 @@ static int check_input_tangent(const cpk__pass *pass, int64_t v,
   return CPK_OK;
 }
 
-int cpk__output_jvp(cpk__pass *pass, int64_t v,
-                    const cpk_tensor *input_tangent,
-                    const cpk_tensor *const *param_tangents,
-                    cpk_tensor **out) {
+int cpk__output_jvp(cpk__pass *pass, int64_t v, const cpk_tensor *input_tangent,
+                    const cpk_tensor *const *param_tangents, cpk_tensor **out) {
   cpk_model *m = pass->model;
   cpk_tensor *t = NULL; /* t_i, owned; NULL while still zero */
   const cpk_tensor *src = input_tangent;
@@ -260,8 +258,8 @@ int cpk__output_jvp(cpk__pass *pass, int64_t v,
     CPK__TRY(rc, block_at(pass, i + 1, v, &next), fail);
     if (src != NULL) {
       /* t_{i+1} := J_x t_i */
-      rc = l->kind->jac_mat(l, pass->ctx, pass->acts[i], pass->acts[i + 1],
-                            src, next);
+      rc = l->kind->jac_mat(l, pass->ctx, pass->acts[i], pass->acts[i + 1], src,
+                            next);
       beta = 1.0;
     }
     /* t_{i+1} += J_theta v_p for the layer's parameters */
@@ -270,8 +268,7 @@ int cpk__output_jvp(cpk__pass *pass, int64_t v,
       if (param_tangents[k] == NULL || m->params[k].layer != l)
         continue;
       rc = l->kind->param_jac_mat(l, pass->ctx, m->params[k].slot,
-                                  pass->acts[i], param_tangents[k], beta,
-                                  next);
+                                  pass->acts[i], param_tangents[k], beta, next);
       beta = 1.0;
     }
     cpk_tensor_free(t);
@@ -402,7 +399,8 @@ int cpk_jacobian(cpk_context *ctx, cpk_model *model, const cpk_tensor *input,
   memcpy(shape + 1 + last->out_ndim, model->in_shape,
          (size_t)model->in_ndim * sizeof *shape);
   CPK__TRY(rc, cpk_tensor_new(jac, model->dtype, ndim, shape), done);
-  const int64_t din = width_at(model, 0), dout = width_at(model, model->nlayers);
+  const int64_t din = width_at(model, 0),
+                dout = width_at(model, model->nlayers);
   const int reverse = mode == CPK_JACOBIAN_REVERSE ||
                       (mode == CPK_JACOBIAN_AUTO && din >= dout);
   rc = cpk__input_jacobian(&pass, reverse, NULL, *jac);
@@ -444,7 +442,8 @@ int cpk_jvp(cpk_context *ctx, cpk_model *model, const cpk_tensor *input,
     const cpk_tensor *t = param_tangents[k];
     if (t == NULL)
       continue;
-    const cpk__param *p = &model->params[k].layer->params[model->params[k].slot];
+    const cpk__param *p =
+        &model->params[k].layer->params[model->params[k].slot];
     const int64_t vk = tangent_v(t, p->ndim);
     if (vk <= 0)
       continue;
@@ -623,8 +622,9 @@ static int monte_carlo(cpk_context *ctx, cpk_model *m, const cpk_tensor *x,
   cpk__rng rng;
   int rc;
   cpk__rng_seed(&rng, ctx->seed);
-  CPK__TRY(rc, cpk__mul_size((size_t)(n * dout), sizeof(double), &bytes,
-                             "Monte Carlo moments"),
+  CPK__TRY(rc,
+           cpk__mul_size((size_t)(n * dout), sizeof(double), &bytes,
+                         "Monte Carlo moments"),
            done);
   a1 = cpk__calloc(bytes);
   a2 = cpk__calloc(bytes);
@@ -659,11 +659,11 @@ static int monte_carlo(cpk_context *ctx, cpk_model *m, const cpk_tensor *x,
     if (rc != CPK_OK)
       goto done;
   }
-  CPK__TRY(rc, cpk__results_alloc(res, "mc_mean", dt, f0->ndim, f0->shape,
-                                  &mean),
+  CPK__TRY(rc,
+           cpk__results_alloc(res, "mc_mean", dt, f0->ndim, f0->shape, &mean),
            done);
-  CPK__TRY(rc, cpk__results_alloc(res, "mc_sigma", dt, f0->ndim, f0->shape,
-                                  &sd),
+  CPK__TRY(rc,
+           cpk__results_alloc(res, "mc_sigma", dt, f0->ndim, f0->shape, &sd),
            done);
   for (int64_t i = 0; i < n * dout; i++) {
     const double sn = (double)samples, mu = a1[i] / sn;
@@ -678,8 +678,7 @@ done:
 }
 
 int cpk_propagate(cpk_context *ctx, cpk_model *model, const cpk_tensor *input,
-                  const cpk_tensor *sigma, int64_t samples,
-                  cpk_results **out) {
+                  const cpk_tensor *sigma, int64_t samples, cpk_results **out) {
   cpk__pass pass;
   cpk_results *res = NULL;
   cpk_tensor *s = NULL, *f0 = NULL, *cov = NULL, *sd = NULL;
@@ -700,18 +699,20 @@ int cpk_propagate(cpk_context *ctx, cpk_model *model, const cpk_tensor *input,
   const cpk_tensor *y = pass.acts[model->nlayers];
   CPK__TRY(rc, sigma_matrix(model, n, sigma, &s), done);
   CPK__TRY(rc, cpk__results_new(&res), done);
-  CPK__TRY(rc, cpk__results_alloc(res, "output", model->dtype, y->ndim,
-                                  y->shape, &f0),
-           done);
+  CPK__TRY(
+      rc,
+      cpk__results_alloc(res, "output", model->dtype, y->ndim, y->shape, &f0),
+      done);
   memcpy(f0->data, y->data,
          (size_t)cpk_tensor_numel(y) * cpk_dtype_size(y->dtype));
   /* sigma_o = sqrt(C_oo), C = J diag(s^2) J^T per sample. */
   int64_t cshape[3] = {n, dout, dout};
-  CPK__TRY(rc, cpk__results_alloc(res, "sigma", model->dtype, y->ndim,
-                                  y->shape, &sd),
-           done);
-  CPK__TRY(rc, cpk__results_alloc(res, "covariance", model->dtype, 3, cshape,
-                                  &cov),
+  CPK__TRY(
+      rc,
+      cpk__results_alloc(res, "sigma", model->dtype, y->ndim, y->shape, &sd),
+      done);
+  CPK__TRY(rc,
+           cpk__results_alloc(res, "covariance", model->dtype, 3, cshape, &cov),
            done);
   CPK__TRY(rc, covariance(&pass, s, cov), done);
   for (int64_t j = 0; j < n; j++)

@@ -45,8 +45,7 @@ int cpk__vjp_through(cpk__pass *pass, int from, int to, const cpk_tensor *in,
  * model's dtype, shapes checked against `v` (V >= 1). Layers below the
  * first nonzero tangent are skipped. This is the R-op that GGN-vector
  * products J^T H J v start from. */
-int cpk__output_jvp(cpk__pass *pass, int64_t v,
-                    const cpk_tensor *input_tangent,
+int cpk__output_jvp(cpk__pass *pass, int64_t v, const cpk_tensor *input_tangent,
                     const cpk_tensor *const *param_tangents, cpk_tensor **out);
 
 /* Nonzero when some layer couples the samples of a batch in evaluation

@@ -22,6 +22,7 @@
 #include <cblas.h>
 #include <lapacke.h>
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "spectral.h"
@@ -62,40 +63,6 @@ static int sym_copy(const char *name, int64_t d, const double *x, double *dst) {
       dst[i * d + j] = 0.5 * (v + x[j * d + i]);
     }
   return CPK_OK;
-}
-
-/* Symmetric eigendecomposition in place: mat [d, d] becomes the eigenvectors
- * (row i = eigenvector i), w [d] the eigenvalues, ascending. */
-static int eig_sym(const char *name, int64_t d, double *mat, double *w) {
-  double wq;
-  lapack_int iwq, info;
-  info = LAPACKE_dsyevd_work(LAPACK_COL_MAJOR, 'V', 'L', (lapack_int)d, mat,
-                             (lapack_int)d, w, &wq, -1, &iwq, -1);
-  if (info != 0)
-    return cpk__fail_prefix(cpk__lapack_fail(WHO, "dsyevd (workspace query)",
-                                             (int)info, "info %d"),
-                            "%s", name);
-  size_t lwork = (size_t)fmax(wq, 1.0), liwork = (size_t)(iwq > 1 ? iwq : 1);
-  double *work = cpk__malloc(lwork * sizeof(double));
-  lapack_int *iwork = cpk__malloc(liwork * sizeof(lapack_int));
-  int rc = CPK_OK;
-  if (work == NULL || iwork == NULL) {
-    rc = cpk__fail_prefix(CPK_ENOMEM, WHO ": eigendecomposition of %s", name);
-    goto free_all;
-  }
-  info = LAPACKE_dsyevd_work(LAPACK_COL_MAJOR, 'V', 'L', (lapack_int)d, mat,
-                             (lapack_int)d, w, work, (lapack_int)lwork, iwork,
-                             (lapack_int)liwork);
-  if (info != 0) {
-    char what[160];
-    snprintf(what, sizeof what, "the eigendecomposition of %s did not "
-             "converge (info %%d)", name);
-    rc = cpk__lapack_fail(WHO, "dsyevd", (int)info, what);
-  }
-free_all:
-  cpk__free(iwork);
-  cpk__free(work);
-  return rc;
 }
 
 /* Cholesky factor (lower, column major, in place) of mat + shift I. */
@@ -166,7 +133,7 @@ int cpk_kron_inverse_new(cpk_kron_inverse **out, cpk_kron_damping mode,
       rc = cpk__fail_prefix(CPK_ENOMEM, WHO);
       goto fail;
     }
-    CPK__TRY(rc, eig_sym(an, m, ma, inv->a), fail);
+    CPK__TRY(rc, cpk__sym_eig(m, ma, inv->a, WHO, an), fail);
     inv->ut = ma;
     ma = NULL;
     if (bias) {
@@ -176,7 +143,7 @@ int cpk_kron_inverse_new(cpk_kron_inverse **out, cpk_kron_damping mode,
                                "positive definite (smallest eigenvalue %g); "
                                "increase the damping", an, lo), fail);
     } else {
-      CPK__TRY(rc, eig_sym(bn, n, mb, inv->b), fail);
+      CPK__TRY(rc, cpk__sym_eig(n, mb, inv->b, WHO, bn), fail);
       inv->vt = mb;
       mb = NULL;
       /* smallest a_i b_j: among the products of the extreme eigenvalues */

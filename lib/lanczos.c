@@ -18,10 +18,13 @@
  * first run converges, a check run starts from a fresh random vector
  * orthogonal to the k converged vectors (Lanczos on A restricted to their
  * complement); if its top converged Ritz value exceeds the k-th eigenvalue
- * found, its converged pairs are merged in and the check repeats.
+ * found, its converged pairs are merged in and the check repeats. The check
+ * ends when its top Ritz value converges at or below the k-th eigenvalue,
+ * or stays clearly below it after as many steps as the first run took.
  *
- * Finally one block product A Y measures every residual; the eigenvalues
- * returned are the Rayleigh quotients y^T A y.
+ * Finally one block product A Y gives a Rayleigh-Ritz step on the span of
+ * the k vectors (which also removes the small coupling between vectors of
+ * different runs) and measures every residual.
  *
  * cpk_eigen_power: power iteration with deflation by projection.
  */
@@ -54,6 +57,7 @@ typedef struct {
   int64_t nconv;  /* leading pairs that met tol */
   int64_t steps;
   int below;      /* stopped because the top converged <= stop_below */
+  double scale;   /* largest |Ritz value| of the run (~ ||A||) */
 } lz_run;
 
 static double eff_tol(double tol) {
@@ -82,12 +86,17 @@ static int new_direction(cpk__rng *rng, int64_t n, const double *y, int64_t ny,
 
 /* One Lanczos run on A restricted to the complement of the rows of y
  * [ny, n]. Returns the top run->pairs Ritz values (descending) in theta_out
- * and their vectors in vec_out [pairs, n]. stop_below: NAN, or stop as soon
- * as the top Ritz pair has converged with a value <= stop_below. */
+ * and their vectors in vec_out [pairs, n]. stop_below: NAN, or the check
+ * mode: stop as soon as the top Ritz pair has converged with a value <=
+ * stop_below, or, after `settle` steps, while the top Ritz value (a lower
+ * bound of the top eigenvalue) stays below stop_below - sqrt(tol) * scale:
+ * an eigenvalue above stop_below would be the top one of this run and
+ * converge at least as fast as the k-th did in the first run. */
 static int lanczos_run(const cpk_operator *op, lz_ws *ws, const double *y,
                        int64_t ny, int64_t want, double tol, double scale0,
-                       double stop_below, cpk__rng *rng, double *theta_out,
-                       double *vec_out, lz_run *run, cpk_eigen_info *inf) {
+                       double stop_below, int64_t settle, cpk__rng *rng,
+                       double *theta_out, double *vec_out, lz_run *run,
+                       cpk_eigen_info *inf) {
   const int64_t n = op->dim;
   int64_t mmax = ws->mmax < n - ny ? ws->mmax : n - ny;
   double *V = ws->v, *w = ws->w, *z = ws->z, *theta = ws->theta;
@@ -121,6 +130,7 @@ static int lanczos_run(const cpk_operator *op, lz_ws *ws, const double *y,
       return rc;
     double scale = fmax(scale0, fmax(fabs(theta[0]), fabs(theta[m - 1])));
     double thr = tol * scale;
+    run->scale = scale;
     /* Ritz pair i from the top is column m-1-i of z; residual b |z[m-1]|. */
     int64_t top = want < m ? want : m, lead = 0;
     while (lead < top &&
@@ -129,7 +139,9 @@ static int lanczos_run(const cpk_operator *op, lz_ws *ws, const double *y,
     run->nconv = lead;
     if (m >= want && lead >= want)
       break;
-    if (!isnan(stop_below) && lead >= 1 && theta[m - 1] <= stop_below) {
+    if (!isnan(stop_below) &&
+        ((lead >= 1 && theta[m - 1] <= stop_below) ||
+         (m >= settle && theta[m - 1] < stop_below - sqrt(tol) * scale))) {
       run->below = 1;
       break;
     }
@@ -161,13 +173,16 @@ static int lanczos_run(const cpk_operator *op, lz_ws *ws, const double *y,
   return CPK_OK;
 }
 
-/* Normalise the rows of y [k, n], apply A to them in one block (into ay,
- * [k, n] scratch), set lambda_i = y_i^T A y_i and measure the residuals
- * ||A y_i - lambda_i y_i||; *rel := max_i residual_i / max_i |lambda_i|.
- * sort_desc: sort the pairs by decreasing lambda (else keep the order). */
+/* Normalise the rows of y [k, n] and apply A to them in one block (into ay
+ * [k, n]). With rr_tmp ([k, n] scratch): Rayleigh-Ritz on their span, i.e.
+ * H = Y A Y^T = Z diag(mu) Z^T, Y := Z^T Y and A Y := Z^T A Y (no more
+ * products), which removes the coupling between vectors of different
+ * Lanczos runs; lambda = mu, largest first. Without: lambda_i = y_i^T A y_i
+ * in the given order. *rel := max_i ||A y_i - lambda_i y_i|| / s with s the
+ * larger of `scale` and max|lambda|. */
 static int finish_pairs(const cpk_operator *op, const char *who, int64_t k,
-                        double *y, double *ay, double *lambda, int sort_desc,
-                        double *rel, cpk_eigen_info *inf) {
+                        double *y, double *ay, double *rr_tmp, double scale,
+                        double *lambda, double *rel, cpk_eigen_info *inf) {
   const int64_t n = op->dim;
   for (int64_t i = 0; i < k; i++) {
     double nr = cpk__nrm2(n, y + i * n);
@@ -178,29 +193,52 @@ static int finish_pairs(const cpk_operator *op, const char *who, int64_t k,
                          &inf->matvecs);
   if (rc != CPK_OK)
     return rc;
-  double scale = 0.0, worst = 0.0;
+  if (rr_tmp != NULL && k > 1) {
+    double *h = cpk__malloc((size_t)(k * k) * sizeof(double));
+    double *c = cpk__malloc((size_t)(k * k) * sizeof(double));
+    double *mu = cpk__malloc((size_t)k * sizeof(double));
+    if (h == NULL || c == NULL || mu == NULL) {
+      rc = cpk__fail_prefix(CPK_ENOMEM, "%s: Rayleigh-Ritz", who);
+      goto rr_done;
+    }
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)k,
+                (blasint)k, (blasint)n, 1.0, y, (blasint)n, ay, (blasint)n,
+                0.0, h, (blasint)k);
+    for (int64_t i = 0; i < k; i++)
+      for (int64_t j = 0; j < i; j++)
+        h[i * k + j] = h[j * k + i] = 0.5 * (h[i * k + j] + h[j * k + i]);
+    rc = cpk__sym_eig(k, h, mu, who, "the Rayleigh-Ritz matrix");
+    if (rc != CPK_OK)
+      goto rr_done;
+    for (int64_t i = 0; i < k; i++) { /* descending */
+      lambda[i] = mu[k - 1 - i];
+      memcpy(c + i * k, h + (k - 1 - i) * k, (size_t)k * sizeof *c);
+    }
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)k,
+                (blasint)n, (blasint)k, 1.0, c, (blasint)k, y, (blasint)n, 0.0,
+                rr_tmp, (blasint)n);
+    memcpy(y, rr_tmp, (size_t)(k * n) * sizeof *y);
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)k,
+                (blasint)n, (blasint)k, 1.0, c, (blasint)k, ay, (blasint)n,
+                0.0, rr_tmp, (blasint)n);
+    memcpy(ay, rr_tmp, (size_t)(k * n) * sizeof *ay);
+  rr_done:
+    cpk__free(mu);
+    cpk__free(c);
+    cpk__free(h);
+    if (rc != CPK_OK)
+      return rc;
+  } else {
+    for (int64_t i = 0; i < k; i++)
+      lambda[i] = cpk__dot(n, y + i * n, ay + i * n);
+  }
+  double worst = 0.0;
   for (int64_t i = 0; i < k; i++) {
-    lambda[i] = cpk__dot(n, y + i * n, ay + i * n);
     scale = fmax(scale, fabs(lambda[i]));
     cblas_daxpy((blasint)n, -lambda[i], y + i * n, 1, ay + i * n, 1);
     worst = fmax(worst, cpk__nrm2(n, ay + i * n));
   }
   *rel = scale > 0 ? worst / scale : (worst > 0 ? INFINITY : 0.0);
-  if (sort_desc) {
-    /* Insertion sort of the pairs (k is small); rows move through ay. */
-    for (int64_t i = 1; i < k; i++) {
-      double l = lambda[i];
-      memcpy(ay, y + i * n, (size_t)n * sizeof *y);
-      int64_t j = i;
-      while (j > 0 && lambda[j - 1] < l) {
-        lambda[j] = lambda[j - 1];
-        memcpy(y + j * n, y + (j - 1) * n, (size_t)n * sizeof *y);
-        j--;
-      }
-      lambda[j] = l;
-      memcpy(y + j * n, ay, (size_t)n * sizeof *y);
-    }
-  }
   return CPK_OK;
 }
 
@@ -279,7 +317,8 @@ int cpk_eigen_lanczos(const cpk_operator *op, int64_t k,
   cpk__rng rng;
   cpk__rng_seed(&rng, opts->seed);
   lz_run run;
-  rc = lanczos_run(op, &ws, NULL, 0, k, tol, 0.0, NAN, &rng, ty, y, &run, &inf);
+  rc = lanczos_run(op, &ws, NULL, 0, k, tol, 0.0, NAN, 0, &rng, ty, y, &run,
+                   &inf);
   if (rc != CPK_OK)
     goto free_all;
   inf.runs = 1;
@@ -290,15 +329,16 @@ int cpk_eigen_lanczos(const cpk_operator *op, int64_t k,
     for (int64_t i = run.pairs; i < k; i++)
       new_direction(&rng, n, y, i, NULL, 0, y + i * n, ws.scratch);
   }
-  double scale = 0.0;
+  double scale = run.scale;
+  const int64_t settle = run.steps;
   for (int64_t i = 0; i < k; i++)
     scale = fmax(scale, fabs(ty[i]));
 
   if (converged && !opts->no_restart_check) {
     for (int round = 0; round < k + 2 && n - k > 0; round++) {
       double thr = tol * scale;
-      rc = lanczos_run(op, &ws, y, k, k, tol, scale, ty[k - 1] + thr, &rng,
-                       tr, r, &run, &inf);
+      rc = lanczos_run(op, &ws, y, k, k, tol, scale, ty[k - 1] + thr, settle,
+                       &rng, tr, r, &run, &inf);
       if (rc != CPK_OK)
         goto free_all;
       inf.runs++;
@@ -327,11 +367,12 @@ int cpk_eigen_lanczos(const cpk_operator *op, int64_t k,
       memcpy(y, tmp, kn_bytes);
       for (int64_t i = 0; i < k; i++)
         scale = fmax(scale, fabs(ty[i]));
+      scale = fmax(scale, run.scale);
     }
   }
 
   double rel;
-  rc = finish_pairs(op, WHO, k, y, tmp, eigenvalues, 1, &rel, &inf);
+  rc = finish_pairs(op, WHO, k, y, tmp, r, scale, eigenvalues, &rel, &inf);
   if (rc != CPK_OK)
     goto free_all;
   inf.max_rel_residual = rel;
@@ -435,7 +476,7 @@ int cpk_eigen_power(const cpk_operator *op, int64_t k,
     memcpy(x + i * n, v, (size_t)n * sizeof *v);
   }
   double rel;
-  rc = finish_pairs(op, WHO, k, x, t, eigenvalues, 0, &rel, &inf);
+  rc = finish_pairs(op, WHO, k, x, t, NULL, scale, eigenvalues, &rel, &inf);
   if (rc != CPK_OK)
     goto free_all;
   inf.runs = 1;

@@ -105,5 +105,10 @@ void cpk__im2col_transposed(const cpk_context *ctx, cpk_dtype dt,
 void cpk__channel_bias(const cpk_context *ctx, cpk_dtype dt, int64_t count,
                        int64_t channels, int64_t m, const void *b, double beta,
                        void *y);
+/* Its adjoint, the per-channel sum over images and positions:
+ *   out[c] := beta*out[c] + sum_{n < count, m} y[n, c, m]. */
+void cpk__channel_sum(const cpk_context *ctx, cpk_dtype dt, int64_t count,
+                      int64_t channels, int64_t m, const void *y, double beta,
+                      void *out);
 
 #endif /* CPK_OPS_H */

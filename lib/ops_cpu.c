@@ -148,3 +148,13 @@ void cpk__channel_bias(const cpk_context *ctx, cpk_dtype dt, int64_t count,
   else
     channel_bias_f64(count, channels, m, b, beta, y);
 }
+
+void cpk__channel_sum(const cpk_context *ctx, cpk_dtype dt, int64_t count,
+                      int64_t channels, int64_t m, const void *y, double beta,
+                      void *out) {
+  (void)ctx;
+  if (dt == CPK_F32)
+    channel_sum_f32(count, channels, m, y, beta, out);
+  else
+    channel_sum_f64(count, channels, m, y, beta, out);
+}

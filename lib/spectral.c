@@ -6,6 +6,7 @@
 #include <cblas.h>
 #include <lapacke.h>
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "spectral.h"
@@ -99,6 +100,7 @@ void cpk__orth(int64_t nv, int64_t n, const double *v, double *w, double *h,
     return;
   if (h != NULL)
     memset(h, 0, (size_t)nv * sizeof *h);
+  double before = cblas_dnrm2((blasint)n, w, 1);
   for (int pass = 0; pass < 2; pass++) {
     /* c := V w; w := w - V^T c */
     cblas_dgemv(CblasRowMajor, CblasNoTrans, (blasint)nv, (blasint)n, 1.0, v,
@@ -108,6 +110,12 @@ void cpk__orth(int64_t nv, int64_t n, const double *v, double *w, double *h,
     if (h != NULL)
       for (int64_t j = 0; j < nv; j++)
         h[j] += scratch[j];
+    /* DGKS: a pass that kept more than 1/sqrt(2) of the norm left w
+     * orthogonal to working precision; only cancellation needs another. */
+    double after = cblas_dnrm2((blasint)n, w, 1);
+    if (after > 0.70710678118654752 * before)
+      break;
+    before = after;
   }
 }
 
@@ -125,4 +133,37 @@ int cpk__tridiag_eig(int64_t m, const double *alpha, const double *beta,
                             "%d off-diagonal elements of the tridiagonal "
                             "matrix did not converge to zero");
   return CPK_OK;
+}
+
+int cpk__sym_eig(int64_t d, double *mat, double *w, const char *who,
+                 const char *name) {
+  double wq;
+  lapack_int iwq, info;
+  info = LAPACKE_dsyevd_work(LAPACK_COL_MAJOR, 'V', 'L', (lapack_int)d, mat,
+                             (lapack_int)d, w, &wq, -1, &iwq, -1);
+  if (info != 0)
+    return cpk__lapack_fail(who, "dsyevd (workspace query)", (int)info,
+                            "info %d");
+  size_t lwork = (size_t)fmax(wq, 1.0), liwork = (size_t)(iwq > 1 ? iwq : 1);
+  double *work = cpk__malloc(lwork * sizeof(double));
+  lapack_int *iwork = cpk__malloc(liwork * sizeof(lapack_int));
+  int rc = CPK_OK;
+  if (work == NULL || iwork == NULL) {
+    rc = cpk__fail_prefix(CPK_ENOMEM, "%s: eigendecomposition of %s", who,
+                          name);
+    goto free_all;
+  }
+  info = LAPACKE_dsyevd_work(LAPACK_COL_MAJOR, 'V', 'L', (lapack_int)d, mat,
+                             (lapack_int)d, w, work, (lapack_int)lwork, iwork,
+                             (lapack_int)liwork);
+  if (info != 0) {
+    char what[200];
+    snprintf(what, sizeof what, "the eigendecomposition of %s did not "
+             "converge (info %%d)", name);
+    rc = cpk__lapack_fail(who, "dsyevd", (int)info, what);
+  }
+free_all:
+  cpk__free(iwork);
+  cpk__free(work);
+  return rc;
 }

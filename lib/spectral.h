@@ -37,10 +37,11 @@ void cpk__rademacher(cpk__rng *r, int64_t n, double *x);
 /* x[i] := standard normal. */
 void cpk__gaussian(cpk__rng *r, int64_t n, double *x);
 
-/* w := (I - V^T V) w, twice (classical Gram-Schmidt with one
- * reorthogonalisation, "CGS2"), for the rows of V [nv, n], assumed
- * orthonormal. h [nv] (or NULL) receives the summed coefficients of both
- * passes; scratch holds nv doubles. */
+/* w := (I - V^T V) w for the rows of V [nv, n], assumed orthonormal, by
+ * classical Gram-Schmidt with a second pass when the first one cancelled
+ * more than 1 - 1/sqrt(2) of the norm (Daniel, Gragg, Kaufman, Stewart
+ * 1976: "twice is enough"). h [nv] (or NULL) receives the summed
+ * coefficients; scratch holds nv doubles. */
 void cpk__orth(int64_t nv, int64_t n, const double *v, double *w, double *h,
                double *scratch);
 
@@ -54,5 +55,12 @@ double cpk__dot(int64_t n, const double *x, const double *y);
  * work holds at least 3m doubles. */
 int cpk__tridiag_eig(int64_t m, const double *alpha, const double *beta,
                      double *theta, double *z, double *work, const char *who);
+
+/* Eigendecomposition of the symmetric mat [d, d] in place (LAPACK dsyevd,
+ * lower triangle in column-major terms): w [d] ascending eigenvalues, mat
+ * row i the unit eigenvector of w[i] (read row major). `name` says what the
+ * matrix is in messages ("output factor A"). */
+int cpk__sym_eig(int64_t d, double *mat, double *w, const char *who,
+                 const char *name);
 
 #endif /* CPK_SPECTRAL_H */

@@ -498,23 +498,17 @@ int cpk__conv_weight_grad(const cpk__conv *s, const cpk_context *ctx,
   return rc;
 }
 
-int cpk__conv_bias_grad(const cpk_context *ctx, cpk_dtype dt, int64_t v,
-                        int64_t n, int64_t c, int64_t m, const void *in,
-                        int per_sample, double beta, void *out) {
-  /* Sums over the last axis: [B, M] as B blocks of an [M, 1] matrix. */
-  if (per_sample) {
-    cpk__sum_rows(ctx, dt, v * n * c, m, 1, in, 0.0, out);
-    return CPK_OK;
-  }
-  cpk_tensor *per;
-  int64_t shape[3] = {v, n, c};
-  int rc = cpk_tensor_new(&per, dt, 3, shape);
-  if (rc != CPK_OK)
-    return rc;
-  cpk__sum_rows(ctx, dt, v * n * c, m, 1, in, 0.0, per->data);
-  cpk__sum_rows(ctx, dt, v, n, c, per->data, beta, out);
-  cpk_tensor_free(per);
-  return CPK_OK;
+void cpk__conv_bias_grad(const cpk_context *ctx, cpk_dtype dt, int64_t v,
+                         int64_t n, int64_t c, int64_t m, const void *in,
+                         int per_sample, double beta, void *out) {
+  const size_t es = cpk_dtype_size(dt);
+  if (per_sample) /* V*N*C channels of one image */
+    cpk__channel_sum(ctx, dt, 1, v * n * c, m, in, 0.0, out);
+  else
+    for (int64_t b = 0; b < v; b++)
+      cpk__channel_sum(ctx, dt, n, c, m,
+                       (const char *)in + (size_t)(b * n * c * m) * es, beta,
+                       (char *)out + (size_t)(b * c) * es);
 }
 
 /* ------------------------------------------------------ for extensions */

@@ -87,9 +87,9 @@ int cpk__conv_weight_grad(const cpk__conv *s, const cpk_context *ctx,
 /* Bias part: in [V, N, C, M] summed over the M positions (and n):
  *   per_sample: out[v, n, c] := sum_m in[v, n, c, m]
  *   summed:     out[v, c] := beta*out[v, c] + sum_{n,m} in[v, n, c, m]. */
-int cpk__conv_bias_grad(const cpk_context *ctx, cpk_dtype dt, int64_t v,
-                        int64_t n, int64_t c, int64_t m, const void *in,
-                        int per_sample, double beta, void *out);
+void cpk__conv_bias_grad(const cpk_context *ctx, cpk_dtype dt, int64_t v,
+                         int64_t n, int64_t c, int64_t m, const void *in,
+                         int per_sample, double beta, void *out);
 
 /* For extensions. The convolution state of layer l, or NULL when l is not
  * one of the six convolution kinds. */

@@ -71,9 +71,10 @@ static int conv_transpose_param_jac_t_mat(cpk__layer *l, cpk_context *ctx,
   if (p == 0)
     return cpk__conv_weight_grad(s, ctx, in->dtype, v, n, in->data, 1,
                                  x->data, 0, per_sample, beta, out->data);
-  return cpk__conv_bias_grad(ctx, in->dtype, v, n, s->out_channels,
-                             dout / s->out_channels, in->data, per_sample,
-                             beta, out->data);
+  cpk__conv_bias_grad(ctx, in->dtype, v, n, s->out_channels,
+                      dout / s->out_channels, in->data, per_sample, beta,
+                      out->data);
+  return CPK_OK;
 }
 
 static const int dims[3] = {1, 2, 3};
