@@ -25,12 +25,14 @@ int cpk__block_new(cpk_tensor **out, cpk_dtype dt, int64_t v, int64_t n,
   return cpk_tensor_new(out, dt, ndim + 2, full);
 }
 
-static int check_input(const cpk_model *m, const cpk_tensor *input) {
+int cpk__check_input(const cpk_model *m, const cpk_tensor *input) {
   char want[128], got[128];
   int64_t shape[CPK_MAX_DIMS];
   if (!m->built)
     return cpk__fail(CPK_EINVAL, "%s: the model is not built (cpk_model_build)",
                      m->source);
+  if (input == NULL)
+    return cpk__fail(CPK_EINVAL, "input: missing");
   if (!cpk__is_float(input->dtype))
     return cpk__fail(CPK_EINVAL, "input: expected float32 or float64, got %s",
                      cpk_dtype_name(input->dtype));
@@ -74,7 +76,7 @@ int cpk_check_pass(const cpk_model *model, const cpk_pass_spec *spec,
     return cpk__fail(CPK_EINVAL, "unknown reduction %d", (int)spec->reduction);
   if ((rc = cpk__extensions_parse(spec->extensions, ext, &next)) != CPK_OK)
     return rc;
-  if ((rc = check_input(model, input)) != CPK_OK)
+  if ((rc = cpk__check_input(model, input)) != CPK_OK)
     return rc;
   return check_target(model, loss, input, target);
 }

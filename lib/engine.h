@@ -35,6 +35,10 @@ typedef struct cpk__pass {
   cpk_results *results;
 } cpk__pass;
 
+/* The input must be [N, *in] of the model's sample shape, a float dtype,
+ * N >= 1, finite; the model built. */
+int cpk__check_input(const cpk_model *m, const cpk_tensor *input);
+
 /* Run the layers forward on `input`, filling pass->acts. */
 int cpk__forward(cpk__pass *pass, const cpk_tensor *input);
 /* Release the activations. */

@@ -67,33 +67,6 @@ static int block_at(cpk__pass *pass, int i, int64_t v, cpk_tensor **out) {
   return cpk__block_new(out, pass->model->dtype, v, pass->n, ndim, shape);
 }
 
-/* The input must be [N, *in] of a float dtype, N >= 1, finite. */
-static int check_input(const cpk_model *m, const cpk_tensor *input) {
-  char want[128], got[128];
-  int64_t shape[CPK_MAX_DIMS];
-  if (!m->built || m->nlayers == 0)
-    return cpk__fail(CPK_EINVAL, "%s: the model is not built (cpk_model_build)",
-                     m->source);
-  if (input == NULL)
-    return cpk__fail(CPK_EINVAL, "input: missing");
-  if (!cpk__is_float(input->dtype))
-    return cpk__fail(CPK_EINVAL, "input: expected float32 or float64, got %s",
-                     cpk_dtype_name(input->dtype));
-  if (input->ndim >= 1 && input->shape[0] == 0)
-    return cpk__fail(CPK_ESHAPE, "input: the batch is empty (N = 0)");
-  int same = input->ndim == m->in_ndim + 1;
-  for (int i = 0; same && i < m->in_ndim; i++)
-    same = input->shape[i + 1] == m->in_shape[i];
-  if (!same) {
-    shape[0] = input->ndim > 0 ? input->shape[0] : 0;
-    memcpy(shape + 1, m->in_shape, (size_t)m->in_ndim * sizeof *shape);
-    return cpk__fail(CPK_ESHAPE, "input: expected shape (N, ...) = %s, got %s",
-                     cpk_shape_str(want, sizeof want, m->in_ndim + 1, shape),
-                     cpk_shape_str(got, sizeof got, input->ndim, input->shape));
-  }
-  return cpk__check_finite(input, "input");
-}
-
 int cpk__forward_eval(cpk__pass *pass, cpk_context *ctx, cpk_model *model,
                       const cpk_tensor *input) {
   int rc;
@@ -101,7 +74,7 @@ int cpk__forward_eval(cpk__pass *pass, cpk_context *ctx, cpk_model *model,
   pass->ctx = ctx;
   pass->model = model;
   pass->spec = &eval_spec;
-  if ((rc = check_input(model, input)) != CPK_OK)
+  if ((rc = cpk__check_input(model, input)) != CPK_OK)
     return rc;
   cpk__context_apply_threads(ctx);
   return cpk__forward(pass, input);
