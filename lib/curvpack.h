@@ -364,18 +364,22 @@ typedef struct cpk_operator {
 /* Options of the eigensolvers; zero-initialise (or pass NULL) for defaults. */
 typedef struct cpk_eigen_options {
   /* Lanczos: most Lanczos steps (Krylov basis size) in one run, 0: min(P,
-   * max(80, 3k)); memory is (max_iter + 1) * P doubles. Power iteration:
+   * max(80, 3k)); the basis holds max_iter * P doubles. Power iteration:
    * most iterations per eigenpair, 0: 1000. */
   int64_t max_iter;
   /* A pair (lambda, v) has converged when ||A v - lambda v|| <= tol * s, s
-   * the largest |lambda| seen. 0: 1e-8; never below 64 * DBL_EPSILON. */
+   * the largest |Ritz value| seen (an estimate of ||A||). 0: 1e-8; never
+   * below 64 * DBL_EPSILON. Products computed in float32 cannot reach much
+   * below 1e-6: ask for about 1e-5 there. */
   double tol;
   uint64_t seed; /* of the random start vectors */
   /* Lanczos: a single start vector finds one copy of a repeated eigenvalue
    * only. After the top k pairs converge, Lanczos restarts from a fresh
    * random vector orthogonal to them; an eigenvalue above the k-th found
-   * there is merged in and the check repeats. Nonzero skips that check
-   * (about half the products for a well-separated top of the spectrum). */
+   * there is merged in and the check repeats. The check ends when its top
+   * Ritz value converges at or below the k-th eigenvalue, or stays clearly
+   * below it after as many steps as the first run took (so it costs at most
+   * about as much again). Nonzero skips the check. */
   int no_restart_check;
   /* Power iteration runs on A - shift I: it finds the k eigenvalues farthest
    * from `shift` (default 0: largest magnitude, PyHessian's eigenvalues()). */
@@ -388,16 +392,17 @@ typedef struct cpk_eigen_info {
   int runs;                /* Lanczos runs (1 + restarts of the check) */
   int64_t iterations;      /* Lanczos steps over all runs, power iterations */
   int64_t matvecs;         /* vectors the operator was applied to */
-  double max_rel_residual; /* max_i ||A v_i - lambda_i v_i|| / max|lambda|,
-                              measured with one more block product */
+  double max_rel_residual; /* max_i ||A v_i - lambda_i v_i|| / s (s as for
+                              tol), measured with one more block product */
 } cpk_eigen_info;
 
 /* The k largest (algebraic) eigenvalues of A, largest first, into
  * eigenvalues[k], and their unit eigenvectors into eigenvectors [k, P] (row
  * i belongs to eigenvalue i; NULL: not wanted). Lanczos with full
  * reorthogonalisation from a seeded Gaussian start; the tridiagonal problem
- * through LAPACK dstev; Ritz vectors; the returned eigenvalues are the
- * Rayleigh quotients of the Ritz vectors. 1 <= k <= P.
+ * through LAPACK dstev; Ritz vectors; a final Rayleigh-Ritz step on their
+ * span, with one block product of k vectors that also measures the
+ * residuals. 1 <= k <= P. Memory: (max_iter + 3k) * P doubles.
  * Not converging within max_iter is not an error: the best estimates are
  * returned and info->converged is 0 (pass `info` to see it). */
 int cpk_eigen_lanczos(const cpk_operator *op, int64_t k,

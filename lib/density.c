@@ -34,15 +34,18 @@ static int resolve(const cpk_density_options *in, cpk_density_options *o,
   static const cpk_density_options zero;
   *o = in != NULL ? *in : zero;
   if (o->runs < 0 || o->steps < 0 || o->grid < 0 || o->grid == 1)
-    return cpk__fail(CPK_EINVAL, "%s: runs = %lld, steps = %lld, grid = %lld: "
+    return cpk__fail(CPK_EINVAL,
+                     "%s: runs = %lld, steps = %lld, grid = %lld: "
                      "expected runs >= 0, steps >= 0, grid 0 or >= 2 (0: "
-                     "default)", who, (long long)o->runs, (long long)o->steps,
+                     "default)",
+                     who, (long long)o->runs, (long long)o->steps,
                      (long long)o->grid);
   if (!(o->sigma_squared >= 0) || !isfinite(o->sigma_squared) ||
       !(o->overhead >= 0) || !isfinite(o->overhead))
-    return cpk__fail(CPK_EINVAL, "%s: sigma_squared = %g, overhead = %g: "
-                     "expected finite values >= 0 (0: default)", who,
-                     o->sigma_squared, o->overhead);
+    return cpk__fail(CPK_EINVAL,
+                     "%s: sigma_squared = %g, overhead = %g: "
+                     "expected finite values >= 0 (0: default)",
+                     who, o->sigma_squared, o->overhead);
   if (o->runs == 0)
     o->runs = 1;
   if (o->steps == 0)
@@ -144,18 +147,19 @@ free_all:
 }
 
 int cpk_density_from_slq(int64_t runs, int64_t steps, const double *nodes,
-                         const double *weights,
-                         const cpk_density_options *opts, double *out) {
+                         const double *weights, const cpk_density_options *opts,
+                         double *out) {
   const char *who = "density";
   cpk_density_options o;
   int rc = resolve(opts, &o, who);
   if (rc != CPK_OK)
     return rc;
-  if (runs < 1 || steps < 1 || nodes == NULL || weights == NULL ||
-      out == NULL)
-    return cpk__fail(CPK_EINVAL, "%s: expected runs >= 1 and steps >= 1 with "
+  if (runs < 1 || steps < 1 || nodes == NULL || weights == NULL || out == NULL)
+    return cpk__fail(CPK_EINVAL,
+                     "%s: expected runs >= 1 and steps >= 1 with "
                      "node, weight and output buffers; found runs = %lld, "
-                     "steps = %lld", who, (long long)runs, (long long)steps);
+                     "steps = %lld",
+                     who, (long long)runs, (long long)steps);
   const int64_t R = runs, L = steps, G = o.grid;
   double sum_max = 0.0, sum_min = 0.0;
   for (int64_t r = 0; r < R; r++) {
@@ -203,10 +207,12 @@ int cpk_density_from_slq(int64_t runs, int64_t steps, const double *nodes,
     total += dens[j];
   const double norm = total * (grid[1] - grid[0]);
   if (!(norm > 0) || !isfinite(norm))
-    return cpk__fail(CPK_ERANGE, "%s: the density vanishes on every one of "
+    return cpk__fail(CPK_ERANGE,
+                     "%s: the density vanishes on every one of "
                      "the %lld grid points (kernel variance %g against a "
                      "grid spacing of %g): use more grid points or a larger "
-                     "sigma_squared", who, (long long)G, s2, grid[1] - grid[0]);
+                     "sigma_squared",
+                     who, (long long)G, s2, grid[1] - grid[0]);
   for (int64_t j = 0; j < G; j++)
     dens[j] /= norm;
   return CPK_OK;

@@ -33,8 +33,8 @@ struct cpk_kron_inverse {
   cpk_kron_damping mode;
   int64_t m, n; /* n = 0 for a bias */
   double damping;
-  double *ut, *a; /* exact: eigenvectors (rows) and eigenvalues of A */
-  double *vt, *b; /* exact: the same for B */
+  double *ut, *a;  /* exact: eigenvectors (rows) and eigenvalues of A */
+  double *vt, *b;  /* exact: the same for B */
   double *la, *lb; /* factored: Cholesky factors (column major, lower) */
 };
 
@@ -56,9 +56,10 @@ static int sym_copy(const char *name, int64_t d, const double *x, double *dst) {
     for (int64_t j = 0; j < d; j++) {
       double v = x[i * d + j];
       if (!isfinite(v))
-        return cpk__fail(CPK_ENONFINITE, WHO ": %s (%lld x %lld) has a "
-                         "non-finite value at (%lld, %lld): %g", name,
-                         (long long)d, (long long)d, (long long)i,
+        return cpk__fail(CPK_ENONFINITE,
+                         WHO ": %s (%lld x %lld) has a "
+                             "non-finite value at (%lld, %lld): %g",
+                         name, (long long)d, (long long)d, (long long)i,
                          (long long)j, v);
       dst[i * d + j] = 0.5 * (v + x[j * d + i]);
     }
@@ -74,7 +75,8 @@ static int chol_shifted(const char *name, const char *shift_name, int64_t d,
                                         mat, (lapack_int)d);
   if (info != 0) {
     char what[200];
-    snprintf(what, sizeof what, "%s + %s I is not positive definite (its "
+    snprintf(what, sizeof what,
+             "%s + %s I is not positive definite (its "
              "leading minor of order %%d is not); increase the damping",
              name, shift_name);
     return cpk__lapack_fail(WHO, "dpotrf", (int)info, what);
@@ -87,8 +89,8 @@ static double *alloc_sq(int64_t d) {
 }
 
 int cpk_kron_inverse_new(cpk_kron_inverse **out, cpk_kron_damping mode,
-                         int64_t m, const double *a, int64_t n,
-                         const double *b, double damping) {
+                         int64_t m, const double *a, int64_t n, const double *b,
+                         double damping) {
   if (out == NULL)
     return cpk__fail(CPK_EINVAL, WHO ": no output pointer");
   *out = NULL;
@@ -96,13 +98,17 @@ int cpk_kron_inverse_new(cpk_kron_inverse **out, cpk_kron_damping mode,
     return cpk__fail(CPK_EINVAL, WHO ": unknown damping mode %d", (int)mode);
   const int bias = b == NULL;
   if (a == NULL || m < 1 || (!bias && n < 1))
-    return cpk__fail(CPK_EINVAL, WHO ": expected a factor A [m, m] with m >= 1 "
+    return cpk__fail(CPK_EINVAL,
+                     WHO
+                     ": expected a factor A [m, m] with m >= 1 "
                      "(and B [n, n] with n >= 1 for a weight); found m = %lld, "
-                     "n = %lld%s", (long long)m, (long long)n,
-                     a == NULL ? ", A = NULL" : "");
+                     "n = %lld%s",
+                     (long long)m, (long long)n, a == NULL ? ", A = NULL" : "");
   if (!isfinite(damping) || damping < 0)
-    return cpk__fail(CPK_EINVAL, WHO ": damping must be finite and >= 0, "
-                     "found %g", damping);
+    return cpk__fail(CPK_EINVAL,
+                     WHO ": damping must be finite and >= 0, "
+                         "found %g",
+                     damping);
   if (m > 46340 || (!bias && n > 46340))
     return cpk__fail(CPK_EOVERFLOW, WHO ": factor of size %lld is too large",
                      (long long)(m > n ? m : n));
@@ -139,9 +145,13 @@ int cpk_kron_inverse_new(cpk_kron_inverse **out, cpk_kron_damping mode,
     if (bias) {
       double lo = inv->a[0] + damping;
       if (!(lo > 0))
-        CPK__TRY(rc, cpk__fail(CPK_ERANGE, WHO ": %s + damping I is not "
+        CPK__TRY(rc,
+                 cpk__fail(CPK_ERANGE,
+                           WHO ": %s + damping I is not "
                                "positive definite (smallest eigenvalue %g); "
-                               "increase the damping", an, lo), fail);
+                               "increase the damping",
+                           an, lo),
+                 fail);
     } else {
       CPK__TRY(rc, cpk__sym_eig(n, mb, inv->b, WHO, bn), fail);
       inv->vt = mb;
@@ -151,10 +161,14 @@ int cpk_kron_inverse_new(cpk_kron_inverse **out, cpk_kron_damping mode,
              b1 = inv->b[n - 1];
       double lo = fmin(fmin(a0 * b0, a0 * b1), fmin(a1 * b0, a1 * b1));
       if (!(lo + damping > 0))
-        CPK__TRY(rc, cpk__fail(CPK_ERANGE, WHO ": A (x) B + damping I is not "
+        CPK__TRY(rc,
+                 cpk__fail(CPK_ERANGE,
+                           WHO ": A (x) B + damping I is not "
                                "positive definite (smallest eigenvalue %g, "
                                "A in [%g, %g], B in [%g, %g]); increase the "
-                               "damping", lo + damping, a0, a1, b0, b1), fail);
+                               "damping",
+                           lo + damping, a0, a1, b0, b1),
+                 fail);
     }
   } else {
     double s = bias ? damping : sqrt(damping);
@@ -181,15 +195,16 @@ int cpk_kron_inverse_apply(const cpk_kron_inverse *inv, const double *g,
                            double *out) {
   if (inv == NULL || g == NULL || out == NULL)
     return cpk__fail(CPK_EINVAL, WHO ": apply needs the inverse, a gradient "
-                     "and an output buffer");
+                                     "and an output buffer");
   const int64_t m = inv->m, n = inv->n;
   const int bias = n == 0;
   const int64_t cols = bias ? 1 : n;
   for (int64_t i = 0; i < m * cols; i++)
     if (!isfinite(g[i]))
-      return cpk__fail(CPK_ENONFINITE, WHO ": the gradient has a non-finite "
-                       "value at (%lld, %lld): %g", (long long)(i / cols),
-                       (long long)(i % cols), g[i]);
+      return cpk__fail(CPK_ENONFINITE,
+                       WHO ": the gradient has a non-finite "
+                           "value at (%lld, %lld): %g",
+                       (long long)(i / cols), (long long)(i % cols), g[i]);
   if (inv->mode == CPK_KRON_DAMP_EXACT) {
     double *t1 = cpk__malloc((size_t)(m * cols) * sizeof(double));
     double *t2 = cpk__malloc((size_t)(m * cols) * sizeof(double));
@@ -235,30 +250,30 @@ int cpk_kron_inverse_apply(const cpk_kron_inverse *inv, const double *g,
     memcpy(out, g, (size_t)(m * cols) * sizeof(double));
   lapack_int info;
   if (bias) {
-    info = LAPACKE_dpotrs_work(LAPACK_COL_MAJOR, 'L', (lapack_int)m, 1,
-                               inv->la, (lapack_int)m, out, (lapack_int)m);
+    info = LAPACKE_dpotrs_work(LAPACK_COL_MAJOR, 'L', (lapack_int)m, 1, inv->la,
+                               (lapack_int)m, out, (lapack_int)m);
     if (info != 0)
       return cpk__lapack_fail(WHO, "dpotrs", (int)info, "info %d");
     return CPK_OK;
   }
   /* Column major, out holds G^T [n, m]: out := (B + sI)^-1 G^T. */
-  info = LAPACKE_dpotrs_work(LAPACK_COL_MAJOR, 'L', (lapack_int)n,
-                             (lapack_int)m, inv->lb, (lapack_int)n, out,
-                             (lapack_int)n);
+  info =
+      LAPACKE_dpotrs_work(LAPACK_COL_MAJOR, 'L', (lapack_int)n, (lapack_int)m,
+                          inv->lb, (lapack_int)n, out, (lapack_int)n);
   if (info != 0)
     return cpk__lapack_fail(WHO, "dpotrs", (int)info, "info %d");
   /* out := out (L L^T)^-1 = out L^-T L^-1 with L L^T = A + sI. */
-  cblas_dtrsm(CblasColMajor, CblasRight, CblasLower, CblasTrans,
-              CblasNonUnit, (blasint)n, (blasint)m, 1.0, inv->la,
-              (blasint)m, out, (blasint)n);
-  cblas_dtrsm(CblasColMajor, CblasRight, CblasLower, CblasNoTrans,
-              CblasNonUnit, (blasint)n, (blasint)m, 1.0, inv->la,
-              (blasint)m, out, (blasint)n);
+  cblas_dtrsm(CblasColMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit,
+              (blasint)n, (blasint)m, 1.0, inv->la, (blasint)m, out,
+              (blasint)n);
+  cblas_dtrsm(CblasColMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit,
+              (blasint)n, (blasint)m, 1.0, inv->la, (blasint)m, out,
+              (blasint)n);
   return CPK_OK;
 }
 
-int cpk_kron_solve(cpk_kron_damping mode, int64_t m, const double *a,
-                   int64_t n, const double *b, double damping, const double *g,
+int cpk_kron_solve(cpk_kron_damping mode, int64_t m, const double *a, int64_t n,
+                   const double *b, double damping, const double *g,
                    double *out) {
   cpk_kron_inverse *inv = NULL;
   int rc = cpk_kron_inverse_new(&inv, mode, m, a, n, b, damping);

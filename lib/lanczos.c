@@ -7,11 +7,12 @@
  *   w -= V^T (V w) twice (and the same against locked vectors Y),
  *   beta_j = ||w||,  v_{j+1} = w / beta_j,
  * so that A V_m = V_m T_m + beta_m v_{m+1} e_m^T with T_m tridiagonal
- * (alpha on the diagonal, beta beside it). The eigenpairs (theta_i, z_i) of
- * T_m (dstev) give Ritz pairs (theta_i, V_m^T z_i) with residual norm
- * beta_m |z_i[m-1]|. A run stops when the top `want` Ritz pairs have
- * residual <= tol * max|theta|. At an invariant subspace (beta ~ 0) the run
- * goes on from a fresh random vector orthogonal to the basis (beta = 0 in T).
+ * (alpha on the diagonal, beta beside it). The top eigenpairs (theta_i,
+ * z_i) of T_m (dstevr, a subset only) give Ritz pairs (theta_i, V_m^T z_i) with
+ * residual norm beta_m |z_i[m-1]|. A run stops when the top `want` Ritz pairs
+ * have residual <= tol * max|theta|. At an invariant subspace (beta ~ 0) the
+ * run goes on from a fresh random vector orthogonal to the basis (beta = 0 in
+ * T).
  *
  * A single start vector sees one copy of a repeated eigenvalue only (and
  * nothing of an eigenvector it happens to be orthogonal to). So after the
@@ -40,24 +41,25 @@
 /* Workspace of the Lanczos runs (sized for the longest run). */
 typedef struct {
   int64_t n, mmax;
-  double *v;       /* mmax x n: the basis of a run */
-  double *w;       /* n */
-  double *alpha;   /* mmax */
-  double *beta;    /* mmax */
-  double *theta;   /* mmax */
-  double *z;       /* mmax x mmax, column major */
-  double *work;    /* 3 mmax */
-  double *scratch; /* max(mmax, k) + 1 */
-  double *coef;    /* k x mmax */
+  double *v;         /* mmax x n: the basis of a run */
+  double *w;         /* n */
+  double *alpha;     /* mmax */
+  double *beta;      /* mmax */
+  double *theta;     /* k: the top Ritz values, ascending */
+  double *z;         /* mmax x k, column major: their vectors in the basis */
+  double *work;      /* 23 mmax */
+  lapack_int *iwork; /* 10 mmax + 2 k */
+  double *scratch;   /* max(mmax, k) + 1 */
+  double *coef;      /* k x mmax */
 } lz_ws;
 
 /* Result of one run. */
 typedef struct {
-  int64_t pairs;  /* Ritz pairs returned (min(want, steps)) */
-  int64_t nconv;  /* leading pairs that met tol */
+  int64_t pairs; /* Ritz pairs returned (min(want, steps)) */
+  int64_t nconv; /* leading pairs that met tol */
   int64_t steps;
-  int below;      /* stopped because the top converged <= stop_below */
-  double scale;   /* largest |Ritz value| of the run (~ ||A||) */
+  int below;    /* stopped because the top converged <= stop_below */
+  double scale; /* largest |Ritz value| of the run (~ ||A||) */
 } lz_run;
 
 static double eff_tol(double tol) {
@@ -100,7 +102,7 @@ static int lanczos_run(const cpk_operator *op, lz_ws *ws, const double *y,
   const int64_t n = op->dim;
   int64_t mmax = ws->mmax < n - ny ? ws->mmax : n - ny;
   double *V = ws->v, *w = ws->w, *z = ws->z, *theta = ws->theta;
-  int64_t m = 0;
+  int64_t m = 0, top = 0;
   double b = 0.0;
   int rc;
   memset(run, 0, sizeof *run);
@@ -125,23 +127,27 @@ static int lanczos_run(const cpk_operator *op, lz_ws *ws, const double *y,
     ws->alpha[j] = a;
     b = cpk__nrm2(n, w);
     m = j + 1;
-    rc = cpk__tridiag_eig(m, ws->alpha, ws->beta, theta, z, ws->work, WHO);
+    /* the top Ritz pairs: pair i from the top is column top-1-i of z, with
+     * residual norm b |z[m-1, top-1-i]| */
+    top = want < m ? want : m;
+    double tmin;
+    rc = cpk__tridiag_top(m, ws->alpha, ws->beta, top, theta, z, &tmin,
+                          ws->work, ws->iwork, WHO);
     if (rc != CPK_OK)
       return rc;
-    double scale = fmax(scale0, fmax(fabs(theta[0]), fabs(theta[m - 1])));
+    double tmax = theta[top - 1];
+    double scale = fmax(scale0, fmax(fabs(tmin), fabs(tmax)));
     double thr = tol * scale;
     run->scale = scale;
-    /* Ritz pair i from the top is column m-1-i of z; residual b |z[m-1]|. */
-    int64_t top = want < m ? want : m, lead = 0;
-    while (lead < top &&
-           b * fabs(z[(m - 1) + (m - 1 - lead) * m]) <= thr)
+    int64_t lead = 0;
+    while (lead < top && b * fabs(z[(m - 1) + (top - 1 - lead) * m]) <= thr)
       lead++;
     run->nconv = lead;
     if (m >= want && lead >= want)
       break;
     if (!isnan(stop_below) &&
-        ((lead >= 1 && theta[m - 1] <= stop_below) ||
-         (m >= settle && theta[m - 1] < stop_below - sqrt(tol) * scale))) {
+        ((lead >= 1 && tmax <= stop_below) ||
+         (m >= settle && tmax < stop_below - sqrt(tol) * scale))) {
       run->below = 1;
       break;
     }
@@ -150,8 +156,7 @@ static int lanczos_run(const cpk_operator *op, lz_ws *ws, const double *y,
     if (b <= 1e-12 * scale || b == 0.0) {
       /* Invariant subspace: go on from a fresh direction. */
       ws->beta[j] = 0.0;
-      if (!new_direction(rng, n, y, ny, V, j + 1, V + (j + 1) * n,
-                         ws->scratch))
+      if (!new_direction(rng, n, y, ny, V, j + 1, V + (j + 1) * n, ws->scratch))
         break;
     } else {
       ws->beta[j] = b;
@@ -160,16 +165,16 @@ static int lanczos_run(const cpk_operator *op, lz_ws *ws, const double *y,
     }
   }
   run->steps = m;
-  run->pairs = want < m ? want : m;
-  /* Ritz vectors: vec_out = C V_m with C[i, :] = z[:, m-1-i]. */
+  run->pairs = top;
+  /* Ritz vectors: vec_out = C V_m with C[i, :] = z[:, top-1-i]. */
   for (int64_t i = 0; i < run->pairs; i++) {
-    theta_out[i] = theta[m - 1 - i];
-    memcpy(ws->coef + i * m, z + (m - 1 - i) * m, (size_t)m * sizeof *z);
+    theta_out[i] = theta[top - 1 - i];
+    memcpy(ws->coef + i * m, z + (top - 1 - i) * m, (size_t)m * sizeof *z);
   }
   if (run->pairs > 0)
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans,
-                (blasint)run->pairs, (blasint)n, (blasint)m, 1.0, ws->coef,
-                (blasint)m, V, (blasint)n, 0.0, vec_out, (blasint)n);
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)run->pairs,
+                (blasint)n, (blasint)m, 1.0, ws->coef, (blasint)m, V,
+                (blasint)n, 0.0, vec_out, (blasint)n);
   return CPK_OK;
 }
 
@@ -189,8 +194,7 @@ static int finish_pairs(const cpk_operator *op, const char *who, int64_t k,
     if (nr > 0)
       cblas_dscal((blasint)n, 1.0 / nr, y + i * n, 1);
   }
-  int rc = cpk__op_apply(op, k, y, ay, who, "residual check", 1,
-                         &inf->matvecs);
+  int rc = cpk__op_apply(op, k, y, ay, who, "residual check", 1, &inf->matvecs);
   if (rc != CPK_OK)
     return rc;
   if (rr_tmp != NULL && k > 1) {
@@ -201,9 +205,9 @@ static int finish_pairs(const cpk_operator *op, const char *who, int64_t k,
       rc = cpk__fail_prefix(CPK_ENOMEM, "%s: Rayleigh-Ritz", who);
       goto rr_done;
     }
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)k,
-                (blasint)k, (blasint)n, 1.0, y, (blasint)n, ay, (blasint)n,
-                0.0, h, (blasint)k);
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)k, (blasint)k,
+                (blasint)n, 1.0, y, (blasint)n, ay, (blasint)n, 0.0, h,
+                (blasint)k);
     for (int64_t i = 0; i < k; i++)
       for (int64_t j = 0; j < i; j++)
         h[i * k + j] = h[j * k + i] = 0.5 * (h[i * k + j] + h[j * k + i]);
@@ -219,8 +223,8 @@ static int finish_pairs(const cpk_operator *op, const char *who, int64_t k,
                 rr_tmp, (blasint)n);
     memcpy(y, rr_tmp, (size_t)(k * n) * sizeof *y);
     cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)k,
-                (blasint)n, (blasint)k, 1.0, c, (blasint)k, ay, (blasint)n,
-                0.0, rr_tmp, (blasint)n);
+                (blasint)n, (blasint)k, 1.0, c, (blasint)k, ay, (blasint)n, 0.0,
+                rr_tmp, (blasint)n);
     memcpy(ay, rr_tmp, (size_t)(k * n) * sizeof *ay);
   rr_done:
     cpk__free(mu);
@@ -248,7 +252,8 @@ static int check_k(const cpk_operator *op, int64_t k, const double *evals,
   if (rc != CPK_OK)
     return rc;
   if (k < 1 || k > op->dim)
-    return cpk__fail(CPK_EINVAL, "%s: k = %lld eigenpairs asked for; expected "
+    return cpk__fail(CPK_EINVAL,
+                     "%s: k = %lld eigenpairs asked for; expected "
                      "1 <= k <= %lld (the operator dimension)",
                      who, (long long)k, (long long)op->dim);
   if (evals == NULL)
@@ -262,8 +267,7 @@ int cpk_eigen_lanczos(const cpk_operator *op, int64_t k,
   static const cpk_eigen_options defaults;
   cpk_eigen_info inf = {0};
   lz_ws ws = {0};
-  double *y = NULL, *r = NULL, *tmp = NULL, *ty = NULL, *tr = NULL,
-         *tm = NULL;
+  double *y = NULL, *r = NULL, *tmp = NULL, *ty = NULL, *tr = NULL, *tm = NULL;
   int rc = check_k(op, k, eigenvalues, WHO);
   if (rc != CPK_OK)
     return rc;
@@ -273,22 +277,21 @@ int cpk_eigen_lanczos(const cpk_operator *op, int64_t k,
   const double tol = eff_tol(opts->tol);
   int64_t mmax = opts->max_iter;
   if (mmax < 0 || (mmax > 0 && mmax < k))
-    return cpk__fail(CPK_EINVAL, WHO ": max_iter = %lld must be 0 (default) "
-                     "or at least k = %lld", (long long)mmax, (long long)k);
+    return cpk__fail(CPK_EINVAL,
+                     WHO ": max_iter = %lld must be 0 (default) "
+                         "or at least k = %lld",
+                     (long long)mmax, (long long)k);
   if (mmax == 0)
     mmax = 3 * k > 80 ? 3 * k : 80;
   if (mmax > n)
     mmax = n;
 
-  size_t basis_bytes, kn_bytes, zz_bytes;
+  size_t basis_bytes, kn_bytes;
   rc = cpk__mul_size((size_t)mmax, (size_t)n * sizeof(double), &basis_bytes,
                      WHO " basis (max_iter x dim)");
   if (rc == CPK_OK)
     rc = cpk__mul_size((size_t)k, (size_t)n * sizeof(double), &kn_bytes,
                        WHO " eigenvectors (k x dim)");
-  if (rc == CPK_OK)
-    rc = cpk__mul_size((size_t)mmax, (size_t)mmax * sizeof(double), &zz_bytes,
-                       WHO " tridiagonal eigenvectors");
   if (rc != CPK_OK)
     return rc;
   ws.n = n;
@@ -298,9 +301,11 @@ int cpk_eigen_lanczos(const cpk_operator *op, int64_t k,
       (ws.w = cpk__malloc((size_t)n * sizeof(double))) == NULL ||
       (ws.alpha = cpk__malloc((size_t)mmax * sizeof(double))) == NULL ||
       (ws.beta = cpk__calloc((size_t)mmax * sizeof(double))) == NULL ||
-      (ws.theta = cpk__malloc((size_t)mmax * sizeof(double))) == NULL ||
-      (ws.z = cpk__malloc(zz_bytes)) == NULL ||
-      (ws.work = cpk__malloc((size_t)(3 * mmax) * sizeof(double))) == NULL ||
+      (ws.theta = cpk__malloc((size_t)k * sizeof(double))) == NULL ||
+      (ws.z = cpk__malloc((size_t)(mmax * k) * sizeof(double))) == NULL ||
+      (ws.work = cpk__malloc((size_t)(23 * mmax) * sizeof(double))) == NULL ||
+      (ws.iwork = cpk__malloc((size_t)(10 * mmax + 2 * k) *
+                              sizeof(lapack_int))) == NULL ||
       (ws.scratch = cpk__malloc((size_t)sk * sizeof(double))) == NULL ||
       (ws.coef = cpk__malloc((size_t)(k * mmax) * sizeof(double))) == NULL ||
       (y = cpk__malloc(kn_bytes)) == NULL ||
@@ -309,8 +314,10 @@ int cpk_eigen_lanczos(const cpk_operator *op, int64_t k,
       (ty = cpk__malloc((size_t)k * sizeof(double))) == NULL ||
       (tr = cpk__malloc((size_t)k * sizeof(double))) == NULL ||
       (tm = cpk__malloc((size_t)k * sizeof(double))) == NULL) {
-    rc = cpk__fail_prefix(CPK_ENOMEM, WHO " (k = %lld, max_iter = %lld, dim = "
-                          "%lld)", (long long)k, (long long)mmax, (long long)n);
+    rc = cpk__fail_prefix(CPK_ENOMEM,
+                          WHO " (k = %lld, max_iter = %lld, dim = "
+                              "%lld)",
+                          (long long)k, (long long)mmax, (long long)n);
     goto free_all;
   }
 
@@ -391,6 +398,7 @@ free_all:
   cpk__free(y);
   cpk__free(ws.coef);
   cpk__free(ws.scratch);
+  cpk__free(ws.iwork);
   cpk__free(ws.work);
   cpk__free(ws.z);
   cpk__free(ws.theta);

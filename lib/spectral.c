@@ -4,6 +4,7 @@
  * tridiagonal eigenproblem.
  */
 #include <cblas.h>
+#include <float.h>
 #include <lapacke.h>
 #include <math.h>
 #include <stdio.h>
@@ -16,8 +17,10 @@ int cpk__op_check(const cpk_operator *op, const char *who) {
     return cpk__fail(CPK_EINVAL, "%s: no operator (NULL or without apply)",
                      who);
   if (op->dim < 1)
-    return cpk__fail(CPK_EINVAL, "%s: operator dimension must be >= 1, found "
-                     "%lld", who, (long long)op->dim);
+    return cpk__fail(CPK_EINVAL,
+                     "%s: operator dimension must be >= 1, found "
+                     "%lld",
+                     who, (long long)op->dim);
   return CPK_OK;
 }
 
@@ -62,11 +65,15 @@ int cpk__op_apply(const cpk_operator *op, int64_t k, const double *in,
 int cpk__lapack_fail(const char *who, const char *routine, int info,
                      const char *positive) {
   if (info == LAPACK_WORK_MEMORY_ERROR || info == LAPACK_TRANSPOSE_MEMORY_ERROR)
-    return cpk__fail(CPK_ENOMEM, "%s: LAPACK %s could not allocate its "
-                     "workspace", who, routine);
+    return cpk__fail(CPK_ENOMEM,
+                     "%s: LAPACK %s could not allocate its "
+                     "workspace",
+                     who, routine);
   if (info < 0)
-    return cpk__fail(CPK_EINVAL, "%s: LAPACK %s rejected its argument %d "
-                     "(a bug in curvpack)", who, routine, -info);
+    return cpk__fail(CPK_EINVAL,
+                     "%s: LAPACK %s rejected its argument %d "
+                     "(a bug in curvpack)",
+                     who, routine, -info);
   char what[256];
   snprintf(what, sizeof what, positive, info);
   return cpk__fail(CPK_ERANGE, "%s: LAPACK %s failed: %s", who, routine, what);
@@ -121,8 +128,8 @@ void cpk__orth(int64_t nv, int64_t n, const double *v, double *w, double *h,
 
 int cpk__tridiag_eig(int64_t m, const double *alpha, const double *beta,
                      double *theta, double *z, double *work, const char *who) {
-  double *e = work;          /* m (dstev overwrites the off-diagonal) */
-  double *lwork = work + m;  /* max(1, 2m - 2) */
+  double *e = work;         /* m (dstev overwrites the off-diagonal) */
+  double *lwork = work + m; /* max(1, 2m - 2) */
   memcpy(theta, alpha, (size_t)m * sizeof *theta);
   if (m > 1)
     memcpy(e, beta, (size_t)(m - 1) * sizeof *e);
@@ -149,8 +156,8 @@ int cpk__sym_eig(int64_t d, double *mat, double *w, const char *who,
   lapack_int *iwork = cpk__malloc(liwork * sizeof(lapack_int));
   int rc = CPK_OK;
   if (work == NULL || iwork == NULL) {
-    rc = cpk__fail_prefix(CPK_ENOMEM, "%s: eigendecomposition of %s", who,
-                          name);
+    rc =
+        cpk__fail_prefix(CPK_ENOMEM, "%s: eigendecomposition of %s", who, name);
     goto free_all;
   }
   info = LAPACKE_dsyevd_work(LAPACK_COL_MAJOR, 'V', 'L', (lapack_int)d, mat,
@@ -158,12 +165,55 @@ int cpk__sym_eig(int64_t d, double *mat, double *w, const char *who,
                              (lapack_int)liwork);
   if (info != 0) {
     char what[200];
-    snprintf(what, sizeof what, "the eigendecomposition of %s did not "
-             "converge (info %%d)", name);
+    snprintf(what, sizeof what,
+             "the eigendecomposition of %s did not "
+             "converge (info %%d)",
+             name);
     rc = cpk__lapack_fail(who, "dsyevd", (int)info, what);
   }
 free_all:
   cpk__free(iwork);
   cpk__free(work);
   return rc;
+}
+
+int cpk__tridiag_top(int64_t m, const double *alpha, const double *beta,
+                     int64_t top, double *theta, double *z, double *theta_min,
+                     double *work, lapack_int *iwork, const char *who) {
+  double *d = work, *e = work + m, *w = work + 2 * m, *lw = work + 3 * m;
+  lapack_int *isuppz = iwork, *liw = iwork + 2 * top;
+  lapack_int found = 0, info;
+  const double abstol = 2 * DBL_MIN; /* most accurate bisection */
+  /* the smallest eigenvalue (values only) */
+  memcpy(d, alpha, (size_t)m * sizeof *d);
+  if (m > 1)
+    memcpy(e, beta, (size_t)(m - 1) * sizeof *e);
+  info = LAPACKE_dstevr_work(LAPACK_COL_MAJOR, 'N', 'I', (lapack_int)m, d, e,
+                             0.0, 0.0, 1, 1, abstol, &found, w, z,
+                             (lapack_int)m, isuppz, lw, (lapack_int)(20 * m),
+                             liw, (lapack_int)(10 * m));
+  if (info != 0)
+    return cpk__lapack_fail(who, "dstevr", (int)info,
+                            "internal error %d in the tridiagonal "
+                            "eigensolver");
+  *theta_min = w[0];
+  /* the top `top` pairs, ascending */
+  memcpy(d, alpha, (size_t)m * sizeof *d);
+  if (m > 1)
+    memcpy(e, beta, (size_t)(m - 1) * sizeof *e);
+  info =
+      LAPACKE_dstevr_work(LAPACK_COL_MAJOR, 'V', 'I', (lapack_int)m, d, e, 0.0,
+                          0.0, (lapack_int)(m - top + 1), (lapack_int)m, abstol,
+                          &found, theta, z, (lapack_int)m, isuppz, lw,
+                          (lapack_int)(20 * m), liw, (lapack_int)(10 * m));
+  if (info != 0)
+    return cpk__lapack_fail(who, "dstevr", (int)info,
+                            "internal error %d in the tridiagonal "
+                            "eigensolver");
+  if (found != (lapack_int)top)
+    return cpk__fail(CPK_ERANGE,
+                     "%s: LAPACK dstevr found %d of the %lld top "
+                     "eigenvalues of the tridiagonal matrix",
+                     who, (int)found, (long long)top);
+  return CPK_OK;
 }

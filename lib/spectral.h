@@ -6,6 +6,7 @@
 #ifndef CPK_SPECTRAL_H
 #define CPK_SPECTRAL_H
 
+#include <lapacke.h>
 #include <stdint.h>
 
 #include "curvpack.h"
@@ -55,6 +56,15 @@ double cpk__dot(int64_t n, const double *x, const double *y);
  * work holds at least 3m doubles. */
 int cpk__tridiag_eig(int64_t m, const double *alpha, const double *beta,
                      double *theta, double *z, double *work, const char *who);
+
+/* The `top` largest eigenpairs of the same tridiagonal matrix (LAPACK
+ * dstevr on a subset: bisection and inverse iteration, O(m top) rather than
+ * O(m^3)): theta[top] ascending, z [m, top] column major (column j belongs
+ * to theta[j]), and *theta_min the smallest eigenvalue. work holds 23 m
+ * doubles, iwork 10 m + 2 top ints. */
+int cpk__tridiag_top(int64_t m, const double *alpha, const double *beta,
+                     int64_t top, double *theta, double *z, double *theta_min,
+                     double *work, lapack_int *iwork, const char *who);
 
 /* Eigendecomposition of the symmetric mat [d, d] in place (LAPACK dsyevd,
  * lower triangle in column-major terms): w [d] ascending eigenvalues, mat

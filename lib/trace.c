@@ -73,8 +73,8 @@ static int probe_blocks(const cpk_operator *op, int64_t count, int64_t block,
                   (blasint)nq, (blasint)n, 1.0, z, (blasint)n, q, (blasint)n,
                   0.0, c, (blasint)nq);
       cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)b,
-                  (blasint)n, (blasint)nq, -1.0, c, (blasint)nq, q,
-                  (blasint)n, 1.0, z, (blasint)n);
+                  (blasint)n, (blasint)nq, -1.0, c, (blasint)nq, q, (blasint)n,
+                  1.0, z, (blasint)n);
     }
     int rc = cpk__op_apply(op, b, z, az, who, "probe block", bi, NULL);
     if (rc != CPK_OK)
@@ -139,7 +139,8 @@ int cpk_trace_hutchpp(const cpk_operator *op, int64_t matvecs,
   if (rc != CPK_OK)
     return rc;
   if (matvecs < 3)
-    return cpk__fail(CPK_EINVAL, "%s: matvecs = %lld must be >= 3 (a third "
+    return cpk__fail(CPK_EINVAL,
+                     "%s: matvecs = %lld must be >= 3 (a third "
                      "for the sketch, a third for A Q, the rest for probes)",
                      who, (long long)matvecs);
   const int64_t n = op->dim;
@@ -155,8 +156,8 @@ int cpk_trace_hutchpp(const cpk_operator *op, int64_t matvecs,
                      "hutch++ block (sketch x dim)");
   if (rc != CPK_OK)
     return rc;
-  double *q = NULL, *aq = NULL, *z = NULL, *az = NULL, *c = NULL,
-         *tau = NULL, *work = NULL;
+  double *q = NULL, *aq = NULL, *z = NULL, *az = NULL, *c = NULL, *tau = NULL,
+         *work = NULL;
   if ((q = cpk__malloc(bytes)) == NULL || (aq = cpk__malloc(bytes)) == NULL ||
       (z = cpk__malloc((size_t)block * (size_t)n * sizeof(double))) == NULL ||
       (az = cpk__malloc((size_t)block * (size_t)n * sizeof(double))) == NULL ||
@@ -177,9 +178,9 @@ int cpk_trace_hutchpp(const cpk_operator *op, int64_t matvecs,
   /* Q := orth(A S). The rows of aq [s, n] row major are the columns of an
    * n x s column-major matrix with leading dimension n: QR in place. */
   double wq;
-  lapack_int info = LAPACKE_dgeqrf_work(LAPACK_COL_MAJOR, (lapack_int)n,
-                                        (lapack_int)s, aq, (lapack_int)n, tau,
-                                        &wq, -1);
+  lapack_int info =
+      LAPACKE_dgeqrf_work(LAPACK_COL_MAJOR, (lapack_int)n, (lapack_int)s, aq,
+                          (lapack_int)n, tau, &wq, -1);
   double wo;
   if (info == 0)
     info = LAPACKE_dorgqr_work(LAPACK_COL_MAJOR, (lapack_int)n, (lapack_int)s,
@@ -194,8 +195,8 @@ int cpk_trace_hutchpp(const cpk_operator *op, int64_t matvecs,
     rc = cpk__fail_prefix(CPK_ENOMEM, "%s: QR workspace", who);
     goto free_all;
   }
-  info = LAPACKE_dgeqrf_work(LAPACK_COL_MAJOR, (lapack_int)n, (lapack_int)s,
-                             aq, (lapack_int)n, tau, work, (lapack_int)lwork);
+  info = LAPACKE_dgeqrf_work(LAPACK_COL_MAJOR, (lapack_int)n, (lapack_int)s, aq,
+                             (lapack_int)n, tau, work, (lapack_int)lwork);
   if (info != 0) {
     rc = cpk__lapack_fail(who, "dgeqrf", (int)info, "info %d");
     goto free_all;

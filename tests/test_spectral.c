@@ -57,9 +57,9 @@ typedef struct {
   int64_t n;
   double *a; /* n x n, row major, symmetric */
   int64_t calls, vectors, max_k;
-  int64_t fail_at;    /* fail on this call (1-based); 0: never */
-  int fail_status;    /* status returned then */
-  int fail_message;   /* nonzero: record a message through cpk_last_error */
+  int64_t fail_at;      /* fail on this call (1-based); 0: never */
+  int fail_status;      /* status returned then */
+  int fail_message;     /* nonzero: record a message through cpk_last_error */
   int64_t nonfinite_at; /* write NaN/inf on this call */
 } dense_op;
 
@@ -85,9 +85,7 @@ static cpk_operator op_of(dense_op *d) {
   return op;
 }
 
-static void reset_counts(dense_op *d) {
-  d->calls = d->vectors = d->max_k = 0;
-}
+static void reset_counts(dense_op *d) { d->calls = d->vectors = d->max_k = 0; }
 
 /* A random orthogonal matrix [n, n] (QR of a Gaussian matrix). */
 static double *random_orthogonal(int64_t n, trng *r) {
@@ -128,9 +126,9 @@ static double *random_sym(int64_t n, int psd, trng *r) {
   for (int64_t i = 0; i < n * n; i++)
     x[i] = trng_normal(r);
   if (psd) {
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)n,
-                (blasint)n, (blasint)n, 1.0 / (double)n, x, (blasint)n, x,
-                (blasint)n, 0.0, a, (blasint)n);
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)n, (blasint)n,
+                (blasint)n, 1.0 / (double)n, x, (blasint)n, x, (blasint)n, 0.0,
+                a, (blasint)n);
   } else {
     for (int64_t i = 0; i < n; i++)
       for (int64_t j = 0; j < n; j++)
@@ -248,8 +246,8 @@ static void check_pairs(int64_t n, const double *a, int64_t k,
 
 /* ---------------------------------------------------------------- Lanczos */
 
-static void run_lanczos_case(int64_t n, double *a, int64_t k,
-                             int64_t max_iter, const char *what) {
+static void run_lanczos_case(int64_t n, double *a, int64_t k, int64_t max_iter,
+                             const char *what) {
   dense_op d = {.n = n, .a = a};
   cpk_operator op = op_of(&d);
   cpk_eigen_options o = {.tol = 1e-12, .seed = 3, .max_iter = max_iter};
@@ -448,7 +446,8 @@ static void test_lanczos_outliers_bulk(void **state) {
   o.no_restart_check = 1;
   tu_ok(cpk_eigen_lanczos(&op, 5, &o, vals, vecs, &plain));
   print_message("outliers over a bulk: %lld products with the check, %lld "
-                "without\n", (long long)info.matvecs, (long long)plain.matvecs);
+                "without\n",
+                (long long)info.matvecs, (long long)plain.matvecs);
   assert_true(info.converged && plain.converged);
   assert_int_equal(info.runs, 2);
   assert_true(info.iterations <= 2 * plain.iterations);
@@ -781,10 +780,17 @@ static void test_slq_density(void **state) {
 }
 
 /* Numbers from tests/fixtures/spectral/density_ref.py. */
-static const double case1_grid[9] = {-1, -0.53125, -0.0625, 0.40625, 0.875, 1.34375, 1.8125, 2.28125, 2.75};
-static const double case1_density[9] = {0.26602108105971944, 0.38039409664441626, 0.26837694953018726, 0.20958169902167731, 0.16893682149649281, 0.14469556265041245, 0.2522563361113862, 0.25195120622996242, 0.19111958058907905};
-static const double case2_grid[6] = {-0.01, 0.053999999999999999, 0.11800000000000001, 0.182, 0.246, 0.31};
-static const double case2_density[6] = {3.0081909634095658, 2.7372632718649461, 2.0670457647254881, 2.0670457647254881, 2.7372632718649461, 3.0081909634095658};
+static const double case1_grid[9] = {-1,      -0.53125, -0.0625, 0.40625, 0.875,
+                                     1.34375, 1.8125,   2.28125, 2.75};
+static const double case1_density[9] = {
+    0.26602108105971944, 0.38039409664441626, 0.26837694953018726,
+    0.20958169902167731, 0.16893682149649281, 0.14469556265041245,
+    0.2522563361113862,  0.25195120622996242, 0.19111958058907905};
+static const double case2_grid[6] = {
+    -0.01, 0.053999999999999999, 0.11800000000000001, 0.182, 0.246, 0.31};
+static const double case2_density[6] = {3.0081909634095658, 2.7372632718649461,
+                                        2.0670457647254881, 2.0670457647254881,
+                                        2.7372632718649461, 3.0081909634095658};
 
 static void test_density_pyhessian_formula(void **state) {
   (void)state;
@@ -826,12 +832,12 @@ static double *random_spd(int64_t m, double ridge, trng *r) {
 static void kron_apply(int64_t m, int64_t n, const double *a, const double *b,
                        double d, const double *x, double *y) {
   double *t = dalloc(m * n);
-  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)m,
-              (blasint)n, (blasint)m, 1.0, a, (blasint)m, x, (blasint)n, 0.0,
-              t, (blasint)n);
-  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)m,
-              (blasint)n, (blasint)n, 1.0, t, (blasint)n, b, (blasint)n, 0.0,
-              y, (blasint)n);
+  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)m, (blasint)n,
+              (blasint)m, 1.0, a, (blasint)m, x, (blasint)n, 0.0, t,
+              (blasint)n);
+  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)m, (blasint)n,
+              (blasint)n, 1.0, t, (blasint)n, b, (blasint)n, 0.0, y,
+              (blasint)n);
   for (int64_t i = 0; i < m * n; i++)
     y[i] += d * x[i];
   free(t);
@@ -1005,8 +1011,8 @@ static void test_operator_errors(void **state) {
   d.fail_at = 7;
   d.fail_status = CPK_EIO;
   assert_int_equal(cpk_eigen_lanczos(&op, 2, &eo, vals, vecs, NULL), CPK_EIO);
-  assert_non_null(strstr(cpk_last_error(),
-                         "lanczos: operator failed at iteration 7"));
+  assert_non_null(
+      strstr(cpk_last_error(), "lanczos: operator failed at iteration 7"));
   reset_counts(&d);
   assert_int_equal(cpk_eigen_power(&op, 2, NULL, vals, vecs, NULL), CPK_EIO);
   assert_non_null(strstr(cpk_last_error(),
@@ -1017,8 +1023,8 @@ static void test_operator_errors(void **state) {
   d.fail_status = 5;
   cpk_trace_options to = {.block = 4};
   assert_int_equal(cpk_trace_hutchinson(&op, 20, &to, &t, &se), CPK_EINVAL);
-  assert_non_null(strstr(cpk_last_error(),
-                         "hutchinson: operator failed at probe block 2"));
+  assert_non_null(
+      strstr(cpk_last_error(), "hutchinson: operator failed at probe block 2"));
   assert_non_null(strstr(cpk_last_error(), "status 5"));
   reset_counts(&d);
   d.fail_at = 2;
@@ -1028,8 +1034,8 @@ static void test_operator_errors(void **state) {
   reset_counts(&d);
   d.fail_at = 3;
   assert_int_equal(cpk_spectral_density(&op, NULL, out), CPK_ENOMEM);
-  assert_non_null(strstr(cpk_last_error(),
-                         "operator failed at run 1, iteration 3"));
+  assert_non_null(
+      strstr(cpk_last_error(), "operator failed at run 1, iteration 3"));
   d.fail_at = 0;
 
   /* non-finite values from the operator */
