@@ -97,5 +97,8 @@ int cmd_jacobian(int argc, char **argv);
 int cmd_propagate(int argc, char **argv);
 int cmd_hvp(int argc, char **argv);
 int cmd_ggnvp(int argc, char **argv);
+int cmd_eigen(int argc, char **argv);
+int cmd_trace(int argc, char **argv);
+int cmd_density(int argc, char **argv);
 
 #endif

@@ -19,10 +19,13 @@ static const struct {
     {"hvp", cmd_hvp, "Hessian of the loss times a parameter vector"},
     {"ggnvp", cmd_ggnvp,
      "generalized Gauss-Newton matrix times a parameter vector"},
+    {"eigen", cmd_eigen, "top eigenvalues and eigenvectors of the curvature"},
+    {"trace", cmd_trace, "trace of the curvature (exact or stochastic)"},
+    {"density", cmd_density, "spectral density of the curvature (SLQ)"},
 };
 
 /* Commands of the contract that a later release brings. */
-static const char *const coming[] = {"eigen", "trace", "density", "train"};
+static const char *const coming[] = {"train"};
 
 static void usage(FILE *to) {
   fprintf(to, "usage: curvpack COMMAND [options]\n\n"

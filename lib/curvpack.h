@@ -361,6 +361,10 @@ typedef struct cpk_operator {
   void *ud;
 } cpk_operator;
 
+/* The curvature operator as a cpk_operator for the spectral tools (op must
+ * outlive the operator). */
+void cpk_curvature_op_as_operator(cpk_curvature_op *op, cpk_operator *out);
+
 /* Options of the eigensolvers; zero-initialise (or pass NULL) for defaults. */
 typedef struct cpk_eigen_options {
   /* Lanczos: most Lanczos steps (Krylov basis size) in one run, 0: min(P,

@@ -406,3 +406,14 @@ int cpk_curvature_op_apply(cpk_curvature_op *op, int64_t k, const double *in,
   cpk__free(prods);
   return rc;
 }
+
+static int apply_as_matvec(void *ud, int64_t k, const double *in,
+                           double *out) {
+  return cpk_curvature_op_apply(ud, k, in, out);
+}
+
+void cpk_curvature_op_as_operator(cpk_curvature_op *op, cpk_operator *out) {
+  out->dim = op->dim;
+  out->apply = apply_as_matvec;
+  out->ud = op;
+}
