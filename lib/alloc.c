@@ -1,5 +1,8 @@
 /* alloc.c: tracked, aligned allocation. Every buffer of the library goes
- * through here, so that a pass can report the peak memory it allocated. */
+ * through here, so that a pass can report the peak memory it allocated.
+ * Large blocks that are freed are kept in a small cache and handed out
+ * again for the same size: repeated passes (training steps, --repeat,
+ * Lanczos products) then neither map nor fault in fresh pages each time. */
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +15,71 @@
 
 static atomic_size_t in_use;
 static atomic_size_t peak;
+
+/* The cache of freed large blocks (by their full size), under a spin lock. */
+#define CACHE_SLOTS 64
+#define CACHE_MIN_BYTES ((size_t)64 << 10)
+#define CACHE_MAX_BYTES ((size_t)1 << 30)
+static struct {
+  unsigned char *base;
+  size_t total;
+} cache[CACHE_SLOTS];
+static int cache_count;
+static size_t cache_bytes;
+static atomic_flag cache_lock = ATOMIC_FLAG_INIT;
+
+static void lock(void) {
+  while (atomic_flag_test_and_set_explicit(&cache_lock, memory_order_acquire)) {
+  }
+}
+static void unlock(void) {
+  atomic_flag_clear_explicit(&cache_lock, memory_order_release);
+}
+
+/* A cached block of `total` bytes or up to an eighth more, or NULL. */
+static unsigned char *cache_take(size_t total) {
+  unsigned char *base = NULL;
+  int best = -1;
+  if (total < CACHE_MIN_BYTES)
+    return NULL;
+  lock();
+  for (int i = 0; i < cache_count; i++)
+    if (cache[i].total >= total && cache[i].total - total <= total / 8 &&
+        (best < 0 || cache[i].total < cache[best].total))
+      best = i;
+  if (best >= 0) {
+    base = cache[best].base;
+    cache_bytes -= cache[best].total;
+    cache[best] = cache[--cache_count];
+  }
+  unlock();
+  return base;
+}
+
+/* Keep a freed block for reuse; 0 when the cache has no room for it. */
+static int cache_put(unsigned char *base, size_t total) {
+  int kept = 0;
+  if (total < CACHE_MIN_BYTES)
+    return 0;
+  lock();
+  if (cache_count < CACHE_SLOTS && cache_bytes + total <= CACHE_MAX_BYTES) {
+    cache[cache_count].base = base;
+    cache[cache_count++].total = total;
+    cache_bytes += total;
+    kept = 1;
+  }
+  unlock();
+  return kept;
+}
+
+void cpk_memory_trim(void) {
+  lock();
+  for (int i = 0; i < cache_count; i++)
+    free(cache[i].base);
+  cache_count = 0;
+  cache_bytes = 0;
+  unlock();
+}
 
 size_t cpk_memory_in_use(void) { return atomic_load(&in_use); }
 size_t cpk_memory_peak(void) { return atomic_load(&peak); }
@@ -31,7 +99,11 @@ void *cpk__malloc(size_t bytes) {
     return NULL;
   }
   total = (bytes + CPK__HEADER + CPK__ALIGN - 1) / CPK__ALIGN * CPK__ALIGN;
-  unsigned char *base = aligned_alloc(CPK__ALIGN, total);
+  unsigned char *base = cache_take(total);
+  if (base != NULL)
+    memcpy(&total, base, sizeof total); /* the block's own, maybe larger, size */
+  else
+    base = aligned_alloc(CPK__ALIGN, total);
   if (base == NULL) {
     cpk__fail(CPK_ENOMEM, "out of memory: %zu bytes asked for", bytes);
     return NULL;
@@ -56,7 +128,8 @@ void cpk__free(void *p) {
   base = (unsigned char *)p - CPK__HEADER;
   memcpy(&total, base, sizeof total);
   atomic_fetch_sub(&in_use, total);
-  free(base);
+  if (!cache_put(base, total))
+    free(base);
 }
 
 char *cpk__strdup(const char *s) {

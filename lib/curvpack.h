@@ -243,6 +243,36 @@ int cpk_compute(cpk_context *ctx, cpk_model *model, const cpk_pass_spec *spec,
                 const cpk_tensor *input, const cpk_tensor *target,
                 cpk_results **out);
 
+/* A visitor of per-sample gradients (cpk_pass_options.visit_grad_batch):
+ * `chunk` [count, *S] holds the rows first .. first + count - 1 of the
+ * per-sample gradients of parameter `param` ("1.weight"), as batch_grad
+ * gives them (loss scale included: with `mean` they sum to the gradient).
+ * Valid during the call only. Returns CPK_OK, or a status that stops the
+ * pass (cpk_compute_ex returns it). */
+typedef int (*cpk_grad_batch_fn)(void *ud, const char *param, int64_t first,
+                                 const cpk_tensor *chunk);
+
+/* Options of cpk_compute_ex; zero-initialise, or pass NULL for none. */
+typedef struct cpk_pass_options {
+  /* Nonzero: an extension that has no implementation at a parameter's
+   * layer yet (CPK_ENOTSUP there, e.g. kfac at a convolution) leaves that
+   * parameter without its results instead of failing the pass; the caller
+   * sees the absence through cpk_results_find. */
+  int skip_unsupported;
+  /* When set, called at every trainable parameter during the backward pass
+   * with its per-sample gradients in chunks of consecutive samples, sized
+   * from the context's work budget: the whole [N, *S] is never held unless
+   * an extension (batch_grad) keeps it anyway. */
+  cpk_grad_batch_fn visit_grad_batch;
+  void *visit_ud;
+} cpk_pass_options;
+
+/* cpk_compute with options (NULL: cpk_compute). */
+int cpk_compute_ex(cpk_context *ctx, cpk_model *model,
+                   const cpk_pass_spec *spec, const cpk_pass_options *opts,
+                   const cpk_tensor *input, const cpk_tensor *target,
+                   cpk_results **out);
+
 /* ------------------------------------------------------------ forward mode
  * Jacobians of the model output f with respect to its input (and
  * parameters), evaluated at `input` [N, *in_shape] in evaluation mode
@@ -523,6 +553,258 @@ int cpk_kron_solve(cpk_kron_damping mode, int64_t m, const double *a,
                    int64_t n, const double *b, double damping, const double *g,
                    double *out);
 
+/* --------------------------------------------------------------- IDX data */
+
+/* Read an IDX file (the MNIST format: magic 0x000008DD, D big-endian uint32
+ * extents, unsigned bytes in C order), gzip-compressed or plain, into a
+ * tensor of the file's shape in `dtype`: floats hold scale * byte (1/255
+ * maps images to [0, 1]); integer dtypes hold the byte (scale must be 1).
+ * max_items > 0 reads only the first max_items entries of axis 0 (the rest
+ * of the file is not looked at); 0 reads the whole file, which must end
+ * where the header says. Errors name the file: CPK_EFORMAT for a bad magic,
+ * a zero extent, a truncated header or data, trailing data or a corrupt
+ * gzip stream; CPK_ENOTSUP for IDX element types other than unsigned byte;
+ * CPK_EOVERFLOW when the extents' product overflows; CPK_EIO when the file
+ * cannot be read. */
+int cpk_idx_read(const char *path, cpk_dtype dtype, double scale,
+                 int64_t max_items, cpk_tensor **out);
+
+/* ---------------------------------------------------------------- training
+ * Built-in problems, optimizers, the diagnostics Cockpit tracks, and a
+ * trainer that runs them together over a classification data set with the
+ * cross-entropy loss (mean reduction). Everything is seeded: the same seed
+ * gives the same batches, dropout masks, Monte Carlo draws and parameters,
+ * also across a checkpoint and resume. */
+
+/* The model-file text of a built-in problem (DeepOBS's architectures):
+ * "mnist_logreg" (flatten, linear 784 10), "fmnist_mlp" (784-1000-500-100-10
+ * with ReLUs), "fmnist_2c2d" (two 5x5 convolutions of 32 and 64 channels
+ * with ReLU and 2x2 max pooling, linear 3136 1024, ReLU, linear 1024 10).
+ * CPK_EUSAGE for another name. */
+int cpk_problem_model(const char *name, const char **text);
+/* Initialise a model built from cpk_problem_model(name) as DeepOBS does:
+ * logreg all zeros; mlp weights from a normal of std 0.03 truncated at two
+ * standard deviations, biases 0; 2c2d weights the same with std 0.05,
+ * biases 0.05. */
+int cpk_problem_init_params(cpk_model *model, const char *name,
+                            uint64_t seed);
+
+typedef enum {
+  CPK_OPTIM_SGD = 0,      /* SGD with momentum (PyTorch's formula) */
+  CPK_OPTIM_ADAM = 1,     /* Adam (PyTorch's) */
+  CPK_OPTIM_DIAG_GGN = 2, /* damped diagonal-GGN Newton step */
+  CPK_OPTIM_KFAC = 3      /* damped Kronecker-factored (KFAC) step */
+} cpk_optim_kind;
+
+int cpk_optim_parse(const char *name, cpk_optim_kind *out);
+const char *cpk_optim_name(cpk_optim_kind kind);
+
+/* Options of an optimizer; fill with cpk_optim_defaults, then change.
+ * With g the gradient of the mean loss plus weight_decay * theta, an update
+ * is theta += d where
+ *   sgd       p = g
+ *   diag_ggn  p = g / (diag_ggn + damping)           (elementwise)
+ *   kfac      p = (G (x) A + damping)^-1 g per weight [G, A], (G + damping
+ *             I)^-1 g per bias [G] (cpk_kron_inverse, kron_damping); a
+ *             parameter whose layer has no Kronecker factors yet takes
+ *             p = g (identity curvature, see cpk_optim_fallback)
+ *   b = momentum * b + p (b = p at the first step),  d = -lr * b
+ * and Adam (PyTorch): m = beta1 m + (1 - beta1) g, v = beta2 v +
+ * (1 - beta2) g^2, d = -lr (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) +
+ * eps). The curvature (diag_ggn, kfac) comes from the pass of every
+ * update_every-th step (the first included) and is kept in between; with
+ * ema > 0 it is a running average C = ema C + (1 - ema) C_new. */
+typedef struct cpk_optim_options {
+  cpk_optim_kind kind;
+  double lr, momentum, weight_decay;
+  double damping;        /* diag_ggn, kfac */
+  double beta1, beta2, eps; /* adam */
+  int64_t update_every;  /* steps between curvature refreshes, >= 1 */
+  double ema;            /* in [0, 1) */
+  int ggn_mc;            /* diag_ggn: 1 diag_ggn_mc, 0 diag_ggn_exact */
+  cpk_kron_damping kron_damping; /* kfac */
+} cpk_optim_options;
+
+/* Defaults per kind: sgd lr 0.01 momentum 0.9; adam lr 1e-3, betas (0.9,
+ * 0.999), eps 1e-8; diag_ggn lr 0.1, damping 1e-2, MC; kfac lr 0.01,
+ * damping 1e-2, factored damping; update_every 10, no weight decay, ema 0.
+ */
+void cpk_optim_defaults(cpk_optim_kind kind, cpk_optim_options *o);
+
+/* Check the options: CPK_EINVAL naming the first one out of range. */
+int cpk_optim_check(const cpk_optim_options *o);
+
+typedef struct cpk_optim cpk_optim;
+
+/* An optimizer for the trainable parameters of a built model (its state is
+ * float64, one buffer per parameter and kind); checks the options first. */
+int cpk_optim_new(cpk_optim **out, const cpk_optim_options *opts,
+                  const cpk_model *model);
+void cpk_optim_free(cpk_optim *opt);
+/* The extensions the next step's pass must compute: "", "diag_ggn_mc",
+ * "diag_ggn_exact" or "kfac" (on curvature refresh steps). For kfac, run
+ * the pass with cpk_pass_options.skip_unsupported. */
+const char *cpk_optim_extensions(const cpk_optim *opt);
+/* Compute the next update d from the results of that pass (the gradients
+ * P.grad and the requested extensions); keeps it until cpk_optim_apply. */
+int cpk_optim_prepare(cpk_optim *opt, const cpk_model *model,
+                      const cpk_results *res);
+/* The prepared update of parameter i (cpk_model_param order; NULL for a
+ * buffer): numel(theta_i) doubles. */
+const double *cpk_optim_update(const cpk_optim *opt, int i);
+/* theta += d for every trainable parameter; counts the step. */
+int cpk_optim_apply(cpk_optim *opt, cpk_model *model);
+/* Steps applied so far. */
+int64_t cpk_optim_steps(const cpk_optim *opt);
+/* 1 when parameter i took the identity-curvature step at the last prepare
+ * because the pass gave no curvature for it (kfac at a layer without
+ * Kronecker factors). */
+int cpk_optim_fallback(const cpk_optim *opt, int i);
+/* Save the state (step count, buffers, curvature) as .npy files in DIR
+ * (which must exist), and load it back into an optimizer of the same kind
+ * and model. Kronecker inverses are rebuilt from the saved factors. */
+int cpk_optim_save(const cpk_optim *opt, const char *dir);
+int cpk_optim_load(cpk_optim *opt, const char *dir);
+
+/* Mean cross-entropy and accuracy of a model on a labelled set, in
+ * evaluation mode (dropout off, batch norm on running statistics), in
+ * forward passes of at most `batch` samples. images [N, *sample], labels
+ * int [N]. */
+int cpk_evaluate(cpk_context *ctx, cpk_model *model, const cpk_tensor *images,
+                 const cpk_tensor *labels, int64_t batch, double *loss,
+                 double *accuracy);
+
+/* The quantities a trainer can track (Cockpit's, after Schneider, Dangel and
+ * Hennig 2021), as bit flags. With B the batch size, g_n = grad_batch[n]
+ * (BackPACK's scaling: sum_n g_n = g), l_n the per-sample losses: */
+enum {
+  CPK_Q_LOSS = 1u << 0,     /* loss: the batch's mean loss */
+  CPK_Q_ACCURACY = 1u << 1, /* accuracy: on the training batch */
+  CPK_Q_GRAD_NORM = 1u << 2, /* grad_norm: ||g|| (and per parameter) */
+  /* sample_grad_norm_{mean,min,max} of ||grad l_n|| = B ||g_n|| and
+   * sample_grad_norm_hist: counts over CPK_TRACK_NORM_BINS log bins */
+  CPK_Q_SAMPLE_NORMS = 1u << 3,
+  /* gsnr per parameter and gsnr_mean over all elements (Cockpit's MeanGSNR):
+   * g_i^2 / (B sum_n g_n,i^2 - g_i^2 + 1e-5) */
+  CPK_Q_GSNR = 1u << 4,
+  CPK_Q_VARIANCE = 1u << 5, /* variance: the sum of the variance extension */
+  /* norm_test: sqrt(V1 / (B ||g||^2)), V1 = (B^2 sum_n ||g_n||^2 -
+   * B ||g||^2) / (B - 1) (Byrd et al. 2012) */
+  CPK_Q_NORM_TEST = 1u << 6,
+  /* inner_test: sqrt(Vp / (B ||g||^4)), p_n = B sum_m g_n.g_m,
+   * Vp = (sum_n p_n^2 - B ||g||^4) / (B - 1) (Bollapragada et al. 2017) */
+  CPK_Q_INNER_TEST = 1u << 7,
+  /* ortho_test: sqrt(Vo / (B ||g||^2)), Vo = (B^2 sum_n ||g_n||^2 -
+   * sum_n p_n^2 / ||g||^2) / (B - 1) */
+  CPK_Q_ORTHO_TEST = 1u << 8,
+  CPK_Q_DISTANCE = 1u << 9,    /* distance: ||theta - theta_0|| */
+  CPK_Q_UPDATE_SIZE = 1u << 10, /* update_size: ||d|| of this step */
+  CPK_Q_HESS_TRACE = 1u << 11, /* hess_trace: sum of diag_hessian */
+  /* hess_max_ev: the top Hessian eigenvalue (Lanczos, relative tol 1e-3) */
+  CPK_Q_HESS_MAX_EV = 1u << 12,
+  /* tic: sum_i B sum_n g_n,i^2 / (diag_hessian_i + 1e-7) (TICDiag) */
+  CPK_Q_TIC = 1u << 13,
+  /* alpha: Cockpit's normalised step length, from a noise-aware quadratic
+   * fit of the loss and its projected gradients (means and variances over
+   * the batch) before the update (this batch) and after it (the next one) */
+  CPK_Q_ALPHA = 1u << 14,
+  /* grad_hist_1d: counts of the elements of B g_n, clamped to [-2, 2], in
+   * 100 equal bins (GradHist1d) */
+  CPK_Q_GRAD_HIST_1D = 1u << 15,
+  /* grad_hist_2d [40, 50]: elements of B g_n in (-1, 1) against the
+   * parameter values in (-2, 2), clamped to the outer bin centres */
+  CPK_Q_GRAD_HIST_2D = 1u << 16
+};
+#define CPK_TRACK_NORM_BINS 16 /* edges 10^-4, 10^-3.5, ..., 10^4 */
+
+/* Cockpit's configurations: economy = Alpha, Distance, GradHist1d, GradNorm,
+ * InnerTest, Loss, NormTest, OrthoTest, UpdateSize; business adds TICDiag
+ * and HessTrace; full adds HessMaxEV and GradHist2d. Each also gets what
+ * comes free from the extensions it runs anyway: accuracy, per-sample
+ * gradient norms, GSNR and variance. "economy", "business", "full";
+ * CPK_EUSAGE for another name. */
+int cpk_track_preset(const char *name, unsigned *quantities);
+/* Parse a comma-separated list of quantity names (loss, accuracy,
+ * grad_norm, sample_grad_norms, gsnr, variance, norm_test, inner_test,
+ * ortho_test, distance, update_size, hess_trace, hess_max_ev, tic, alpha,
+ * grad_hist_1d, grad_hist_2d). */
+int cpk_track_parse(const char *list, unsigned *quantities);
+/* The extensions the quantities need, comma-separated ("" for none), into
+ * buf (CPK_EINVAL when len is too small; 128 bytes always suffice). */
+int cpk_track_extensions(unsigned quantities, char *buf, size_t len);
+/* The name of one quantity flag ("norm_test"), or NULL. */
+const char *cpk_track_name(unsigned quantity);
+
+typedef struct cpk_trainer cpk_trainer;
+
+/* A trainer: the model (built for images' sample shape), its optimizer and
+ * context (borrowed: they must outlive the trainer), the training set
+ * (images [N, *sample] of the model's dtype, labels int [N], borrowed), the
+ * batch size and seed. Epoch e visits the samples in a permutation drawn
+ * from (seed, e), in batches of batch_size (the last one smaller); step t
+ * runs with the context seed drawn from (seed, t), so dropout masks and
+ * Monte Carlo draws depend only on the step. Keeps theta_0, the parameters
+ * at creation, for the distance. */
+int cpk_trainer_new(cpk_trainer **out, cpk_context *ctx, cpk_model *model,
+                    cpk_optim *opt, const cpk_tensor *images,
+                    const cpk_tensor *labels, int64_t batch_size,
+                    uint64_t seed);
+void cpk_trainer_free(cpk_trainer *tr);
+
+/* Where the trainer is: global step (updates made), epoch (0-based) and
+ * the number of batches done in it, and batches per epoch. */
+int64_t cpk_trainer_step(const cpk_trainer *tr);
+int64_t cpk_trainer_epoch(const cpk_trainer *tr);
+int64_t cpk_trainer_batch(const cpk_trainer *tr);
+int64_t cpk_trainer_batches(const cpk_trainer *tr);
+
+/* What one step is asked for. */
+typedef struct cpk_step_request {
+  unsigned track;         /* CPK_Q_* to measure at this step (0: none) */
+  const char *dump_ext;   /* extensions whose results to hand back (NULL) */
+} cpk_step_request;
+
+/* What one step gives back (each NULL when there is nothing). */
+typedef struct cpk_step_report {
+  double loss;            /* the batch loss (always) */
+  int64_t samples;        /* the batch size */
+  /* Finished records of tracked steps, oldest first: named float64 tensors
+   * "step", "epoch" and one per quantity (0-d, or 1-d/2-d for histograms;
+   * per-parameter values as "P/grad_norm", "P/distance", "P/update_size",
+   * "P/gsnr", "P/hess_trace"); NaN where a value is undefined (a batch of
+   * one, a quantity the model cannot give). A step tracking alpha finishes
+   * at the next step (its fit needs the next batch). */
+  cpk_results *records[2];
+  /* The requested extensions' results of this step's pass, the batch
+   * ("input", "target") and the parameters before the update ("P"). */
+  cpk_results *dump;
+  /* Quantities that could not be computed at this step (a layer without
+   * the products they need), as CPK_Q_* flags, with the reason. */
+  unsigned unavailable;
+  char unavailable_why[256];
+} cpk_step_report;
+void cpk_step_report_clear(cpk_step_report *r);
+
+/* One training step: the next batch, one pass in training mode with the
+ * union of the extensions the optimizer, the tracked quantities and the
+ * dump need (plus a second pass at the same parameters for alpha's
+ * projections, and the curvature operator's own passes for hess_max_ev),
+ * the update, and the quantities. Batch-norm running statistics are
+ * updated by the main pass only. */
+int cpk_trainer_run_step(cpk_trainer *tr, const cpk_step_request *req,
+                         cpk_step_report *rep);
+/* The record of a tracked step still waiting for the next batch (alpha),
+ * finished now with alpha = NaN; NULL when none waits. Call before a
+ * checkpoint and at the end of training. */
+int cpk_trainer_flush(cpk_trainer *tr, cpk_results **record);
+
+/* Save the trainer's state in DIR (which must exist): the parameters
+ * (contract layout), theta_0 in DIR/init, the optimizer's state in
+ * DIR/optimizer and the position (trainer.npy). Load it back into a
+ * trainer made with the same model, data, batch size and seed. */
+int cpk_trainer_save(const cpk_trainer *tr, const char *dir);
+int cpk_trainer_load(cpk_trainer *tr, const char *dir);
+
 /* ---------------------------------------------------------- memory account */
 
 /* Bytes currently held by library allocations, and the high-water mark since
@@ -530,6 +812,9 @@ int cpk_kron_solve(cpk_kron_damping mode, int64_t m, const double *a,
 size_t cpk_memory_in_use(void);
 size_t cpk_memory_peak(void);
 void cpk_memory_reset_peak(void);
+/* Large freed blocks are kept for reuse (at most 1 GiB): give them back to
+ * the system. */
+void cpk_memory_trim(void);
 
 #ifdef __cplusplus
 }
