@@ -8,36 +8,115 @@
  * KFRA (P.kfra.0, P.kfra.1) takes G = Gbar, the averaged GGN propagated
  * backward as one matrix (cpk__kfra_start / cpk__kfra_through), and the
  * same A.
+ * Convolutions (and transposed ones, for weight.transpose(0, 1)): G from S
+ * summed over the output positions first (the bias's GGN), A = (1/N)
+ * sum_{n,l} u u^T over the unfolded input patches u (C_in/G * prod(K)); with
+ * groups, one pair of factors per group ([G, ...]; BackPACK refuses groups).
  */
 #include <stdio.h>
 
+#include "layers/conv_common.h"
 #include "extension.h"
 #include "ops.h"
 
-/* The output factor: G = S_flat^T S_flat with S_flat [V*N, OUT] from a
- * square root, or KFRA's Gbar (copied) when S is NULL. */
-static int output_factor(cpk__param_site *s, const cpk_tensor *S,
-                         const char *prefix) {
-  const int64_t fo = s->g->shape[2];
-  int64_t gshape[2] = {fo, fo};
-  char name[32];
-  cpk_tensor *g;
-  snprintf(name, sizeof name, "%s.0", prefix);
-  int rc = cpk__site_result(s, name, 2, gshape, &g);
+/* S [V, N, C, L] summed over the L output positions: [V*N, C]. */
+static int sum_positions(const cpk_tensor *S, int64_t n, int64_t c,
+                         cpk_tensor **out) {
+  const int64_t v = S->shape[0], l = cpk_tensor_numel(S) / (v * n * c);
+  int64_t shape[2] = {v * n, c};
+  int rc = cpk_tensor_new(out, S->dtype, 2, shape);
+  if (rc == CPK_OK)
+    cpk__sum_rows(NULL, S->dtype, v * n * c, l, 1, S->data, 0.0, (*out)->data);
+  return rc;
+}
+
+/* Gbar [C*L, C*L] summed over pairs of positions: [C, C]. */
+static void sum_position_pairs(const cpk_tensor *gbar, int64_t c,
+                               cpk_tensor *out) {
+  const int64_t l = gbar->shape[0] / c;
+  for (int64_t i = 0; i < c; i++)
+    for (int64_t j = 0; j < c; j++) {
+      double acc = 0.0;
+      for (int64_t a = 0; a < l; a++)
+        for (int64_t b = 0; b < l; b++)
+          acc += cpk_tensor_get(gbar, (i * l + a) * c * l + j * l + b);
+      cpk_tensor_set(out, i * c + j, acc);
+    }
+}
+
+/* The output factor over the C output channels (features): from a square
+ * root S [V, N, C, (L)], G = sum_{v,n} s s^T with s = S[v,n] summed over
+ * positions; from KFRA's Gbar (S NULL) its sum over position pairs. With
+ * G groups the weight takes the diagonal blocks [G, C/G, C/G]; the bias
+ * (groups = 0 here) the whole [C, C]. */
+static int output_factor(cpk__param_site *s, const cpk_tensor *S, int64_t c,
+                         int64_t groups, const char *name) {
+  int64_t full[2] = {c, c};
+  cpk_tensor *g = NULL, *rows = NULL, *out;
+  int rc = cpk_tensor_new(&g, s->grad->dtype, 2, full);
+  if (rc == CPK_OK && S == NULL) {
+    sum_position_pairs(s->kfra, c, g);
+  } else if (rc == CPK_OK && (rc = sum_positions(S, s->n, c, &rows)) == CPK_OK) {
+    cpk__gemm(s->ctx, S->dtype, 1, 0, c, c, rows->shape[0], 1.0, rows->data,
+              c, rows->data, c, 0.0, g->data, c);
+  }
+  if (rc == CPK_OK && groups <= 1) {
+    rc = cpk__site_result(s, name, 2, full, &out);
+    if (rc == CPK_OK)
+      cpk__copy(s->ctx, g->dtype, c * c, g->data, out->data);
+  } else if (rc == CPK_OK) {
+    const int64_t cg = c / groups;
+    int64_t shape[3] = {groups, cg, cg};
+    if ((rc = cpk__site_result(s, name, 3, shape, &out)) == CPK_OK)
+      for (int64_t k = 0; k < groups; k++)
+        for (int64_t i = 0; i < cg; i++)
+          for (int64_t j = 0; j < cg; j++)
+            cpk_tensor_set(out, (k * cg + i) * cg + j,
+                           cpk_tensor_get(g, (k * cg + i) * c + k * cg + j));
+  }
+  cpk_tensor_free(g);
+  cpk_tensor_free(rows);
+  return rc;
+}
+
+/* The input factor of a convolution weight: per group, the unfolded input
+ * patches U [N, G, R, L] give (1/N) sum_{n,l} u u^T, [R, R] (or
+ * [G, R, R]). */
+static int conv_input_factor(cpk__param_site *s, const char *name) {
+  cpk_tensor *u, *out;
+  int rc = cpk__conv_unfold_input(s->layer, s->ctx, s->x, &u);
   if (rc != CPK_OK)
     return rc;
-  if (S == NULL)
-    cpk__copy(s->ctx, g->dtype, fo * fo, s->kfra->data, g->data);
-  else
-    cpk__gemm(s->ctx, S->dtype, 1, 0, fo, fo, S->shape[0] * s->n, 1.0,
-              S->data, fo, S->data, fo, 0.0, g->data, fo);
-  return CPK_OK;
+  const int64_t groups = u->shape[1], r = u->shape[2], l = u->shape[3];
+  int64_t shape[3] = {groups, r, r};
+  rc = groups > 1 ? cpk__site_result(s, name, 3, shape, &out)
+                  : cpk__site_result(s, name, 2, shape + 1, &out);
+  const size_t es = cpk_dtype_size(u->dtype);
+  for (int64_t g = 0; rc == CPK_OK && g < groups; g++)
+    for (int64_t j = 0; j < s->n; j++)
+      cpk__gemm(s->ctx, u->dtype, 0, 1, r, r, l, 1.0 / (double)s->n,
+                (char *)u->data + (size_t)((j * groups + g) * r * l) * es, l,
+                (char *)u->data + (size_t)((j * groups + g) * r * l) * es, l,
+                j == 0 ? 0.0 : 1.0, (char *)out->data + (size_t)(g * r * r) * es,
+                r);
+  cpk_tensor_free(u);
+  return rc;
 }
 
 static int kron_factors(cpk__param_site *s, const cpk_tensor *S,
                         const char *prefix) {
-  char name[32];
+  char name0[32], name1[32];
+  const cpk__conv *conv = cpk__conv_of(s->layer);
   int rc;
+  snprintf(name0, sizeof name0, "%s.0", prefix);
+  snprintf(name1, sizeof name1, "%s.1", prefix);
+  if (conv != NULL) { /* [C_out, C_in/G * prod(K)] per group */
+    const int64_t c = s->layer->out_shape[0];
+    rc = output_factor(s, S, c, s->p == 0 ? conv->groups : 0, name0);
+    if (rc != CPK_OK || s->p == 1)
+      return rc;
+    return conv_input_factor(s, name1);
+  }
   if (!cpk__site_is_dense_linear(s))
     return cpk__fail(CPK_ENOTSUP,
                      "%s: %s factors are not supported for this layer yet",
@@ -45,10 +124,10 @@ static int kron_factors(cpk__param_site *s, const cpk_tensor *S,
   const int64_t fi = s->x->shape[1];
   int64_t ashape[2] = {fi, fi};
   cpk_tensor *a;
-  if ((rc = output_factor(s, S, prefix)) != CPK_OK || s->p == 1) /* bias */
+  rc = output_factor(s, S, s->g->shape[2], 1, name0);
+  if (rc != CPK_OK || s->p == 1) /* bias */
     return rc;
-  snprintf(name, sizeof name, "%s.1", prefix);
-  if ((rc = cpk__site_result(s, name, 2, ashape, &a)) != CPK_OK)
+  if ((rc = cpk__site_result(s, name1, 2, ashape, &a)) != CPK_OK)
     return rc;
   cpk__gemm(s->ctx, s->x->dtype, 1, 0, fi, fi, s->n, 1.0 / (double)s->n,
             s->x->data, fi, s->x->data, fi, 0.0, a->data, fi);
