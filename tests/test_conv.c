@@ -2,8 +2,8 @@
  * test_conv.c: conv1d/2d/3d and conv_transpose1d/2d/3d.
  *  - forward against values computed by hand;
  *  - every derivative primitive (jac_mat, jac_t_mat, param_jac_t_mat summed,
- *    per sample and accumulated with beta = 1) against central finite
- *    differences in float64 over a grid of settings;
+ *    per sample and accumulated with beta = 1, param_jac_mat) against
+ *    central finite differences in float64 over a grid of settings;
  *  - forward and gradients against PyTorch (fixtures/conv, made by
  *    make_conv_fixtures.py) to 1e-10;
  *  - float32 against float64, results independent of the thread count;
@@ -55,16 +55,19 @@ static const conv_case cases[] = {
     {"conv3d 2 4 2,1,3 groups=2 padding=same", 4, {2, 3, 3, 3}},
     {"conv_transpose1d 2 3 3", 2, {2, 4}},
     {"conv_transpose1d 2 2 3 stride=2 padding=1 output_padding=1", 2, {2, 5}},
-    {"conv_transpose1d 4 2 2 stride=3 output_padding=1 groups=2 dilation=2", 2,
+    {"conv_transpose1d 4 2 2 stride=3 output_padding=1 groups=2 dilation=2",
+     2,
      {4, 3}},
     {"conv_transpose1d 2 2 1 output_padding=1 dilation=2", 2, {2, 4}},
     {"conv_transpose1d 2 2 1", 2, {2, 5}},
     {"conv_transpose1d 3 3 5 padding=2 groups=3 bias=false", 2, {3, 5}},
-    {"conv_transpose2d 2 3 3 stride=2 padding=1 output_padding=1", 3,
+    {"conv_transpose2d 2 3 3 stride=2 padding=1 output_padding=1",
+     3,
      {2, 3, 3}},
     {"conv_transpose2d 4 4 2,3 stride=1,2 groups=4 bias=false", 3, {4, 3, 2}},
     {"conv_transpose2d 2 2 5 padding=2 dilation=2", 3, {2, 3, 3}},
-    {"conv_transpose2d 2 2 3 stride=3 padding=2,0 output_padding=2,0", 3,
+    {"conv_transpose2d 2 2 3 stride=3 padding=2,0 output_padding=2,0",
+     3,
      {2, 3, 2}},
     {"conv_transpose3d 2 2 2 stride=2", 4, {2, 2, 2, 2}},
     {"conv_transpose3d 2 4 3 stride=1,2,1 padding=1 output_padding=0,1,0 "
@@ -84,9 +87,8 @@ typedef struct {
   int64_t n, din, dout; /* batch, per-sample sizes */
 } fixture;
 
-static void setup(fixture *f, const char *line, int ndim,
-                  const int64_t *shape, int64_t n, cpk_dtype dt,
-                  uint64_t seed) {
+static void setup(fixture *f, const char *line, int ndim, const int64_t *shape,
+                  int64_t n, cpk_dtype dt, uint64_t seed) {
   int64_t xs[5] = {n};
   memset(f, 0, sizeof *f);
   tu_ok(cpk_model_parse(&f->m, line, "case"));
@@ -125,8 +127,8 @@ static cpk_tensor *new_block(cpk_dtype dt, int nlead, const int64_t *lead,
 
 /* y = layer(x) into a fresh tensor. */
 static cpk_tensor *forward(fixture *f, const cpk_tensor *x) {
-  cpk_tensor *y = new_block(x->dtype, 1, &f->n, f->l->out_ndim,
-                            f->l->out_shape);
+  cpk_tensor *y =
+      new_block(x->dtype, 1, &f->n, f->l->out_ndim, f->l->out_shape);
   tu_ok(f->l->kind->forward(f->l, f->ctx, x, y, 0));
   return y;
 }
@@ -189,11 +191,14 @@ static void check_input_jacobians(const conv_case *c, uint64_t seed) {
       for (int64_t o = 0; o < f.dout; o++)
         for (int64_t i = 0; i < f.din; i++) {
           double j = jac[(n * f.dout + o) * f.din + i];
-          want_t[(b * N + n) * f.din + i] += j * data(u)[(b * N + n) * f.dout + o];
-          want[(b * N + n) * f.dout + o] += j * data(v)[(b * N + n) * f.din + i];
+          want_t[(b * N + n) * f.din + i] +=
+              j * data(u)[(b * N + n) * f.dout + o];
+          want[(b * N + n) * f.dout + o] +=
+              j * data(v)[(b * N + n) * f.din + i];
         }
   snprintf(what, sizeof what, "%s: jac_t_mat", c->line);
-  tu_assert_close_array(data(jt), want_t, V * N * f.din, FD_RTOL, FD_ATOL, what);
+  tu_assert_close_array(data(jt), want_t, V * N * f.din, FD_RTOL, FD_ATOL,
+                        what);
   snprintf(what, sizeof what, "%s: jac_mat", c->line);
   tu_assert_close_array(data(jv), want, V * N * f.dout, FD_RTOL, FD_ATOL, what);
   free(want_t);
@@ -256,8 +261,7 @@ static void check_param(fixture *f, int p, const cpk_tensor *u,
   tu_ok(f->l->kind->param_jac_t_mat(f->l, f->ctx, p, f->x, u, 0, 1.0, sum));
   for (int64_t k = 0; k < V * np; k++)
     want_sum[k] *= 2;
-  snprintf(what, sizeof what, "%s: %s accumulated", line,
-           f->l->params[p].name);
+  snprintf(what, sizeof what, "%s: %s accumulated", line, f->l->params[p].name);
   tu_assert_close_array(data(sum), want_sum, V * np, FD_RTOL, FD_ATOL, what);
   cpk_tensor_free(sum);
   cpk_tensor_free(per);
@@ -265,12 +269,56 @@ static void check_param(fixture *f, int p, const cpk_tensor *u,
   free(want_per);
 }
 
+/* param_jac_mat: J_theta t[v] against the directional central difference
+ * (y(theta + h t[v]) - y(theta - h t[v])) / 2h; beta = 0 over NaNs (never
+ * read), then beta = 1 onto that result (doubling it). */
+static void check_param_forward(fixture *f, int p, const char *line,
+                                uint64_t seed) {
+  cpk_tensor *theta = f->l->params[p].value;
+  const int64_t np = cpk_tensor_numel(theta), m = f->n * f->dout;
+  cpk_tensor *t = tu_random(CPK_F64, 2, (int64_t[]){V, np}, -1, 1, seed);
+  double *want = malloc((size_t)(V * m) * sizeof *want);
+  for (int b = 0; b < V; b++) {
+    cpk_tensor *y[2];
+    for (int side = 0; side < 2; side++) {
+      for (int64_t k = 0; k < np; k++)
+        data(theta)[k] += (side ? -H : H) * data(t)[b * np + k];
+      y[side] = forward(f, f->x);
+      for (int64_t k = 0; k < np; k++)
+        data(theta)[k] -= (side ? -H : H) * data(t)[b * np + k];
+    }
+    for (int64_t i = 0; i < m; i++)
+      want[b * m + i] = (data(y[0])[i] - data(y[1])[i]) / (2 * H);
+    cpk_tensor_free(y[0]);
+    cpk_tensor_free(y[1]);
+  }
+  cpk_tensor *out = new_block(CPK_F64, 2, (int64_t[]){V, f->n}, f->l->out_ndim,
+                              f->l->out_shape);
+  for (int64_t i = 0; i < V * m; i++)
+    data(out)[i] = NAN;
+  char what[192];
+  snprintf(what, sizeof what, "%s: %s param_jac_mat", line,
+           f->l->params[p].name);
+  tu_ok(f->l->kind->param_jac_mat(f->l, f->ctx, p, f->x, t, 0.0, out));
+  tu_assert_close_array(data(out), want, V * m, FD_RTOL, FD_ATOL, what);
+  tu_ok(f->l->kind->param_jac_mat(f->l, f->ctx, p, f->x, t, 1.0, out));
+  for (int64_t i = 0; i < V * m; i++)
+    want[i] *= 2;
+  tu_assert_close_array(data(out), want, V * m, FD_RTOL, FD_ATOL, what);
+  free(want);
+  cpk_tensor_free(out);
+  cpk_tensor_free(t);
+}
+
 static void check_param_jacobians(const conv_case *c, uint64_t seed) {
   fixture f;
   setup_case(&f, c, seed);
   cpk_tensor *u = random_block(&f, f.dout, seed + 3);
-  for (int p = 0; p < f.l->nparams; p++)
+  assert_true(f.l->kind->param_jac_is_input);
+  for (int p = 0; p < f.l->nparams; p++) {
     check_param(&f, p, u, c->line);
+    check_param_forward(&f, p, c->line, seed + 5 + (uint64_t)p);
+  }
   cpk_tensor_free(u);
   teardown(&f);
 }
@@ -373,19 +421,18 @@ static void check_against_torch(const char *name) {
   tu_assert_close(f.y, want, 1e-10, 0, what);
   cpk_tensor_free(want);
   /* R as a block [1, N, *out]: the gradients of sum(y * R). */
-  cpk_tensor *gx = new_block(CPK_F64, 1, (int64_t[]){1}, f.x->ndim,
-                             f.x->shape);
+  cpk_tensor *gx = new_block(CPK_F64, 1, (int64_t[]){1}, f.x->ndim, f.x->shape);
   tu_ok(f.l->kind->jac_t_mat(f.l, f.ctx, f.x, f.y, r, gx));
   want = read_fixture(name, "grad_input");
   snprintf(what, sizeof what, "%s: grad_input", name);
-  tu_assert_close_array(data(gx), data(want), cpk_tensor_numel(want), 1e-10,
-                        0, what);
+  tu_assert_close_array(data(gx), data(want), cpk_tensor_numel(want), 1e-10, 0,
+                        what);
   cpk_tensor_free(want);
   cpk_tensor_free(gx);
   const char *gnames[2] = {"grad_weight", "grad_bias"};
   for (int p = 0; p < f.l->nparams; p++) {
-    cpk_tensor *g = new_block(CPK_F64, 0, NULL, f.l->params[p].ndim,
-                              f.l->params[p].shape);
+    cpk_tensor *g =
+        new_block(CPK_F64, 0, NULL, f.l->params[p].ndim, f.l->params[p].shape);
     tu_ok(f.l->kind->param_jac_t_mat(f.l, f.ctx, p, f.x, r, 0, 0.0, g));
     want = read_fixture(name, gnames[p]);
     snprintf(what, sizeof what, "%s: %s", name, gnames[p]);
@@ -462,20 +509,35 @@ static void test_float32_matches_float64(void **state) {
   }
 }
 
+/* Cases large enough (N = 3) for the library to use threads: tiny ones
+ * run on one thread whatever OpenMP offers. */
+static const conv_case threaded[] = {
+    {"conv1d 8 8 5 padding=2", 2, {8, 401}},
+    {"conv2d 4 8 3 stride=2 padding=1 groups=2", 3, {4, 31, 31}},
+    {"conv2d 8 8 1", 3, {8, 24, 24}},
+    {"conv3d 2 4 3 padding=same dilation=2", 4, {2, 8, 8, 8}},
+    {"conv_transpose1d 6 6 4 stride=3 padding=1 output_padding=2 groups=3",
+     2,
+     {6, 1500}},
+    {"conv_transpose2d 4 6 3 stride=2 padding=1 output_padding=1 groups=2",
+     3,
+     {4, 16, 16}},
+};
+
 /* One thread (BLAS may thread), two, and three (uneven split of N = 3):
  * the same numbers up to summation order. */
 static void test_thread_counts(void **state) {
   const int saved = omp_get_max_threads();
-  for (int i = 0; i < NCASES; i++) {
+  for (int i = 0; i < (int)(sizeof threaded / sizeof threaded[0]); i++) {
     int64_t n1, n2, n3;
     omp_set_num_threads(1);
-    double *r1 = all_results(&cases[i], CPK_F64, &n1);
+    double *r1 = all_results(&threaded[i], CPK_F64, &n1);
     omp_set_num_threads(2);
-    double *r2 = all_results(&cases[i], CPK_F64, &n2);
+    double *r2 = all_results(&threaded[i], CPK_F64, &n2);
     omp_set_num_threads(3);
-    double *r3 = all_results(&cases[i], CPK_F64, &n3);
-    tu_assert_close_array(r2, r1, n1, 1e-13, 0, cases[i].line);
-    tu_assert_close_array(r3, r1, n1, 1e-13, 0, cases[i].line);
+    double *r3 = all_results(&threaded[i], CPK_F64, &n3);
+    tu_assert_close_array(r2, r1, n1, 1e-13, 0, threaded[i].line);
+    tu_assert_close_array(r3, r1, n1, 1e-13, 0, threaded[i].line);
     free(r1);
     free(r2);
     free(r3);
@@ -484,9 +546,9 @@ static void test_thread_counts(void **state) {
 }
 
 /* y rebuilt from the unfolded input U [N, G, INg*prod(K), L]:
- *   ConvNd:          y[n, g*OUTg + o, l] = b + sum_r W[g*OUTg + o, r] U[n,g,r,l]
- *   ConvTransposeNd: y[n, g*OUTg + o, l] = b + sum_{c,k} W[g*INg + c, o, k]
- *                                                       U[n,g,(c,k),l] */
+ *   ConvNd:          y[n, g*OUTg + o, l] = b + sum_r W[g*OUTg + o, r]
+ * U[n,g,r,l] ConvTransposeNd: y[n, g*OUTg + o, l] = b + sum_{c,k} W[g*INg + c,
+ * o, k] U[n,g,(c,k),l] */
 static void check_unfold(const conv_case *c) {
   fixture f;
   cpk_tensor *u;
@@ -544,8 +606,8 @@ static void test_unfold_input(void **state) {
 
 /* Model text `flatten`-free: line 2 holds the layer under test, after an
  * identity; building for `shape` must fail with `status` naming line 2. */
-static void fails(const char *line, int ndim, const int64_t *shape,
-                  int status, const char *needle) {
+static void fails(const char *line, int ndim, const int64_t *shape, int status,
+                  const char *needle) {
   char text[256], where[128], name[64];
   cpk_model *m = NULL;
   snprintf(text, sizeof text, "identity\n%s\n", line);
@@ -572,8 +634,7 @@ static void test_invalid_settings(void **state) {
         "larger than the padded input");
   fails("conv1d 3 4 8 padding=1", 2, s35, CPK_ESHAPE,
         "larger than the padded input");
-  fails("conv2d 3 4 3 groups=2", 3, s344, CPK_EFORMAT,
-        "divisible by groups");
+  fails("conv2d 3 4 3 groups=2", 3, s344, CPK_EFORMAT, "divisible by groups");
   fails("conv_transpose2d 4 3 3 groups=2", 3, s344, CPK_EFORMAT,
         "divisible by groups");
   fails("conv2d 3 4 3 groups=0", 3, s344, CPK_EFORMAT,
@@ -597,8 +658,8 @@ static void test_invalid_settings(void **state) {
   fails("conv2d 3 4 99999999999", 3, s344, CPK_EFORMAT, "too large");
   fails("conv_transpose2d 3 4 3 output_padding=1", 3, s344, CPK_EFORMAT,
         "output_padding (1) must be smaller than stride");
-  fails("conv_transpose2d 3 4 3 stride=2 dilation=3 output_padding=3", 3,
-        s344, CPK_EFORMAT, "output_padding (3) must be smaller");
+  fails("conv_transpose2d 3 4 3 stride=2 dilation=3 output_padding=3", 3, s344,
+        CPK_EFORMAT, "output_padding (3) must be smaller");
   fails("conv_transpose2d 3 4 3 padding=4", 3, s322, CPK_ESHAPE,
         "output size -4 <= 0");
   fails("conv_transpose2d 3 4 3 padding=same", 3, s322, CPK_EFORMAT,
@@ -642,6 +703,92 @@ static void test_init(void **state) {
   check_init("conv_transpose1d 6 12 5 groups=3", 2, s1, 4 * 5);
 }
 
+/* ----------------------------------------------- through the engine */
+
+static const struct {
+  const char *text;
+  int ndim;
+  int64_t shape[4];
+} nets[] = {
+    {"conv1d 2 3 3 stride=2\ntanh\n"
+     "conv_transpose1d 3 2 4 stride=2 padding=1\nflatten\nlinear 16 3\n",
+     2,
+     {2, 9}},
+    {"conv2d 2 4 3 padding=1 groups=2\ntanh\n"
+     "conv_transpose2d 4 3 3 stride=2 padding=1\nsigmoid\n"
+     "conv2d 3 2 3 stride=2 padding=1 bias=false\nflatten\nlinear 40 3\n",
+     3,
+     {2, 5, 4}},
+    {"conv3d 1 2 2\ntanh\nconv_transpose3d 2 1 2 stride=2\nflatten\n"
+     "linear 64 3\n",
+     4,
+     {1, 3, 3, 3}},
+};
+
+static double loss_of(cpk_context *ctx, cpk_model *m, const cpk_pass_spec *s,
+                      const cpk_tensor *x, const cpk_tensor *y) {
+  cpk_results *r;
+  tu_ok(cpk_compute(ctx, m, s, x, y, &r));
+  double v = cpk_tensor_get(cpk_results_find(r, "loss"), 0);
+  cpk_results_free(r);
+  return v;
+}
+
+/* cpk_compute's gradients of a cross-entropy loss through stacked
+ * convolutions (the engine drives jac_t_mat between them) against central
+ * differences of the loss. */
+static void check_network(int i) {
+  cpk_model *m;
+  cpk_context *ctx;
+  cpk_results *r;
+  int64_t xs[5] = {N}, n = N;
+  memcpy(xs + 1, nets[i].shape, (size_t)nets[i].ndim * sizeof *xs);
+  tu_ok(cpk_model_parse(&m, nets[i].text, "net"));
+  tu_ok(cpk_model_build(m, nets[i].ndim, nets[i].shape, CPK_F64));
+  tu_ok(cpk_model_init_params(m, 5 + (uint64_t)i));
+  tu_ok(cpk_context_new(&ctx, NULL));
+  cpk_tensor *x = tu_random(CPK_F64, nets[i].ndim + 1, xs, -1, 1, 9), *y;
+  tu_ok(cpk_tensor_new(&y, CPK_I64, 1, &n));
+  for (int64_t k = 0; k < N; k++)
+    cpk_tensor_set(y, k, (double)(k % 3));
+  cpk_pass_spec spec = {CPK_LOSS_CROSS_ENTROPY, CPK_REDUCTION_MEAN, NULL, 0};
+  tu_ok(cpk_compute(ctx, m, &spec, x, y, &r));
+  for (int p = 0; p < cpk_model_num_params(m); p++) {
+    const char *name;
+    cpk_tensor *theta;
+    char key[64];
+    tu_ok(cpk_model_param(m, p, &name, &theta));
+    snprintf(key, sizeof key, "%s.grad", name);
+    const cpk_tensor *g = cpk_results_find(r, key);
+    assert_non_null(g);
+    const int64_t np = cpk_tensor_numel(theta);
+    double *want = malloc((size_t)np * sizeof *want);
+    for (int64_t k = 0; k < np; k++) {
+      double keep = data(theta)[k];
+      data(theta)[k] = keep + H;
+      double lp = loss_of(ctx, m, &spec, x, y);
+      data(theta)[k] = keep - H;
+      double lm = loss_of(ctx, m, &spec, x, y);
+      data(theta)[k] = keep;
+      want[k] = (lp - lm) / (2 * H);
+    }
+    char what[128];
+    snprintf(what, sizeof what, "network %d: %s", i, key);
+    tu_assert_close_array(data(g), want, np, 1e-6, 1e-9, what);
+    free(want);
+  }
+  cpk_results_free(r);
+  cpk_tensor_free(x);
+  cpk_tensor_free(y);
+  cpk_context_free(ctx);
+  cpk_model_free(m);
+}
+
+static void test_networks(void **state) {
+  for (int i = 0; i < (int)(sizeof nets / sizeof nets[0]); i++)
+    check_network(i);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_forward_by_hand),
@@ -653,6 +800,7 @@ int main(void) {
       cmocka_unit_test(test_unfold_input),
       cmocka_unit_test(test_invalid_settings),
       cmocka_unit_test(test_init),
+      cmocka_unit_test(test_networks),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -24,13 +24,16 @@ typedef struct {
   int64_t off[3], lo[3], hi[3];
 } cpk__conv_box;
 
-static inline void cpk__conv_box_of(const cpk__im2col_geom *g,
-                                    const int64_t *k, cpk__conv_box *b) {
+static inline void cpk__conv_box_of(const cpk__im2col_geom *g, const int64_t *k,
+                                    cpk__conv_box *b) {
   for (int a = 0; a < 3; a++) {
     const int64_t s = g->stride[a], off = k[a] * g->dil[a] - g->pad[a];
-    /* first o with o*s + off >= 0; first o with o*s + off >= in */
-    int64_t lo = off >= 0 ? 0 : (-off + s - 1) / s;
-    int64_t hi = g->in[a] - off > 0 ? (g->in[a] - off + s - 1) / s : 0;
+    /* first o with o*s + off >= 0; first o with o*s + off >= in (no
+     * division for s = 1: this runs once per row of every unfolding) */
+    int64_t lo = off >= 0 ? 0 : s == 1 ? -off : (-off + s - 1) / s;
+    int64_t hi = g->in[a] - off <= 0 ? 0
+                 : s == 1            ? g->in[a] - off
+                                     : (g->in[a] - off + s - 1) / s;
     lo = lo < g->out[a] ? lo : g->out[a];
     hi = hi < g->out[a] ? hi : g->out[a];
     b->off[a] = off;

@@ -6,24 +6,28 @@
  * conv_common.c is this product with X = x and Y = y. Its Jacobians:
  *   J v   = W . im2col(v)            (the core's apply, no bias)
  *   J^T u = col2im(W^T u)            (the core's adjoint)
- *   dy/dW^T u = u . im2col(x)^T,  dy/db^T u = sum over positions of u.
+ *   dy/dW^T u = u . im2col(x)^T,  dy/db^T u = sum over positions of u,
+ *   dy/dW t   = t . im2col(x)     (cpk__conv_param_jac_mat, bilinear).
  */
 #include "conv_common.h"
 
 static const cpk__arg_spec conv_args[] = {
-    {"in_channels", CPK__ARG_INT, NULL},
-    {"out_channels", CPK__ARG_INT, NULL},
-    {"kernel_size", CPK__ARG_INTS, NULL},
-    {"stride", CPK__ARG_INTS, "1"},
-    {"padding", CPK__ARG_PADDING, "0"},
-    {"dilation", CPK__ARG_INTS, "1"},
-    {"groups", CPK__ARG_INT, "1"},
-    {"bias", CPK__ARG_BOOL, "true"},
+    {"in_channels", CPK__ARG_INT, NULL},  {"out_channels", CPK__ARG_INT, NULL},
+    {"kernel_size", CPK__ARG_INTS, NULL}, {"stride", CPK__ARG_INTS, "1"},
+    {"padding", CPK__ARG_PADDING, "0"},   {"dilation", CPK__ARG_INTS, "1"},
+    {"groups", CPK__ARG_INT, "1"},        {"bias", CPK__ARG_BOOL, "true"},
 };
 
 static const cpk__conv_slots conv_slots = {
-    .in_channels = 0, .out_channels = 1, .kernel_size = 2, .stride = 3,
-    .padding = 4, .output_padding = -1, .dilation = 5, .groups = 6, .bias = 7,
+    .in_channels = 0,
+    .out_channels = 1,
+    .kernel_size = 2,
+    .stride = 3,
+    .padding = 4,
+    .output_padding = -1,
+    .dilation = 5,
+    .groups = 6,
+    .bias = 7,
 };
 
 static int conv_configure(cpk__layer *l, const cpk__arg_value *args) {
@@ -38,7 +42,7 @@ static const void *bias_of(const cpk__layer *l) {
 static int conv_forward(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
                         cpk_tensor *y, int training) {
   return cpk__conv_apply(l->priv, ctx, x->dtype, x->shape[0], x->data,
-                         l->params[0].value->data, bias_of(l), y->data);
+                         l->params[0].value->data, bias_of(l), 0.0, y->data);
 }
 
 /* in [V, N, IN, *in] -> out [V, N, OUT, *out]: every (v, n) an image. */
@@ -47,16 +51,16 @@ static int conv_jac_mat(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
                         cpk_tensor *out) {
   const int64_t count = cpk_tensor_numel(in) / cpk__layer_in_numel(l);
   return cpk__conv_apply(l->priv, ctx, in->dtype, count, in->data,
-                         l->params[0].value->data, NULL, out->data);
+                         l->params[0].value->data, NULL, 0.0, out->data);
 }
 
 /* in [V, N, OUT, *out] -> out [V, N, IN, *in]. */
-static int conv_jac_t_mat(cpk__layer *l, cpk_context *ctx,
-                          const cpk_tensor *x, const cpk_tensor *y,
-                          const cpk_tensor *in, cpk_tensor *out) {
+static int conv_jac_t_mat(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
+                          const cpk_tensor *y, const cpk_tensor *in,
+                          cpk_tensor *out) {
   const int64_t count = cpk_tensor_numel(in) / cpk__layer_out_numel(l);
   return cpk__conv_adjoint(l->priv, ctx, in->dtype, count, in->data,
-                           l->params[0].value->data, NULL, out->data);
+                           l->params[0].value->data, NULL, 0.0, out->data);
 }
 
 /* Weight: X = x shared by every v, Y = in [V, N, OUT, *out].
@@ -68,8 +72,8 @@ static int conv_param_jac_t_mat(cpk__layer *l, cpk_context *ctx, int p,
   const int64_t n = x->shape[0], dout = cpk__layer_out_numel(l);
   const int64_t v = cpk__block_v(in, n, dout);
   if (p == 0)
-    return cpk__conv_weight_grad(s, ctx, in->dtype, v, n, x->data, 0,
-                                 in->data, 1, per_sample, beta, out->data);
+    return cpk__conv_weight_grad(s, ctx, in->dtype, v, n, x->data, 0, in->data,
+                                 1, per_sample, beta, out->data);
   cpk__conv_bias_grad(ctx, in->dtype, v, n, s->out_channels,
                       dout / s->out_channels, in->data, per_sample, beta,
                       out->data);
@@ -89,6 +93,8 @@ static const int dims[3] = {1, 2, 3};
       .forward = conv_forward,                                                 \
       .jac_t_mat = conv_jac_t_mat,                                             \
       .jac_mat = conv_jac_mat,                                                 \
+      .param_jac_mat = cpk__conv_param_jac_mat,                                \
+      .param_jac_is_input = 1,                                                 \
       .param_jac_t_mat = conv_param_jac_t_mat,                                 \
       .init = cpk__conv_init,                                                  \
       .destroy = cpk__conv_destroy,                                            \

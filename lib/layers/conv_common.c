@@ -15,8 +15,8 @@
 
 /* ------------------------------------------------------- configuration */
 
-static int check_range(const cpk__layer *l, const char *name,
-                       const int64_t *v, int dims, int64_t lo) {
+static int check_range(const cpk__layer *l, const char *name, const int64_t *v,
+                       int dims, int64_t lo) {
   for (int a = 0; a < dims; a++) {
     if (v[a] < lo)
       return cpk__fail(CPK_EFORMAT, "%s: %s must be %s, got %lld", l->where,
@@ -102,8 +102,8 @@ static int read_args(const cpk__layer *l, const cpk__arg_value *a,
   const int dims = s->dims;
   int rc;
   if ((rc = read_channels(l, a, sl, s)) ||
-      (rc = cpk__args_tuple(&a[sl->kernel_size], "kernel_size", dims,
-                            s->kernel, l->where)) ||
+      (rc = cpk__args_tuple(&a[sl->kernel_size], "kernel_size", dims, s->kernel,
+                            l->where)) ||
       (rc = check_range(l, "kernel_size", s->kernel, dims, 1)) ||
       (rc = cpk__args_tuple(&a[sl->stride], "stride", dims, s->stride,
                             l->where)) ||
@@ -151,8 +151,8 @@ static int out_extent(const cpk__layer *l, const cpk__conv *s, int a,
       return cpk__fail(CPK_ESHAPE,
                        "%s: kernel (dilated size %lld) is larger than the "
                        "padded input (size %lld) along spatial axis %d",
-                       l->where, (long long)(span + 1),
-                       (long long)(in + pads), a + 1);
+                       l->where, (long long)(span + 1), (long long)(in + pads),
+                       a + 1);
     *out = (in + pads - span - 1) / s->stride[a] + 1;
     return CPK_OK;
   }
@@ -276,11 +276,21 @@ static core_dims dims_of(const cpk__conv *s, cpk_dtype dt) {
   return d;
 }
 
-/* Threads over `count` independent items: all of OpenMP's, at most one per
- * item. With one thread there is no parallel region and BLAS may thread. */
-static int threads_for(int64_t count) {
-  int nt = omp_get_max_threads();
-  return count < nt ? (int)(count > 0 ? count : 1) : nt;
+/* Below this many multiply-adds in all a call runs on one thread: a
+ * parallel region costs microseconds, far more when the cores are shared
+ * and idle threads spin. */
+#define CONV_PARALLEL_MIN_MACS ((int64_t)1 << 16)
+
+/* Threads over `count` independent images of the core (each cy*kx*ly
+ * multiply-adds): all of OpenMP's, at most one per image. With one thread
+ * there is no parallel region and BLAS may thread. Images are handed out
+ * dynamically, one at a time: on a machine shared with other processes a
+ * descheduled thread does not hold the rest back. */
+static int threads_for(const core_dims *d, int64_t count) {
+  const int nt = omp_get_max_threads();
+  if (count <= 1 || d->wsz * d->ly < CONV_PARALLEL_MIN_MACS / count)
+    return 1;
+  return count < nt ? (int)count : nt;
 }
 
 /* One unfolding buffer per thread, nt * [cx*prod(K), Ly] (NULL when the
@@ -314,68 +324,67 @@ static const char *unfold_into(const cpk__conv *s, const core_dims *d,
   return cols;
 }
 
-/* y := W . cols (+ y when accumulate), one image, group by group. */
-static void gemm_apply(const core_dims *d, const cpk_context *ctx,
-                       cpk_dtype dt, const char *w, const char *cols,
-                       int accumulate, char *y) {
+/* y := beta*y + W . cols, one image, group by group. */
+static void gemm_apply(const core_dims *d, const cpk_context *ctx, cpk_dtype dt,
+                       const char *w, const char *cols, double beta, char *y) {
   for (int64_t g = 0; g < d->g; g++)
     cpk__gemm(ctx, dt, 0, 0, d->cyg, d->ly, d->kx, 1.0,
               w + (size_t)(g * d->cyg * d->kx) * d->es, d->kx,
-              cols + (size_t)(g * d->kx * d->ly) * d->es, d->ly,
-              accumulate ? 1.0 : 0.0, y + (size_t)(g * d->cyg * d->ly) * d->es,
-              d->ly);
+              cols + (size_t)(g * d->kx * d->ly) * d->es, d->ly, beta,
+              y + (size_t)(g * d->cyg * d->ly) * d->es, d->ly);
 }
 
 int cpk__conv_apply(const cpk__conv *s, const cpk_context *ctx, cpk_dtype dt,
                     int64_t count, const void *x, const void *w, const void *b,
-                    void *y) {
+                    double beta, void *y) {
   core_dims d = dims_of(s, dt);
-  const int nt = threads_for(count);
+  const int nt = threads_for(&d, count);
   char *scratch;
   int rc = scratch_new(&d, nt, &scratch);
   if (rc != CPK_OK)
     return rc;
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
   for (int64_t i = 0; i < count; i++) {
     const char *xi = (const char *)x + (size_t)(i * d.xsz) * d.es;
     char *yi = (char *)y + (size_t)(i * d.ysz) * d.es;
     const char *cols = unfold_into(s, &d, ctx, dt, xi, scratch);
-    if (b)
-      cpk__channel_bias(ctx, dt, 1, s->cy, d.ly, b, 0.0, yi);
-    gemm_apply(&d, ctx, dt, w, cols, b != NULL, yi);
+    if (b) /* y := beta*y + b, then y += W . cols */
+      cpk__channel_bias(ctx, dt, 1, s->cy, d.ly, b, beta, yi);
+    gemm_apply(&d, ctx, dt, w, cols, b ? 1.0 : beta, yi);
   }
   cpk__free(scratch);
   return CPK_OK;
 }
 
-int cpk__conv_adjoint(const cpk__conv *s, const cpk_context *ctx,
-                      cpk_dtype dt, int64_t count, const void *y,
-                      const void *w, const void *b, void *x) {
+int cpk__conv_adjoint(const cpk__conv *s, const cpk_context *ctx, cpk_dtype dt,
+                      int64_t count, const void *y, const void *w,
+                      const void *b, double beta, void *x) {
   core_dims d = dims_of(s, dt);
-  const int nt = threads_for(count);
+  const int nt = threads_for(&d, count);
   char *scratch;
   int rc = scratch_new(&d, nt, &scratch);
   if (rc != CPK_OK)
     return rc;
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
   for (int64_t i = 0; i < count; i++) {
     const char *yi = (const char *)y + (size_t)(i * d.ysz) * d.es;
     char *xi = (char *)x + (size_t)(i * d.xsz) * d.es;
-    /* cols[g] [kx, ly] := W[g]^T [kx, cyg] . y[g] [cyg, ly], then fold;
-     * without unfolding the columns are x itself. */
-    char *cols = d.unfold
-                     ? scratch + (size_t)omp_get_thread_num() * d.colsz * d.es
-                     : xi;
+    /* x := beta*x (+ b), then cols[g] [kx, ly] := W[g]^T [kx, cyg] . y[g]
+     * [cyg, ly] and x += fold(cols); without unfolding the columns are x
+     * itself and the product accumulates there. */
+    char *cols =
+        d.unfold ? scratch + (size_t)omp_get_thread_num() * d.colsz * d.es : xi;
+    const double acc = b ? 1.0 : beta;
     if (b)
-      cpk__channel_bias(ctx, dt, 1, s->cx, d.lx, b, 0.0, xi);
+      cpk__channel_bias(ctx, dt, 1, s->cx, d.lx, b, beta, xi);
     for (int64_t g = 0; g < d.g; g++)
       cpk__gemm(ctx, dt, 1, 0, d.kx, d.ly, d.cyg, 1.0,
                 (const char *)w + (size_t)(g * d.cyg * d.kx) * d.es, d.kx,
                 yi + (size_t)(g * d.cyg * d.ly) * d.es, d.ly,
-                !d.unfold && b ? 1.0 : 0.0,
-                cols + (size_t)(g * d.kx * d.ly) * d.es, d.ly);
+                d.unfold ? 0.0 : acc, cols + (size_t)(g * d.kx * d.ly) * d.es,
+                d.ly);
     if (d.unfold)
-      cpk__col2im(ctx, dt, &s->geom, 1, cols, b ? 1.0 : 0.0, xi);
+      cpk__col2im(ctx, dt, &s->geom, 1, cols, acc, xi);
   }
   cpk__free(scratch);
   return CPK_OK;
@@ -420,8 +429,8 @@ static void weight_range(const cpk__conv *s, const core_dims *d,
     for (int64_t v = 0; v < o->v; v++) {
       if (v == 0 || o->x_has_v)
         cols = unfold_into(s, d, ctx, dt, image_x(o, d, v, n), scratch);
-      gemm_weight(d, ctx, dt, image_y(o, d, v, n), cols,
-                  n == n0 ? beta : 1.0, acc + (size_t)(v * d->wsz) * d->es);
+      gemm_weight(d, ctx, dt, image_y(o, d, v, n), cols, n == n0 ? beta : 1.0,
+                  acc + (size_t)(v * d->wsz) * d->es);
     }
 }
 
@@ -430,7 +439,7 @@ static void weight_per_sample(const cpk__conv *s, const core_dims *d,
                               const cpk_context *ctx, cpk_dtype dt,
                               const weight_operands *o, int nt, char *scratch,
                               char *out) {
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
   for (int64_t n = 0; n < o->n; n++) {
     const char *cols = NULL;
     for (int64_t v = 0; v < o->v; v++) {
@@ -442,39 +451,47 @@ static void weight_per_sample(const cpk__conv *s, const core_dims *d,
   }
 }
 
-/* Summed: thread t sums samples [t*N/nt, (t+1)*N/nt); thread 0 into out
- * (with beta), the others into partial sums added to out afterwards. */
+/* Chunks of the batch for a summed product: 4 per thread (so that a thread
+ * slowed down by another process leaves work to the others), fewer where
+ * the partial sums, (chunks - 1) * bytes, would pass 64 MiB. */
+static int64_t chunks_for(int64_t n, int nt, size_t bytes) {
+  const size_t budget = (size_t)64 << 20;
+  int64_t nc = 4 * (int64_t)nt;
+  if (nt == 1)
+    return 1;
+  while (nc > nt && (size_t)(nc - 1) * bytes > budget)
+    nc--;
+  return nc < n ? nc : n;
+}
+
+/* Summed, with the same result whatever the threads do: the batch is cut
+ * into nc fixed chunks [c*N/nc, (c+1)*N/nc); chunk 0 sums into out (with
+ * beta), chunk c > 0 into partial[c-1]; threads take chunks as they come
+ * free; then out += partial[0] + partial[1] + ... in order. */
 static int weight_summed(const cpk__conv *s, const core_dims *d,
                          const cpk_context *ctx, cpk_dtype dt,
                          const weight_operands *o, int nt, double beta,
                          char *scratch, char *out) {
   const int64_t total = o->v * d->wsz;
+  const int64_t nc = chunks_for(o->n, nt, (size_t)total * d->es);
   char *partial = NULL;
-  if (nt > 1) {
+  if (nc > 1) {
     size_t bytes;
-    int rc = cpk__mul_size((size_t)total * d->es, (size_t)(nt - 1), &bytes,
+    int rc = cpk__mul_size((size_t)total * d->es, (size_t)(nc - 1), &bytes,
                            "convolution weight partial sums");
     if (rc != CPK_OK)
       return rc;
     if ((partial = cpk__malloc(bytes)) == NULL)
       return CPK_ENOMEM;
   }
-  /* The team may be smaller than nt (inside an outer parallel region it
-   * is one thread): split by its real size. */
-  int team = 1;
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
-    const int t = omp_get_thread_num(), size = omp_get_num_threads();
-    const int64_t n0 = o->n * t / size, n1 = o->n * (t + 1) / size;
-    char *acc = t == 0 ? out : partial + (size_t)((t - 1) * total) * d->es;
-    if (t == 0)
-      team = size;
-    weight_range(s, d, ctx, dt, o, n0, n1, t == 0 ? beta : 0.0, scratch,
-                 acc);
-  }
-  for (int t = 1; t < team; t++)
-    cpk__axpy(ctx, dt, total, 1.0,
-              partial + (size_t)((t - 1) * total) * d->es, out);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+  for (int64_t c = 0; c < nc; c++)
+    weight_range(s, d, ctx, dt, o, o->n * c / nc, o->n * (c + 1) / nc,
+                 c == 0 ? beta : 0.0, scratch,
+                 c == 0 ? out : partial + (size_t)((c - 1) * total) * d->es);
+  for (int64_t c = 1; c < nc; c++)
+    cpk__axpy(ctx, dt, total, 1.0, partial + (size_t)((c - 1) * total) * d->es,
+              out);
   cpk__free(partial);
   return CPK_OK;
 }
@@ -485,7 +502,7 @@ int cpk__conv_weight_grad(const cpk__conv *s, const cpk_context *ctx,
                           int per_sample, double beta, void *out) {
   core_dims d = dims_of(s, dt);
   const weight_operands o = {x, y, v, n, x_has_v, y_has_v};
-  const int nt = threads_for(n);
+  const int nt = threads_for(&d, n);
   char *scratch;
   int rc = scratch_new(&d, nt, &scratch);
   if (rc != CPK_OK)
@@ -509,6 +526,39 @@ void cpk__conv_bias_grad(const cpk_context *ctx, cpk_dtype dt, int64_t v,
       cpk__channel_sum(ctx, dt, n, c, m,
                        (const char *)in + (size_t)(b * n * c * m) * es, beta,
                        (char *)out + (size_t)(b * c) * es);
+}
+
+/* One column v of the parameter tangent into out[v] [N, OUT, *out]: the
+ * layer's forward with weight t[v] and no bias, or t[v] as the bias. */
+static int param_column(const cpk__layer *l, const cpk__conv *s,
+                        const cpk_context *ctx, int p, const cpk_tensor *x,
+                        const char *tv, double beta, char *ov) {
+  const cpk_dtype dt = x->dtype;
+  const int64_t n = x->shape[0];
+  if (p == 1) {
+    const int64_t m = cpk__layer_out_numel(l) / s->out_channels;
+    cpk__channel_bias(ctx, dt, n, s->out_channels, m, tv, beta, ov);
+    return CPK_OK;
+  }
+  if (s->transposed)
+    return cpk__conv_adjoint(s, ctx, dt, n, x->data, tv, NULL, beta, ov);
+  return cpk__conv_apply(s, ctx, dt, n, x->data, tv, NULL, beta, ov);
+}
+
+int cpk__conv_param_jac_mat(cpk__layer *l, cpk_context *ctx, int p,
+                            const cpk_tensor *x, const cpk_tensor *t,
+                            double beta, cpk_tensor *out) {
+  const cpk__conv *s = l->priv;
+  const int64_t n = x->shape[0], dout = cpk__layer_out_numel(l);
+  const int64_t v = cpk__block_v(out, n, dout);
+  const int64_t np = cpk_tensor_numel(l->params[p].value);
+  const size_t es = cpk_dtype_size(out->dtype);
+  int rc = CPK_OK;
+  for (int64_t b = 0; b < v && rc == CPK_OK; b++)
+    rc = param_column(l, s, ctx, p, x,
+                      (const char *)t->data + (size_t)(b * np) * es, beta,
+                      (char *)out->data + (size_t)(b * n * dout) * es);
+  return rc;
 }
 
 /* ------------------------------------------------------ for extensions */

@@ -25,23 +25,23 @@
 #include "ops.h"
 
 typedef struct cpk__conv {
-  int dims;       /* D: 1, 2 or 3 spatial axes */
-  int transposed; /* 0: ConvNd, 1: ConvTransposeNd */
+  int dims;                                  /* D: 1, 2 or 3 spatial axes */
+  int transposed;                            /* 0: ConvNd, 1: ConvTransposeNd */
   int64_t in_channels, out_channels, groups; /* as PyTorch names them */
   int64_t kernel[3], stride[3], dilation[3]; /* first D entries used */
   int64_t pad_lo[3], pad_hi[3]; /* padding before / after, per axis */
   int64_t output_padding[3];    /* ConvTransposeNd only, else 0 */
   int bias;
   /* Set by build. */
-  int64_t cx, cy;         /* channels of X and Y (see above) */
-  cpk__im2col_geom geom;  /* X grid -> Y grid; geom.channels = cx */
+  int64_t cx, cy;        /* channels of X and Y (see above) */
+  cpk__im2col_geom geom; /* X grid -> Y grid; geom.channels = cx */
 } cpk__conv;
 
 /* Where each PyTorch argument sits in a kind's argument list (-1: absent,
  * as output_padding is for ConvNd). */
 typedef struct {
-  int in_channels, out_channels, kernel_size, stride, padding,
-      output_padding, dilation, groups, bias;
+  int in_channels, out_channels, kernel_size, stride, padding, output_padding,
+      dilation, groups, bias;
 } cpk__conv_slots;
 
 /* configure: read the bound arguments into a new cpk__conv (l->priv), with
@@ -64,15 +64,17 @@ void cpk__conv_destroy(cpk__layer *l);
 
 /* The core over `count` images, threads over the images (BLAS runs single
  * threaded inside). w is [cy, cx/G, *K]; b (or NULL for none) is added per
- * output channel.
- *   apply:   y [count, cy, *ys] := W . unfold(x) (+ b), x [count, cx, *xs]
- *   adjoint: x [count, cx, *xs] := fold(W^T y) (+ b), y [count, cy, *ys] */
+ * output channel; beta = 0 never reads the output.
+ *   apply:   y [count, cy, *ys] := beta*y + W . unfold(x) (+ b),
+ *            x [count, cx, *xs]
+ *   adjoint: x [count, cx, *xs] := beta*x + fold(W^T y) (+ b),
+ *            y [count, cy, *ys] */
 int cpk__conv_apply(const cpk__conv *s, const cpk_context *ctx, cpk_dtype dt,
                     int64_t count, const void *x, const void *w, const void *b,
-                    void *y);
-int cpk__conv_adjoint(const cpk__conv *s, const cpk_context *ctx,
-                      cpk_dtype dt, int64_t count, const void *y,
-                      const void *w, const void *b, void *x);
+                    double beta, void *y);
+int cpk__conv_adjoint(const cpk__conv *s, const cpk_context *ctx, cpk_dtype dt,
+                      int64_t count, const void *y, const void *w,
+                      const void *b, double beta, void *x);
 
 /* Weight part of a parameter-Jacobian product. Images X_{v,n} and Y_{v,n}
  * for v < V, n < N; x is [V, N, cx, *xs] when x_has_v, else [N, cx, *xs]
@@ -90,6 +92,16 @@ int cpk__conv_weight_grad(const cpk__conv *s, const cpk_context *ctx,
 void cpk__conv_bias_grad(const cpk_context *ctx, cpk_dtype dt, int64_t v,
                          int64_t n, int64_t c, int64_t m, const void *in,
                          int per_sample, double beta, void *out);
+
+/* param_jac_mat (forward mode in parameter p) of both kinds: for each
+ * column v of the tangent t [V, *S],
+ *   weight: out[v] := beta*out[v] + (the layer's forward of x with weight
+ *           t[v] and no bias)          (the output is bilinear in x and W)
+ *   bias:   out[v, n, c, m] := beta*out[v, n, c, m] + t[v, c],
+ * out [V, N, OUT, *out]. */
+int cpk__conv_param_jac_mat(cpk__layer *l, cpk_context *ctx, int p,
+                            const cpk_tensor *x, const cpk_tensor *t,
+                            double beta, cpk_tensor *out);
 
 /* For extensions. The convolution state of layer l, or NULL when l is not
  * one of the six convolution kinds. */

@@ -6,7 +6,8 @@
  *   y = col2im(W^T x) + b             (the core's adjoint, with bias)
  *   J v   = col2im(W^T v)             (the adjoint, no bias)
  *   J^T u = W . im2col(u)             (the core's apply)
- *   dy/dW^T u = x . im2col(u)^T,  dy/db^T u = sum over positions of u.
+ *   dy/dW^T u = x . im2col(u)^T,  dy/db^T u = sum over positions of u,
+ *   dy/dW t   = col2im(t^T x)     (cpk__conv_param_jac_mat, bilinear).
  */
 #include "conv_common.h"
 
@@ -23,8 +24,15 @@ static const cpk__arg_spec conv_transpose_args[] = {
 };
 
 static const cpk__conv_slots conv_transpose_slots = {
-    .in_channels = 0, .out_channels = 1, .kernel_size = 2, .stride = 3,
-    .padding = 4, .output_padding = 5, .groups = 6, .bias = 7, .dilation = 8,
+    .in_channels = 0,
+    .out_channels = 1,
+    .kernel_size = 2,
+    .stride = 3,
+    .padding = 4,
+    .output_padding = 5,
+    .groups = 6,
+    .bias = 7,
+    .dilation = 8,
 };
 
 static int conv_transpose_configure(cpk__layer *l, const cpk__arg_value *a) {
@@ -35,9 +43,9 @@ static int conv_transpose_forward(cpk__layer *l, cpk_context *ctx,
                                   const cpk_tensor *x, cpk_tensor *y,
                                   int training) {
   const cpk__conv *s = l->priv;
-  return cpk__conv_adjoint(s, ctx, x->dtype, x->shape[0], x->data,
-                           l->params[0].value->data,
-                           s->bias ? l->params[1].value->data : NULL, y->data);
+  return cpk__conv_adjoint(
+      s, ctx, x->dtype, x->shape[0], x->data, l->params[0].value->data,
+      s->bias ? l->params[1].value->data : NULL, 0.0, y->data);
 }
 
 /* in [V, N, IN, *in] -> out [V, N, OUT, *out]: every (v, n) an image. */
@@ -46,7 +54,7 @@ static int conv_transpose_jac_mat(cpk__layer *l, cpk_context *ctx,
                                   const cpk_tensor *in, cpk_tensor *out) {
   const int64_t count = cpk_tensor_numel(in) / cpk__layer_in_numel(l);
   return cpk__conv_adjoint(l->priv, ctx, in->dtype, count, in->data,
-                           l->params[0].value->data, NULL, out->data);
+                           l->params[0].value->data, NULL, 0.0, out->data);
 }
 
 /* in [V, N, OUT, *out] -> out [V, N, IN, *in]. */
@@ -55,22 +63,21 @@ static int conv_transpose_jac_t_mat(cpk__layer *l, cpk_context *ctx,
                                     const cpk_tensor *in, cpk_tensor *out) {
   const int64_t count = cpk_tensor_numel(in) / cpk__layer_out_numel(l);
   return cpk__conv_apply(l->priv, ctx, in->dtype, count, in->data,
-                         l->params[0].value->data, NULL, out->data);
+                         l->params[0].value->data, NULL, 0.0, out->data);
 }
 
 /* Weight: the core's X is the block in [V, N, OUT, *out], its Y the input
  * x, shared by every v. Bias: in summed over the output positions. */
 static int conv_transpose_param_jac_t_mat(cpk__layer *l, cpk_context *ctx,
                                           int p, const cpk_tensor *x,
-                                          const cpk_tensor *in,
-                                          int per_sample, double beta,
-                                          cpk_tensor *out) {
+                                          const cpk_tensor *in, int per_sample,
+                                          double beta, cpk_tensor *out) {
   const cpk__conv *s = l->priv;
   const int64_t n = x->shape[0], dout = cpk__layer_out_numel(l);
   const int64_t v = cpk__block_v(in, n, dout);
   if (p == 0)
-    return cpk__conv_weight_grad(s, ctx, in->dtype, v, n, in->data, 1,
-                                 x->data, 0, per_sample, beta, out->data);
+    return cpk__conv_weight_grad(s, ctx, in->dtype, v, n, in->data, 1, x->data,
+                                 0, per_sample, beta, out->data);
   cpk__conv_bias_grad(ctx, in->dtype, v, n, s->out_channels,
                       dout / s->out_channels, in->data, per_sample, beta,
                       out->data);
@@ -83,14 +90,16 @@ static const int dims[3] = {1, 2, 3};
   const cpk__layer_kind cpk__conv_transpose##D##d_kind = {                     \
       .name = "conv_transpose" #D "d",                                         \
       .args = conv_transpose_args,                                             \
-      .nargs = (int)(sizeof conv_transpose_args /                              \
-                     sizeof conv_transpose_args[0]),                           \
+      .nargs =                                                                 \
+          (int)(sizeof conv_transpose_args / sizeof conv_transpose_args[0]),   \
       .data = &dims[D - 1],                                                    \
       .configure = conv_transpose_configure,                                   \
       .build = cpk__conv_build,                                                \
       .forward = conv_transpose_forward,                                       \
       .jac_t_mat = conv_transpose_jac_t_mat,                                   \
       .jac_mat = conv_transpose_jac_mat,                                       \
+      .param_jac_mat = cpk__conv_param_jac_mat,                                \
+      .param_jac_is_input = 1,                                                 \
       .param_jac_t_mat = conv_transpose_param_jac_t_mat,                       \
       .init = cpk__conv_init,                                                  \
       .destroy = cpk__conv_destroy,                                            \
