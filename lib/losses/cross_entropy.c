@@ -59,33 +59,10 @@ static int ce_check_target(const cpk_tensor *f, const cpk_tensor *target) {
   return CPK_OK;
 }
 
-static int ce_value_grad(cpk_context *ctx, double c, const cpk_tensor *f,
-                         const cpk_tensor *target, double *loss,
-                         cpk_tensor *grad) {
-  const int64_t n = f->shape[0], classes = f->shape[1], s = spatial(f);
-  double total = 0.0;
-  for (int64_t i = 0; i < n; i++)
-    for (int64_t p = 0; p < s; p++) {
-      const int64_t base = i * classes * s + p;
-      double mx = -INFINITY, z = 0.0;
-      for (int64_t k = 0; k < classes; k++)
-        mx = fmax(mx, cpk_tensor_get(f, base + k * s));
-      for (int64_t k = 0; k < classes; k++)
-        z += exp(cpk_tensor_get(f, base + k * s) - mx);
-      const int64_t y = (int64_t)cpk_tensor_get(target, i * s + p);
-      total += mx + log(z) - cpk_tensor_get(f, base + y * s);
-      for (int64_t k = 0; k < classes; k++) {
-        double pk = exp(cpk_tensor_get(f, base + k * s) - mx) / z;
-        cpk_tensor_set(grad, base + k * s, c * (pk - (k == y ? 1.0 : 0.0)));
-      }
-    }
-  *loss = c * total;
-  return CPK_OK;
-}
-
-/* softmax over the classes at (n, s) into p[0..C). */
-static void softmax_at(const cpk_tensor *f, int64_t base, int64_t classes,
-                       int64_t stride, double *p) {
+/* softmax over the classes at (n, s) into p[0..C); returns the
+ * log-sum-exp of the logits there. */
+static double softmax_at(const cpk_tensor *f, int64_t base, int64_t classes,
+                         int64_t stride, double *p) {
   double mx = -INFINITY, z = 0.0;
   for (int64_t k = 0; k < classes; k++)
     mx = fmax(mx, cpk_tensor_get(f, base + k * stride));
@@ -93,6 +70,28 @@ static void softmax_at(const cpk_tensor *f, int64_t base, int64_t classes,
     z += p[k] = exp(cpk_tensor_get(f, base + k * stride) - mx);
   for (int64_t k = 0; k < classes; k++)
     p[k] /= z;
+  return mx + log(z);
+}
+
+static int ce_value_grad(cpk_context *ctx, double c, const cpk_tensor *f,
+                         const cpk_tensor *target, double *loss,
+                         cpk_tensor *grad) {
+  const int64_t n = f->shape[0], classes = f->shape[1], s = spatial(f);
+  double total = 0.0, *p = cpk__malloc((size_t)classes * sizeof *p);
+  if (p == NULL)
+    return CPK_ENOMEM;
+  for (int64_t i = 0; i < n; i++)
+    for (int64_t pos = 0; pos < s; pos++) {
+      const int64_t base = i * classes * s + pos;
+      const int64_t y = (int64_t)cpk_tensor_get(target, i * s + pos);
+      total += softmax_at(f, base, classes, s, p) -
+               cpk_tensor_get(f, base + y * s);
+      for (int64_t k = 0; k < classes; k++)
+        cpk_tensor_set(grad, base + k * s, c * (p[k] - (k == y ? 1.0 : 0.0)));
+    }
+  cpk__free(p);
+  *loss = c * total;
+  return CPK_OK;
 }
 
 static int64_t ce_sqrt_columns(const cpk_tensor *f) {
