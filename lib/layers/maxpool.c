@@ -110,6 +110,8 @@ static int maxpool_jac_mat(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
   return CPK_OK;
 }
 
+/* Also the layer's jac_t_diag: J has one 1 per output (at its argmax), so
+ * diag(J^T diag(d) J) = J^T d. */
 static int maxpool_jac_t_mat(cpk__layer *l, cpk_context *ctx,
                              const cpk_tensor *x, const cpk_tensor *y,
                              const cpk_tensor *in, cpk_tensor *out) {
@@ -147,6 +149,7 @@ static void maxpool_destroy(cpk__layer *l) {
       .build = maxpool_build,                                                  \
       .forward = maxpool_forward,                                              \
       .jac_t_mat = maxpool_jac_t_mat,                                          \
+      .jac_t_diag = maxpool_jac_t_mat,                                         \
       .jac_mat = maxpool_jac_mat,                                              \
       .destroy = maxpool_destroy,                                              \
   };
