@@ -115,8 +115,13 @@ def main():
     row = {"tool": "backpack", "problem": args.problem, "ext": args.ext,
            "batch": args.batch, "threads": args.threads, "dtype": args.dtype}
     quantities = [q for q in args.ext.split(",") if q and q != "grad"]
+    products = [q for q in quantities if q in problems.PRODUCTS]
+    if products and len(quantities) > 1:
+        row.update(status="error", reason="a product is timed alone")
+        emit(row)
+        return 2
     for q in quantities:
-        if q not in problems.BACKPACK_EXTENSIONS:
+        if q not in problems.BACKPACK_EXTENSIONS and q not in problems.PRODUCTS:
             row.update(status="error", reason=f"unknown quantity '{q}'")
             emit(row)
             return 2
@@ -140,6 +145,8 @@ def main():
 
     exts, names = [], []
     for q in quantities:
+        if q in problems.PRODUCTS:
+            continue
         clsname = problems.BACKPACK_EXTENSIONS[q]
         if clsname in names:  # batch_grad and batch_dot_grad share BatchGrad
             continue
@@ -165,7 +172,22 @@ def main():
                 if hasattr(p, f):
                     delattr(p, f)
 
+    vec = [torch.randn_like(p) for p in params]
+
+    def product_step():
+        from backpack.hessianfree.ggnvp import ggn_vector_product_from_plist
+        from backpack.hessianfree.hvp import hessian_vector_product
+        out = model(x)
+        loss = lossfunc(out, y)
+        if products[0] == "hvp":
+            hessian_vector_product(loss, params, vec)
+        else:
+            ggn_vector_product_from_plist(loss, out, params, vec)
+        return loss
+
     def step():
+        if products:
+            return product_step()
         loss = lossfunc(model(x), y)
         if exts:
             with backpack.backpack(*exts):

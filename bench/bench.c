@@ -329,6 +329,24 @@ done:
   free(c);
 }
 
+/* One timed unit: a pass with the requested extensions (results in *res),
+ * or, for product = 1 (hvp) / 2 (ggnvp), one curvature-vector product
+ * with its forward pass (*res stays NULL). */
+static int one_pass(cpk_context *ctx, cpk_model *model,
+                    const cpk_pass_spec *spec, const cpk_tensor *input,
+                    const cpk_tensor *target, int product, const double *vec,
+                    double *hv, cpk_results **res) {
+  if (!product)
+    return cpk_compute(ctx, model, spec, input, target, res);
+  cpk_curvature_op *op;
+  int rc = cpk_curvature_op_new(&op, ctx, model, spec, input, target,
+                                product == 1 ? CPK_CURV_HESSIAN : CPK_CURV_GGN);
+  if (rc == CPK_OK)
+    rc = cpk_curvature_op_apply(op, 1, vec, hv);
+  cpk_curvature_op_free(op);
+  return rc;
+}
+
 static int run_roofline(int threads) {
   set_threads(threads);
   double sg = gemm_gflops(2048, 4, 0);
@@ -531,6 +549,11 @@ int main(int argc, char **argv) {
         tok++;
       if (*tok == '\0' || !strcmp(tok, "grad"))
         continue;
+      if ((!strcmp(tok, "hvp") || !strcmp(tok, "ggnvp")) && !extlist[0] &&
+          strtok(NULL, ",") == NULL) { /* a product is timed alone */
+        strcpy(extlist, tok);
+        break;
+      }
       if (!cpk_extension_known(tok)) {
         char msg[256];
         snprintf(msg, sizeof msg, "unknown extension '%s'", tok);
@@ -554,7 +577,7 @@ int main(int argc, char **argv) {
   cpk_context *ctx = NULL;
   cpk_tensor *input = NULL, *target = NULL;
   cpk_results *res = NULL;
-  double *times = NULL;
+  double *times = NULL, *vec = NULL, *hv = NULL;
   char reason[512];
 
   /* ---- model: parse, build, initialise. A layer the library does not know
@@ -622,7 +645,10 @@ int main(int argc, char **argv) {
   memset(&spec, 0, sizeof spec);
   spec.loss = CPK_LOSS_CROSS_ENTROPY;
   spec.reduction = CPK_REDUCTION_MEAN;
-  spec.extensions = extlist[0] ? extlist : NULL;
+  spec.extensions = extlist[0] && strcmp(extlist, "hvp") &&
+                           strcmp(extlist, "ggnvp")
+                       ? extlist
+                       : NULL;
   spec.training = 0;
   rc = cpk_check_pass(model, &spec, input, target);
   if (rc == CPK_ENOTSUP) {
@@ -637,15 +663,32 @@ int main(int argc, char **argv) {
     goto out;
   }
 
+  /* hvp / ggnvp: time one curvature-vector product with a fixed random
+   * vector, forward pass included (cpk_curvature_op_new + apply). */
+  int product = !strcmp(extlist, "hvp") ? 1 : !strcmp(extlist, "ggnvp") ? 2 : 0;
+  if (product) {
+    spec.extensions = NULL;
+    const int64_t dim = cpk_model_param_count(model);
+    vec = malloc((size_t)dim * sizeof *vec);
+    hv = malloc((size_t)dim * sizeof *hv);
+    if (vec == NULL || hv == NULL) {
+      print_status(&id, "error", "out of memory for the vectors");
+      goto out;
+    }
+    uint64_t s = (uint64_t)seed + 7;
+    for (int64_t i = 0; i < dim; i++)
+      vec[i] = rng_normal(&s);
+  }
+
   /* ---- warm-up (a single run slower than the budget ends the warm-up) */
   double loss = NAN;
   for (int w = 0; w < warmup; w++) {
     double t0 = now_s();
-    rc = cpk_compute(ctx, model, &spec, input, target, &res);
+    rc = one_pass(ctx, model, &spec, input, target, product, vec, hv, &res);
     double t = now_s() - t0;
     if (rc != CPK_OK)
       break;
-    const cpk_tensor *l = cpk_results_find(res, "loss");
+    const cpk_tensor *l = res ? cpk_results_find(res, "loss") : NULL;
     if (l != NULL)
       loss = cpk_tensor_get(l, 0);
     cpk_results_free(res);
@@ -668,13 +711,13 @@ int main(int argc, char **argv) {
     cpk_memory_reset_peak();
     for (runs = 0; runs < repeat;) {
       double t0 = now_s();
-      rc = cpk_compute(ctx, model, &spec, input, target, &res);
+      rc = one_pass(ctx, model, &spec, input, target, product, vec, hv, &res);
       double t = now_s() - t0;
       if (rc != CPK_OK)
         break;
       times[runs++] = t;
       total += t;
-      const cpk_tensor *l = cpk_results_find(res, "loss");
+      const cpk_tensor *l = res ? cpk_results_find(res, "loss") : NULL;
       if (l != NULL)
         loss = cpk_tensor_get(l, 0);
       cpk_results_free(res);
@@ -719,6 +762,8 @@ int main(int argc, char **argv) {
 
 out:
   free(times);
+  free(vec);
+  free(hv);
   cpk_results_free(res);
   cpk_tensor_free(input);
   cpk_tensor_free(target);

@@ -123,7 +123,12 @@ BACKPACK_EXTENSIONS = {
     "sqrt_ggn_exact": "SqrtGGNExact",
     "sqrt_ggn_mc": "SqrtGGNMC",
 }
-QUANTITIES = list(BACKPACK_EXTENSIONS)
+# Curvature-vector products, timed as one product with a random vector
+# (forward pass included): curvpack's cpk_curvature_op against BackPACK's
+# hessianfree module (double backward for the Hessian; R-op, loss Hessian
+# product, L-op for the GGN).
+PRODUCTS = ["hvp", "ggnvp"]
+QUANTITIES = list(BACKPACK_EXTENSIONS) + PRODUCTS
 
 
 # ---------------------------------------------------------------- parsing
@@ -384,6 +389,14 @@ def pass_cost(name, ext, batch, classes=CLASSES, mc_samples=1):
                 r = layers[i]
                 flops += V * N * r["weight"] if r["kind"] == "linear" else 2.0 * V * N * r["macs"]
             elems += V * N * P
+        elif e in PRODUCTS:
+            # R-forward (J_x v and J_theta v: 2 products per layer), then a
+            # backward of the result (2 products per layer): at least the
+            # work of the gradient again; the Hessian adds its second-order
+            # terms (2 more products per layer), which this bound leaves out.
+            for i in param_idx:
+                flops += 2 * N * layers[i]["macs"] * 4
+            elems += P
         else:
             raise ValueError(f"problems.py: no cost model for extension '{e}'")
     return flops, elems
