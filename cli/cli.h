@@ -100,5 +100,7 @@ int cmd_ggnvp(int argc, char **argv);
 int cmd_eigen(int argc, char **argv);
 int cmd_trace(int argc, char **argv);
 int cmd_density(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+int cmd_plot(int argc, char **argv);
 
 #endif

@@ -22,10 +22,10 @@ static const struct {
     {"eigen", cmd_eigen, "top eigenvalues and eigenvectors of the curvature"},
     {"trace", cmd_trace, "trace of the curvature (exact or stochastic)"},
     {"density", cmd_density, "spectral density of the curvature (SLQ)"},
+    {"train", cmd_train,
+     "train on (Fashion-)MNIST with diagnostics, checkpoints, --resume"},
+    {"plot", cmd_plot, "render a run's diagnostics as RUN/dashboard.png"},
 };
-
-/* Commands of the contract that a later release brings. */
-static const char *const coming[] = {"train"};
 
 static void usage(FILE *to) {
   fprintf(to, "usage: curvpack COMMAND [options]\n\n"
@@ -51,10 +51,6 @@ int main(int argc, char **argv) {
   for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
     if (strcmp(cmd, commands[i].name) == 0)
       return commands[i].run(argc - 2, argv + 2);
-  for (size_t i = 0; i < sizeof coming / sizeof coming[0]; i++)
-    if (strcmp(cmd, coming[i]) == 0)
-      return cli_error(CPK_ENOTSUP, "command '%s' is not implemented yet",
-                       cmd);
   return cli_error(CPK_EUSAGE,
                    "unknown command '%s' (see curvpack --help)", cmd);
 }

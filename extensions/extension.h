@@ -36,6 +36,9 @@ typedef struct cpk__param_site {
   cpk__hterms *hterms;
   const cpk_tensor *kfra;
   cpk_results *results;   /* where extensions add their outputs */
+  /* The pass's options (NULL: none): their visitors, if set, see the
+   * per-sample gradients. */
+  const cpk_pass_options *visit_opts;
   /* Cached intermediates (owned by the site, freed after the parameter). */
   cpk_tensor *grad_batch;       /* [N, *S], or NULL until needed */
   int grad_batch_in_results;    /* grad_batch is owned by results */

@@ -247,10 +247,20 @@ int cpk_compute(cpk_context *ctx, cpk_model *model, const cpk_pass_spec *spec,
  * `chunk` [count, *S] holds the rows first .. first + count - 1 of the
  * per-sample gradients of parameter `param` ("1.weight"), as batch_grad
  * gives them (loss scale included: with `mean` they sum to the gradient).
- * Valid during the call only. Returns CPK_OK, or a status that stops the
- * pass (cpk_compute_ex returns it). */
+ * Both are valid during the call only. Returns CPK_OK, or a status that
+ * stops the pass (cpk_compute_ex returns it). */
 typedef int (*cpk_grad_batch_fn)(void *ud, const char *param, int64_t first,
                                  const cpk_tensor *chunk);
+
+/* A visitor of the per-sample gradients of a Linear weight on [N, IN]
+ * inputs in factored form (cpk_pass_options.visit_grad_factors): sample n's
+ * gradient is the outer product g[n] x[n]^T, with g [N, OUT] the gradient
+ * of the loss at the layer output (loss scale included) and x [N, IN] the
+ * layer input, so that a caller can work on N * OUT * IN numbers without
+ * holding them. Valid during the call only; a status other than CPK_OK
+ * stops the pass. */
+typedef int (*cpk_grad_factors_fn)(void *ud, const char *param,
+                                   const cpk_tensor *g, const cpk_tensor *x);
 
 /* Options of cpk_compute_ex; zero-initialise, or pass NULL for none. */
 typedef struct cpk_pass_options {
@@ -264,7 +274,10 @@ typedef struct cpk_pass_options {
    * from the context's work budget: the whole [N, *S] is never held unless
    * an extension (batch_grad) keeps it anyway. */
   cpk_grad_batch_fn visit_grad_batch;
-  void *visit_ud;
+  /* When set, Linear weights on [N, IN] inputs go to this visitor in
+   * factored form instead of to visit_grad_batch. */
+  cpk_grad_factors_fn visit_grad_factors;
+  void *visit_ud; /* the visitors' first argument */
 } cpk_pass_options;
 
 /* cpk_compute with options (NULL: cpk_compute). */
@@ -625,10 +638,11 @@ typedef struct cpk_optim_options {
   cpk_kron_damping kron_damping; /* kfac */
 } cpk_optim_options;
 
-/* Defaults per kind: sgd lr 0.01 momentum 0.9; adam lr 1e-3, betas (0.9,
- * 0.999), eps 1e-8; diag_ggn lr 0.1, damping 1e-2, MC; kfac lr 0.01,
- * damping 1e-2, factored damping; update_every 10, no weight decay, ema 0.
- */
+/* Defaults per kind: sgd lr 0.01, momentum 0.9; adam lr 1e-3, betas (0.9,
+ * 0.999), eps 1e-8; diag_ggn lr 0.01, momentum 0.9, damping 0.1, MC; kfac
+ * lr 0.003, momentum 0.9, damping 0.1, factored damping; update_every 10,
+ * no weight decay, ema 0. The gradient must stay finite (CPK_ENONFINITE
+ * when the training diverges). */
 void cpk_optim_defaults(cpk_optim_kind kind, cpk_optim_options *o);
 
 /* Check the options: CPK_EINVAL naming the first one out of range. */

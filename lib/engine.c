@@ -120,13 +120,33 @@ int cpk__forward(cpk__pass *pass, const cpk_tensor *input) {
   return CPK_OK;
 }
 
+/* A dense Linear weight's per-sample gradients g[n] x[n]^T, handed over as
+ * the factors g [N, OUT] (a view of the block [1, N, OUT]) and x. */
+static int visit_factors(const cpk__param_site *site) {
+  const cpk_pass_options *opts = site->visit_opts;
+  cpk_tensor g;
+  const int64_t shape[2] = {site->n, site->g->shape[2]};
+  cpk__tensor_view(&g, site->g->dtype, site->g->data, 2, shape);
+  return opts->visit_grad_factors(opts->visit_ud, site->name, &g, site->x);
+}
+
+/* Hand one chunk of per-sample gradients to the caller's visitor. */
+static int visit_chunk(void *ud, int64_t first, const cpk_tensor *chunk) {
+  const cpk__param_site *site = ud;
+  const cpk_pass_options *opts = site->visit_opts;
+  return opts->visit_grad_batch(opts->visit_ud, site->name, first, chunk);
+}
+
 /* Every requested extension at parameter p of layer l, whose input is
  * acts[l->index] and whose output sees the current blocks. */
 static int run_extensions(cpk__pass *pass, cpk__layer *l, int p,
                           const cpk_tensor *grad) {
   char name[48];
   int rc = CPK_OK;
-  if (pass->next == 0)
+  const cpk_pass_options *opts = pass->opts;
+  const int visit = opts != NULL && (opts->visit_grad_batch != NULL ||
+                                     opts->visit_grad_factors != NULL);
+  if (pass->next == 0 && !visit)
     return CPK_OK;
   snprintf(name, sizeof name, "%d.%s", l->index, l->params[p].name);
   cpk__param_site site = {.ctx = pass->ctx,
@@ -141,9 +161,20 @@ static int run_extensions(cpk__pass *pass, cpk__layer *l, int p,
                           .sqrt_mc = pass->blocks[CPK__BLOCK_SQRT_MC],
                           .hterms = pass->hterms,
                           .kfra = pass->kfra,
-                          .results = pass->results};
-  for (int e = 0; e < pass->next && rc == CPK_OK; e++)
+                          .results = pass->results,
+                          .visit_opts = pass->opts};
+  for (int e = 0; e < pass->next && rc == CPK_OK; e++) {
     rc = pass->ext[e]->impl->param(&site);
+    if (rc == CPK_ENOTSUP && opts != NULL && opts->skip_unsupported) {
+      cpk_clear_error(); /* this parameter goes without that extension */
+      rc = CPK_OK;
+    }
+  }
+  if (rc == CPK_OK && visit && opts->visit_grad_factors != NULL && p == 0 &&
+      cpk__site_is_dense_linear(&site))
+    rc = visit_factors(&site);
+  else if (rc == CPK_OK && visit && opts->visit_grad_batch != NULL)
+    rc = cpk__site_foreach_chunk(&site, visit_chunk, &site);
   cpk__site_release(&site);
   return rc;
 }
@@ -312,7 +343,14 @@ static int loss_and_grad(cpk__pass *pass, const cpk_tensor *target) {
 int cpk_compute(cpk_context *ctx, cpk_model *model, const cpk_pass_spec *spec,
                 const cpk_tensor *input, const cpk_tensor *target,
                 cpk_results **out) {
-  cpk__pass pass = {0};
+  return cpk_compute_ex(ctx, model, spec, NULL, input, target, out);
+}
+
+int cpk_compute_ex(cpk_context *ctx, cpk_model *model,
+                   const cpk_pass_spec *spec, const cpk_pass_options *opts,
+                   const cpk_tensor *input, const cpk_tensor *target,
+                   cpk_results **out) {
+  cpk__pass pass = {.opts = opts};
   int rc;
   *out = NULL;
   if ((rc = cpk_check_pass(model, spec, input, target)) != CPK_OK)

@@ -21,6 +21,7 @@ typedef struct cpk__pass {
   cpk_context *ctx;
   cpk_model *model;
   const cpk_pass_spec *spec;
+  const cpk_pass_options *opts; /* cpk_compute_ex's (NULL: none) */
   const cpk__loss_def *loss;
   double scale;              /* c of the reduction: L = c * sum_n l_n */
   int64_t n;                 /* batch size */
