@@ -17,17 +17,10 @@ int cpk__rows_from_factor(const cpk_tensor *S, const cpk_tensor *sign,
   const int64_t v = S->shape[0], k = cpk_tensor_numel(S) / (v * n);
   int64_t shape[2] = {n, k};
   int rc = cpk_tensor_new(h, S->dtype, 2, shape);
-  if (rc != CPK_OK)
-    return rc;
-  for (int64_t c = 0; c < v; c++)
-    for (int64_t j = 0; j < n; j++) {
-      const double w = sign ? cpk_tensor_get(sign, c * n + j) : 1.0;
-      for (int64_t i = 0; i < k; i++) {
-        const double e = cpk_tensor_get(S, (c * n + j) * k + i);
-        cpk_tensor_set(*h, j * k + i, cpk_tensor_get(*h, j * k + i) + w * e * e);
-      }
-    }
-  return CPK_OK;
+  if (rc == CPK_OK)
+    cpk__sq_accumulate(NULL, S->dtype, v, n, k, S->data,
+                       sign ? sign->data : NULL, n, 0, (*h)->data);
+  return rc;
 }
 
 int cpk__diag_dense_linear(cpk__param_site *s, const cpk_tensor *h, int batch,
@@ -74,15 +67,13 @@ int cpk__diag_from_factor(cpk__param_site *s, const cpk_tensor *S,
     jt->shape[1] = count;
     if ((rc = cpk__site_block_param_jac(s, S, first, count, jt)) != CPK_OK)
       break;
-    for (int64_t c = 0; c < v; c++)
-      for (int64_t j = 0; j < count; j++) {
-        const double w = sign ? cpk_tensor_get(sign, c * s->n + first + j) : 1.0;
-        for (int64_t i = 0; i < k; i++) {
-          const double e = cpk_tensor_get(jt, (c * count + j) * k + i);
-          const int64_t at = batch ? (first + j) * k + i : i;
-          cpk_tensor_set(out, at, cpk_tensor_get(out, at) + w * e * e);
-        }
-      }
+    const size_t es = cpk_dtype_size(S->dtype);
+    cpk__sq_accumulate(s->ctx, S->dtype, v, count, k, jt->data,
+                       sign ? (const char *)sign->data + (size_t)first * es
+                            : NULL,
+                       s->n, !batch,
+                       batch ? (char *)out->data + (size_t)(first * k) * es
+                             : out->data);
   }
   cpk_tensor_free(jt);
   return rc;

@@ -95,14 +95,16 @@ static int expand_lazy(cpk__hterms *h, const cpk_tensor *like) {
     cpk_tensor_free(blk);
     return rc;
   }
+  const size_t es = cpk_dtype_size(blk->dtype);
   for (int64_t r = 0; r < k; r++)
     for (int64_t j = 0; j < n; j++) {
       double sg, root = signed_root(cpk_tensor_get(h->ls, j * k + r), &sg);
+      char *dst = (char *)blk->data + (size_t)((r * n + j) * d) * es;
       cpk_tensor_set(sign, r * n + j, sg);
-      for (int64_t i = 0; i < d; i++)
-        cpk_tensor_set(blk, (r * n + j) * d + i,
-                       root * cpk_tensor_get(h->lw, r * d + i) *
-                           cpk_tensor_get(h->le, j * d + i));
+      cpk__mul_broadcast(NULL, blk->dtype, 1, d,
+                         (const char *)h->lw->data + (size_t)(r * d) * es,
+                         (const char *)h->le->data + (size_t)(j * d) * es, dst);
+      cpk__scale(NULL, blk->dtype, d, root, dst);
     }
   cpk_tensor_free(h->ls);
   cpk_tensor_free(h->le);

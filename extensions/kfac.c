@@ -56,9 +56,15 @@ static int output_factor(cpk__param_site *s, const cpk_tensor *S, int64_t c,
   int rc = cpk_tensor_new(&g, s->grad->dtype, 2, full);
   if (rc == CPK_OK && S == NULL) {
     sum_position_pairs(s->kfra, c, g);
-  } else if (rc == CPK_OK && (rc = sum_positions(S, s->n, c, &rows)) == CPK_OK) {
-    cpk__gemm(s->ctx, S->dtype, 1, 0, c, c, rows->shape[0], 1.0, rows->data,
-              c, rows->data, c, 0.0, g->data, c);
+  } else if (rc == CPK_OK) {
+    /* one position (linear layers): S itself is [V*N, C] */
+    const int positions = cpk_tensor_numel(S) / (S->shape[0] * s->n) != c;
+    if (positions)
+      rc = sum_positions(S, s->n, c, &rows);
+    const cpk_tensor *r = positions ? rows : S;
+    if (rc == CPK_OK)
+      cpk__gemm(s->ctx, S->dtype, 1, 0, c, c, S->shape[0] * s->n, 1.0,
+                r->data, c, r->data, c, 0.0, g->data, c);
   }
   if (rc == CPK_OK && groups <= 1) {
     rc = cpk__site_result(s, name, 2, full, &out);

@@ -40,6 +40,14 @@ void cpk__sum_rows(const cpk_context *ctx, cpk_dtype dt, int64_t blocks,
 void cpk__mul_broadcast(const cpk_context *ctx, cpk_dtype dt, int64_t v,
                         int64_t m, const void *d, const void *in, void *out);
 
+/* Weighted squares of the rows of a block x [V, N, K]:
+ *   y[j, :] += sum_c w[c * w_stride + j] * x[c, j, :]^2   (collapse = 0,
+ *   y [N, K]), or y[:] += sum_{c,j} (the same) (collapse = 1, y [K]);
+ * w NULL means all weights 1. */
+void cpk__sq_accumulate(const cpk_context *ctx, cpk_dtype dt, int64_t v,
+                        int64_t n, int64_t k, const void *x, const void *w,
+                        int64_t w_stride, int collapse, void *y);
+
 /* Elementwise activation functions f and their derivatives. */
 typedef enum {
   CPK__ACT_IDENTITY,

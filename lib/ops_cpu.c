@@ -158,3 +158,13 @@ void cpk__channel_sum(const cpk_context *ctx, cpk_dtype dt, int64_t count,
   else
     channel_sum_f64(count, channels, m, y, beta, out);
 }
+
+void cpk__sq_accumulate(const cpk_context *ctx, cpk_dtype dt, int64_t v,
+                        int64_t n, int64_t k, const void *x, const void *w,
+                        int64_t w_stride, int collapse, void *y) {
+  (void)ctx;
+  if (dt == CPK_F32)
+    sq_accumulate_f32(v, n, k, x, w, w_stride, collapse, y);
+  else
+    sq_accumulate_f64(v, n, k, x, w, w_stride, collapse, y);
+}
