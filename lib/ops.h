@@ -40,6 +40,13 @@ void cpk__sum_rows(const cpk_context *ctx, cpk_dtype dt, int64_t blocks,
 void cpk__mul_broadcast(const cpk_context *ctx, cpk_dtype dt, int64_t v,
                         int64_t m, const void *d, const void *in, void *out);
 
+/* Outer products per sample and column: out[c, j] := a[c, j] b[j]^T for
+ * a [V, N, M], b [N, K], out [V, N, M, K] (per-sample gradients of a
+ * linear weight). */
+void cpk__outer_batch(const cpk_context *ctx, cpk_dtype dt, int64_t v,
+                      int64_t n, int64_t m, int64_t k, const void *a,
+                      const void *b, void *out);
+
 /* Weighted squares of the rows of a block x [V, N, K]:
  *   y[j, :] += sum_c w[c * w_stride + j] * x[c, j, :]^2   (collapse = 0,
  *   y [N, K]), or y[:] += sum_{c,j} (the same) (collapse = 1, y [K]);

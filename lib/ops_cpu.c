@@ -168,3 +168,13 @@ void cpk__sq_accumulate(const cpk_context *ctx, cpk_dtype dt, int64_t v,
   else
     sq_accumulate_f64(v, n, k, x, w, w_stride, collapse, y);
 }
+
+void cpk__outer_batch(const cpk_context *ctx, cpk_dtype dt, int64_t v,
+                      int64_t n, int64_t m, int64_t k, const void *a,
+                      const void *b, void *out) {
+  (void)ctx;
+  if (dt == CPK_F32)
+    outer_batch_f32(v, n, m, k, a, b, out);
+  else
+    outer_batch_f64(v, n, m, k, a, b, out);
+}

@@ -136,6 +136,11 @@ static int linear_param_jac_t_mat(cpk__layer *l, cpk_context *ctx, int p,
                 od + (size_t)(b * fo * fi) * es, fi);
     return CPK_OK;
   }
+  if (r == 1) { /* rank one per sample: out[v,n] = in[v,n] x_n^T */
+    cpk__outer_batch(ctx, in->dtype, v, n, fo, fi, in->data, x->data,
+                     out->data);
+    return CPK_OK;
+  }
 #pragma omp parallel for collapse(2) schedule(static) if (v * n > 1)
   for (int64_t b = 0; b < v; b++)
     for (int64_t j = 0; j < n; j++)
