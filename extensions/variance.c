@@ -2,6 +2,7 @@
  * the biased variance over the rescaled per-sample gradients (BackPACK's
  * Variance). */
 #include "extension.h"
+#include "ops.h"
 
 static int variance_param(cpk__param_site *s) {
   const cpk_tensor *sgs;
@@ -11,12 +12,13 @@ static int variance_param(cpk__param_site *s) {
     rc = cpk__site_result_like(s, "variance", -1, &out);
   if (rc != CPK_OK)
     return rc;
-  const double inv_n = 1.0 / (double)s->n;
+  /* out = sgs / N - (grad / N)^2 = (sgs - grad^2 / N) / N */
   const int64_t k = cpk_tensor_numel(sgs);
-  for (int64_t i = 0; i < k; i++) {
-    double mean = cpk_tensor_get(s->grad, i) * inv_n;
-    cpk_tensor_set(out, i, cpk_tensor_get(sgs, i) * inv_n - mean * mean);
-  }
+  cpk__mul_broadcast(s->ctx, out->dtype, 1, k, s->grad->data, s->grad->data,
+                     out->data);
+  cpk__scale(s->ctx, out->dtype, k, -1.0 / (double)s->n, out->data);
+  cpk__axpy(s->ctx, out->dtype, k, 1.0, sgs->data, out->data);
+  cpk__scale(s->ctx, out->dtype, k, 1.0 / (double)s->n, out->data);
   return CPK_OK;
 }
 
