@@ -267,14 +267,14 @@ static int hessian_terms(cpk_curvature_op *op, int i, int64_t k,
     if ((rc = l->kind->d2(l, pass->ctx, x, y, h)) == CPK_OK) {
       const int64_t m = cpk_tensor_numel(x);
       cpk__mul_broadcast(pass->ctx, x->dtype, 1, m, g->data, h->data, h->data);
-      for (int64_t v = 0; v < k; v++) {
-        cpk_tensor xv, gv;
-        column(xdot[i], v, 0, &xv);
-        column(gdot_in, v, 0, &gv);
-        for (int64_t e = 0; e < m; e++)
-          cpk_tensor_set(&gv, e,
-                         cpk_tensor_get(&gv, e) +
-                             cpk_tensor_get(h, e) * cpk_tensor_get(&xv, e));
+      /* gdot_in[v] += h o xdot[v], through h o xdot (all columns) */
+      cpk_tensor *hx;
+      if ((rc = cpk_tensor_new(&hx, x->dtype, xdot[i]->ndim, xdot[i]->shape)) ==
+          CPK_OK) {
+        cpk__mul_broadcast(pass->ctx, x->dtype, k, m, h->data, xdot[i]->data,
+                           hx->data);
+        cpk__axpy(pass->ctx, x->dtype, k * m, 1.0, hx->data, gdot_in->data);
+        cpk_tensor_free(hx);
       }
     }
     cpk_tensor_free(h);
@@ -363,6 +363,30 @@ static int product_block(cpk_curvature_op *op, int64_t k, cpk_tensor **tang,
   return rc;
 }
 
+/* n doubles into t's data from element `at` on (the model's dtype). */
+static void flat_to_dtype(cpk_dtype dt, int64_t n, const double *src,
+                          cpk_tensor *t, int64_t at) {
+  if (dt == CPK_F64) {
+    memcpy((double *)t->data + at, src, (size_t)n * sizeof *src);
+    return;
+  }
+  float *dst = (float *)t->data + at;
+  for (int64_t i = 0; i < n; i++)
+    dst[i] = (float)src[i];
+}
+
+/* n elements of t from element `at` on, as doubles. */
+static void dtype_to_flat(cpk_dtype dt, int64_t n, const cpk_tensor *t,
+                          int64_t at, double *dst) {
+  if (dt == CPK_F64) {
+    memcpy(dst, (const double *)t->data + at, (size_t)n * sizeof *dst);
+    return;
+  }
+  const float *src = (const float *)t->data + at;
+  for (int64_t i = 0; i < n; i++)
+    dst[i] = src[i];
+}
+
 int cpk_curvature_op_apply(cpk_curvature_op *op, int64_t k, const double *in,
                            double *out) {
   const cpk_dtype dt = op->pass.model->dtype;
@@ -379,25 +403,26 @@ int cpk_curvature_op_apply(cpk_curvature_op *op, int64_t k, const double *in,
     memcpy(shape + 1, q->shape, (size_t)q->ndim * sizeof *shape);
     if ((rc = cpk_tensor_new(&tang[t], dt, q->ndim + 1, shape)) == CPK_OK)
       rc = cpk_tensor_new(&prods[t], dt, q->ndim + 1, shape);
-    for (int64_t v = 0; rc == CPK_OK && v < k; v++)
-      for (int64_t e = 0; e < op->train[t].numel; e++) {
-        double val = in[v * op->dim + op->train[t].offset + e];
-        if (!isfinite(val)) {
+    for (int64_t v = 0; rc == CPK_OK && v < k; v++) {
+      const int64_t ne = op->train[t].numel;
+      const double *src = in + v * op->dim + op->train[t].offset;
+      for (int64_t e = 0; e < ne; e++)
+        if (!isfinite(src[e])) {
           rc = cpk__fail(CPK_ENONFINITE,
                          "vector %lld: non-finite value at parameter %d.%s",
                          (long long)v, op->train[t].layer->index, q->name);
           break;
         }
-        cpk_tensor_set(tang[t], v * op->train[t].numel + e, val);
-      }
+      if (rc == CPK_OK)
+        flat_to_dtype(dt, ne, src, tang[t], v * ne);
+    }
   }
   if (rc == CPK_OK)
     rc = product_block(op, k, tang, prods);
   for (int t = 0; rc == CPK_OK && t < op->ntrain; t++)
     for (int64_t v = 0; v < k; v++)
-      for (int64_t e = 0; e < op->train[t].numel; e++)
-        out[v * op->dim + op->train[t].offset + e] =
-            cpk_tensor_get(prods[t], v * op->train[t].numel + e);
+      dtype_to_flat(dt, op->train[t].numel, prods[t], v * op->train[t].numel,
+                    out + v * op->dim + op->train[t].offset);
   for (int t = 0; t < op->ntrain && tang && prods; t++) {
     cpk_tensor_free(tang[t]);
     cpk_tensor_free(prods[t]);
