@@ -59,25 +59,9 @@ int cmd_compute(int argc, char **argv) {
     return rc;
   cpk_pass_spec spec = {s.loss, s.reduction, ext, 0};
 
-  /* Usage errors in the extension list come before any file is read, and
-   * before a known name that is not implemented yet (pass 1 of 2). */
-  for (int pass = 0; pass < 2; pass++)
-    for (const char *p = ext; p && *p;) {
-      char name[64];
-      int len = 0;
-      while (p[len] && p[len] != ',')
-        len++;
-      snprintf(name, sizeof name, "%.*s", len < 63 ? len : 63, p);
-      if (pass == 0 && len > 0 && !cpk_extension_known(name))
-        return cli_error(CPK_EUSAGE,
-                         "unknown extension '%.*s' (see curvpack compute "
-                         "--help)",
-                         len, p);
-      if (pass == 1 && len > 0 && !cpk_extension_available(name))
-        return cli_error(CPK_ENOTSUP, "extension '%s' is not implemented yet",
-                         name);
-      p += len + (p[len] == ',');
-    }
+  /* Usage errors in the extension list come before any file is read. */
+  if ((rc = cpk_extensions_check(ext)) != CPK_OK)
+    return cli_lib_error(rc);
 
   cpk_model *model = NULL;
   cpk_tensor *input = NULL, *target = NULL;

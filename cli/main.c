@@ -13,7 +13,7 @@ static const struct {
      "gradients and extensions in one backward pass"},
     {"init", cmd_init, "write PyTorch-style initial parameters for a model"},
     {"jacobian", cmd_jacobian,
-     "per-sample Jacobian of the output w.r.t. the input (forward mode)"},
+     "per-sample Jacobian of the output w.r.t. the input (forward or reverse mode)"},
     {"propagate", cmd_propagate,
      "first-order propagation of input errors, with a Monte Carlo check"},
     {"hvp", cmd_hvp, "Hessian of the loss times a parameter vector"},

@@ -72,3 +72,9 @@ int cpk__extensions_parse(const char *list, const cpk__extension_entry **out,
                      missing->name);
   return CPK_OK;
 }
+
+int cpk_extensions_check(const char *list) {
+  const cpk__extension_entry *ext[CPK__MAX_EXTENSIONS];
+  int count;
+  return cpk__extensions_parse(list, ext, &count);
+}

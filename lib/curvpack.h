@@ -226,6 +226,10 @@ typedef struct cpk_pass_spec {
  * implements it. */
 int cpk_extension_known(const char *name);
 int cpk_extension_available(const char *name);
+/* Check a comma-separated extension list without running anything:
+ * CPK_EUSAGE for an unknown name (checked over the whole list first), then
+ * CPK_ENOTSUP for a known one this build does not implement. */
+int cpk_extensions_check(const char *list);
 
 /* Validate a pass before running it: the extension list (CPK_EUSAGE for an
  * unknown name, CPK_ENOTSUP for one not implemented yet), the input shape
