@@ -7,6 +7,7 @@
  * Otherwise D = B B^T over the flattened per-sample gradients B [N, P],
  * accumulated block by block over chunks of samples.
  */
+#include "device.h"
 #include "extension.h"
 #include "ops.h"
 
@@ -60,7 +61,8 @@ static int batch_dot_param(cpk__param_site *s) {
     return cpk__site_foreach_chunk(s, gram_outer_chunk, &acc);
   }
   gram(s, s->g->data, s->g->shape[2], out->data);
-  if (s->p == 0 && (rc = cpk_tensor_new(&xx, s->x->dtype, 2, shape)) == CPK_OK) {
+  if (s->p == 0 && (rc = cpk__tensor_new_on(s->ctx, &xx, s->x->dtype, 2,
+                                            shape)) == CPK_OK) {
     gram(s, s->x->data, s->x->shape[1], xx->data);
     cpk__mul_broadcast(s->ctx, out->dtype, 1, s->n * s->n, xx->data, out->data,
                        out->data);

@@ -9,16 +9,17 @@
  */
 #include <string.h>
 
+#include "device.h"
 #include "diag_common.h"
 #include "ops.h"
 
-int cpk__rows_from_factor(const cpk_tensor *S, const cpk_tensor *sign,
-                          int64_t n, cpk_tensor **h) {
+int cpk__rows_from_factor(const cpk_context *ctx, const cpk_tensor *S,
+                          const cpk_tensor *sign, int64_t n, cpk_tensor **h) {
   const int64_t v = S->shape[0], k = cpk_tensor_numel(S) / (v * n);
   int64_t shape[2] = {n, k};
-  int rc = cpk_tensor_new(h, S->dtype, 2, shape);
+  int rc = cpk__tensor_new_on(ctx, h, S->dtype, 2, shape);
   if (rc == CPK_OK)
-    cpk__sq_accumulate(NULL, S->dtype, v, n, k, S->data,
+    cpk__sq_accumulate(ctx, S->dtype, v, n, k, S->data,
                        sign ? sign->data : NULL, n, 0, (*h)->data);
   return rc;
 }
@@ -35,7 +36,7 @@ int cpk__diag_dense_linear(cpk__param_site *s, const cpk_tensor *h, int batch,
     return CPK_OK;
   }
   cpk_tensor *x2;
-  int rc = cpk_tensor_new(&x2, s->x->dtype, 2, s->x->shape);
+  int rc = cpk__tensor_new_on(s->ctx, &x2, s->x->dtype, 2, s->x->shape);
   if (rc != CPK_OK)
     return rc;
   cpk__mul_broadcast(s->ctx, s->x->dtype, 1, n * fi, s->x->data, s->x->data,
@@ -61,7 +62,7 @@ int cpk__diag_from_factor(cpk__param_site *s, const cpk_tensor *S,
   int64_t shape[CPK_MAX_DIMS + 2] = {v, step};
   memcpy(shape + 2, p->shape, (size_t)p->ndim * sizeof *shape);
   cpk_tensor *jt;
-  int rc = cpk_tensor_new(&jt, S->dtype, p->ndim + 2, shape);
+  int rc = cpk__tensor_new_on(s->ctx, &jt, S->dtype, p->ndim + 2, shape);
   for (int64_t first = 0; rc == CPK_OK && first < s->n; first += step) {
     const int64_t count = s->n - first < step ? s->n - first : step;
     jt->shape[1] = count;
@@ -85,9 +86,10 @@ int cpk__diag_from_diagonal(cpk__param_site *s, const cpk_tensor *d, int batch,
   int64_t shape[CPK_MAX_DIMS + 1] = {1};
   memcpy(shape + 1, d->shape, (size_t)d->ndim * sizeof *shape);
   cpk__tensor_view(&dblock, d->dtype, d->data, d->ndim + 1, shape);
-  int rc = cpk_tensor_new(&x2, s->x->dtype, s->x->ndim, s->x->shape);
+  int rc = cpk__tensor_new_on(s->ctx, &x2, s->x->dtype, s->x->ndim,
+                              s->x->shape);
   if (rc == CPK_OK)
-    rc = cpk_tensor_new(&res, out->dtype, out->ndim, out->shape);
+    rc = cpk__tensor_new_on(s->ctx, &res, out->dtype, out->ndim, out->shape);
   if (rc == CPK_OK) {
     cpk__mul_broadcast(s->ctx, s->x->dtype, 1, cpk_tensor_numel(x2),
                        s->x->data, s->x->data, x2->data);

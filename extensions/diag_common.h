@@ -7,7 +7,8 @@
 
 /* h[n, k] := sum_v sign[v, n] S[v, n, k]^2 for a block S [V, N, K]
  * (sign [V, N] or NULL for all +1). */
-int cpk__rows_from_factor(const cpk_tensor *S, const cpk_tensor *sign,
+int cpk__rows_from_factor(const cpk_context *ctx, const cpk_tensor *S,
+                          const cpk_tensor *sign,
                           int64_t n, cpk_tensor **h);
 /* Linear layers on [N, IN]: add the parameter's diagonal for the per-sample
  * output-curvature diagonal h [N, OUT]. */

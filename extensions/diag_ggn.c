@@ -19,7 +19,7 @@ static int diag_ggn(cpk__param_site *s, const cpk_tensor *S, int batch,
     return rc;
   if (!cpk__site_is_dense_linear(s))
     return cpk__diag_from_factor(s, S, NULL, batch, out);
-  if ((rc = cpk__rows_from_factor(S, NULL, s->n, &h)) == CPK_OK)
+  if ((rc = cpk__rows_from_factor(s->ctx, S, NULL, s->n, &h)) == CPK_OK)
     rc = cpk__diag_dense_linear(s, h, batch, out);
   cpk_tensor_free(h);
   return rc;

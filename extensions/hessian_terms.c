@@ -285,7 +285,7 @@ int cpk__hterms_param_diag(cpk__hterms *h, cpk__param_site *s, int batch,
     cpk_tensor *rows = NULL;
     int64_t shape[2] = {s->n, features(h)};
     if (h->f != NULL)
-      rc = cpk__rows_from_factor(h->f, h->sign, s->n, &rows);
+      rc = cpk__rows_from_factor(s->ctx, h->f, h->sign, s->n, &rows);
     else
       rc = cpk_tensor_new(&rows, s->grad->dtype, 2, shape);
     if (rc == CPK_OK && h->d != NULL)

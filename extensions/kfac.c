@@ -15,18 +15,19 @@
  */
 #include <stdio.h>
 
+#include "device.h"
 #include "layers/conv_common.h"
 #include "extension.h"
 #include "ops.h"
 
 /* S [V, N, C, L] summed over the L output positions: [V*N, C]. */
-static int sum_positions(const cpk_tensor *S, int64_t n, int64_t c,
-                         cpk_tensor **out) {
+static int sum_positions(const cpk_context *ctx, const cpk_tensor *S,
+                         int64_t n, int64_t c, cpk_tensor **out) {
   const int64_t v = S->shape[0], l = cpk_tensor_numel(S) / (v * n * c);
   int64_t shape[2] = {v * n, c};
-  int rc = cpk_tensor_new(out, S->dtype, 2, shape);
+  int rc = cpk__tensor_new_on(ctx, out, S->dtype, 2, shape);
   if (rc == CPK_OK)
-    cpk__sum_rows(NULL, S->dtype, v * n * c, l, 1, S->data, 0.0, (*out)->data);
+    cpk__sum_rows(ctx, S->dtype, v * n * c, l, 1, S->data, 0.0, (*out)->data);
   return rc;
 }
 
@@ -53,14 +54,14 @@ static int output_factor(cpk__param_site *s, const cpk_tensor *S, int64_t c,
                          int64_t groups, const char *name) {
   int64_t full[2] = {c, c};
   cpk_tensor *g = NULL, *rows = NULL, *out;
-  int rc = cpk_tensor_new(&g, s->grad->dtype, 2, full);
+  int rc = cpk__tensor_new_on(s->ctx, &g, s->grad->dtype, 2, full);
   if (rc == CPK_OK && S == NULL) {
     sum_position_pairs(s->kfra, c, g);
   } else if (rc == CPK_OK) {
     /* one position (linear layers): S itself is [V*N, C] */
     const int positions = cpk_tensor_numel(S) / (S->shape[0] * s->n) != c;
     if (positions)
-      rc = sum_positions(S, s->n, c, &rows);
+      rc = sum_positions(s->ctx, S, s->n, c, &rows);
     const cpk_tensor *r = positions ? rows : S;
     if (rc == CPK_OK)
       cpk__gemm(s->ctx, S->dtype, 1, 0, c, c, S->shape[0] * s->n, 1.0,
@@ -73,12 +74,14 @@ static int output_factor(cpk__param_site *s, const cpk_tensor *S, int64_t c,
   } else if (rc == CPK_OK) {
     const int64_t cg = c / groups;
     int64_t shape[3] = {groups, cg, cg};
+    const size_t es = cpk_dtype_size(g->dtype);
     if ((rc = cpk__site_result(s, name, 3, shape, &out)) == CPK_OK)
-      for (int64_t k = 0; k < groups; k++)
+      for (int64_t k = 0; k < groups; k++) /* out[k, i, :] = g[k*cg + i, k*cg..] */
         for (int64_t i = 0; i < cg; i++)
-          for (int64_t j = 0; j < cg; j++)
-            cpk_tensor_set(out, (k * cg + i) * cg + j,
-                           cpk_tensor_get(g, (k * cg + i) * c + k * cg + j));
+          cpk__copy(s->ctx, g->dtype, cg,
+                    (const char *)g->data +
+                        (size_t)((k * cg + i) * c + k * cg) * es,
+                    (char *)out->data + (size_t)((k * cg + i) * cg) * es);
   }
   cpk_tensor_free(g);
   cpk_tensor_free(rows);

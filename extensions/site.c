@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "device.h"
 #include "extension.h"
 #include "ops.h"
 #include "results.h"
@@ -58,13 +59,13 @@ int cpk__site_block_param_jac(cpk__param_site *s, const cpk_tensor *in,
   memcpy(shape, in->shape, (size_t)in->ndim * sizeof *shape);
   shape[1] = count;
   cpk_tensor *slice;
-  int rc = cpk_tensor_new(&slice, in->dtype, in->ndim, shape);
+  int rc = cpk__tensor_new_on(s->ctx, &slice, in->dtype, in->ndim, shape);
   if (rc != CPK_OK)
     return rc;
   for (int64_t c = 0; c < v; c++)
-    memcpy((char *)slice->data + (size_t)(c * count * per) * es,
-           (const char *)in->data + (size_t)((c * s->n + first) * per) * es,
-           (size_t)(count * per) * es);
+    cpk__copy(s->ctx, in->dtype, count * per,
+              (const char *)in->data + (size_t)((c * s->n + first) * per) * es,
+              (char *)slice->data + (size_t)(c * count * per) * es);
   cpk__tensor_view(&bs, in->dtype, slice->data, in->ndim, shape);
   rc = s->layer->kind->param_jac_t_mat(s->layer, s->ctx, s->p, &xs, &bs, 1,
                                        0.0, out);
@@ -92,7 +93,8 @@ int cpk__site_grad_batch(cpk__param_site *s, const cpk_tensor **out) {
     int64_t shape[CPK_MAX_DIMS + 1];
     shape[0] = s->n;
     memcpy(shape + 1, p->shape, (size_t)p->ndim * sizeof *shape);
-    int rc = cpk_tensor_new(&s->grad_batch, s->grad->dtype, p->ndim + 1, shape);
+    int rc = cpk__tensor_new_on(s->ctx, &s->grad_batch, s->grad->dtype,
+                                p->ndim + 1, shape);
     if (rc == CPK_OK)
       rc = grad_batch_slice(s, 0, s->n, s->grad_batch);
     if (rc != CPK_OK) {
@@ -114,7 +116,8 @@ int cpk__site_foreach_chunk(cpk__param_site *s, cpk__chunk_fn fn, void *ud) {
   shape[0] = step;
   memcpy(shape + 1, p->shape, (size_t)p->ndim * sizeof *shape);
   cpk_tensor *chunk;
-  int rc = cpk_tensor_new(&chunk, s->grad->dtype, p->ndim + 1, shape);
+  int rc = cpk__tensor_new_on(s->ctx, &chunk, s->grad->dtype, p->ndim + 1,
+                              shape);
   for (int64_t first = 0; rc == CPK_OK && first < s->n; first += step) {
     int64_t count = s->n - first < step ? s->n - first : step;
     chunk->shape[0] = count;
@@ -129,23 +132,17 @@ int cpk__site_is_dense_linear(const cpk__param_site *s) {
   return s->layer->kind == &cpk__linear_kind && s->x->ndim == 2;
 }
 
+typedef struct {
+  cpk__param_site *site;
+  cpk_tensor *sgs;
+} square_sum;
+
 /* sgs += sum over the chunk's samples of grad_batch^2. */
 static int add_squares(void *ud, int64_t first, const cpk_tensor *chunk) {
-  cpk_tensor *sgs = ud;
-  const int64_t per = cpk_tensor_numel(sgs), count = chunk->shape[0];
-  if (sgs->dtype == CPK_F32) {
-    const float *c = chunk->data;
-    float *o = sgs->data;
-    for (int64_t n = 0; n < count; n++)
-      for (int64_t k = 0; k < per; k++)
-        o[k] += c[n * per + k] * c[n * per + k];
-  } else {
-    const double *c = chunk->data;
-    double *o = sgs->data;
-    for (int64_t n = 0; n < count; n++)
-      for (int64_t k = 0; k < per; k++)
-        o[k] += c[n * per + k] * c[n * per + k];
-  }
+  const square_sum *q = ud;
+  cpk__sq_accumulate(q->site->ctx, chunk->dtype, 1, chunk->shape[0],
+                     cpk_tensor_numel(q->sgs), chunk->data, NULL, 0, 1,
+                     q->sgs->data);
   return CPK_OK;
 }
 
@@ -156,14 +153,15 @@ static int linear_sum_grad_squared(cpk__param_site *s, cpk_tensor *sgs) {
   const int64_t n = s->n, fo = s->g->shape[2], fi = s->x->shape[1];
   int64_t gshape[2] = {n, fo}, xshape[2] = {n, fi};
   cpk_tensor *g2 = NULL, *x2 = NULL;
-  int rc = cpk_tensor_new(&g2, s->g->dtype, 2, gshape);
+  int rc = cpk__tensor_new_on(s->ctx, &g2, s->g->dtype, 2, gshape);
   if (rc != CPK_OK)
     return rc;
   cpk__mul_broadcast(s->ctx, s->g->dtype, 1, n * fo, s->g->data, s->g->data,
                      g2->data);
   if (s->p == 1) { /* bias */
     cpk__sum_rows(s->ctx, s->g->dtype, 1, n, fo, g2->data, 0.0, sgs->data);
-  } else if ((rc = cpk_tensor_new(&x2, s->x->dtype, 2, xshape)) == CPK_OK) {
+  } else if ((rc = cpk__tensor_new_on(s->ctx, &x2, s->x->dtype, 2, xshape)) ==
+             CPK_OK) {
     cpk__mul_broadcast(s->ctx, s->x->dtype, 1, n * fi, s->x->data, s->x->data,
                        x2->data);
     cpk__gemm(s->ctx, s->g->dtype, 1, 0, fo, fi, n, 1.0, g2->data, fo,
@@ -177,12 +175,13 @@ static int linear_sum_grad_squared(cpk__param_site *s, cpk_tensor *sgs) {
 int cpk__site_sum_grad_squared(cpk__param_site *s, const cpk_tensor **out) {
   if (s->sum_grad_squared == NULL) {
     const cpk__param *p = site_param(s);
-    int rc = cpk_tensor_new(&s->sum_grad_squared, s->grad->dtype, p->ndim,
-                            p->shape);
+    int rc = cpk__tensor_new_on(s->ctx, &s->sum_grad_squared, s->grad->dtype,
+                                p->ndim, p->shape);
+    square_sum q = {s, s->sum_grad_squared};
     if (rc == CPK_OK)
       rc = cpk__site_is_dense_linear(s) && s->grad_batch == NULL
                ? linear_sum_grad_squared(s, s->sum_grad_squared)
-               : cpk__site_foreach_chunk(s, add_squares, s->sum_grad_squared);
+               : cpk__site_foreach_chunk(s, add_squares, &q);
     if (rc != CPK_OK) {
       cpk_tensor_free(s->sum_grad_squared);
       s->sum_grad_squared = NULL;

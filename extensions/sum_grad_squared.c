@@ -1,9 +1,8 @@
 /* sum_grad_squared.c: the second moment P.sum_grad_squared (shape S),
  * sum_n grad_batch[n]^2 (BackPACK's SumGradSquared); see site.c for the
  * closed form of linear layers. */
-#include <string.h>
-
 #include "extension.h"
+#include "ops.h"
 
 static int sgs_param(cpk__param_site *s) {
   const cpk_tensor *sgs;
@@ -12,8 +11,8 @@ static int sgs_param(cpk__param_site *s) {
   if (rc == CPK_OK)
     rc = cpk__site_result_like(s, "sum_grad_squared", -1, &out);
   if (rc == CPK_OK)
-    memcpy(out->data, sgs->data,
-           (size_t)cpk_tensor_numel(sgs) * cpk_dtype_size(sgs->dtype));
+    cpk__copy(s->ctx, sgs->dtype, cpk_tensor_numel(sgs), sgs->data,
+              out->data);
   return rc;
 }
 

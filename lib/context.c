@@ -1,10 +1,15 @@
 /* context.c: threads, device and seed of a computation. */
+#include "config.h"
+
 #include <cblas.h>
 #include <omp.h>
 #include <stdio.h>
 
 #include "context.h"
 #include "gpu.h"
+#ifdef CPK_HAVE_CUDA
+#include "gpu_ops.h"
+#endif
 
 int cpk_have_cuda(void) { return cpk__cuda_built(); }
 
@@ -19,28 +24,56 @@ int cpk_context_new(cpk_context **out, const cpk_context_options *opts) {
   if (opts->mc_samples < 0)
     return cpk__fail(CPK_EINVAL, "mc-samples must be positive, got %d",
                      opts->mc_samples);
+  if (opts->device != CPK_DEVICE_CPU && opts->device != CPK_DEVICE_CUDA)
+    return cpk__fail(CPK_EINVAL, "unknown device %d", (int)opts->device);
   if (opts->device == CPK_DEVICE_CUDA) {
     char why[256];
     if (cpk__cuda_device_count(why, sizeof why) == 0)
       return cpk__fail(CPK_ENODEV, "--device cuda: %s", why);
-    return cpk__fail(CPK_ENOTSUP,
-                     "--device cuda: the CUDA path of the engine is not "
-                     "built yet; use --device cpu");
   }
   cpk_context *ctx = cpk__calloc(sizeof *ctx);
   if (ctx == NULL)
     return CPK_ENOMEM;
   ctx->threads = opts->threads > 0 ? opts->threads : omp_get_num_procs();
-  ctx->device = opts->device;
+  ctx->device = CPK_DEVICE_CPU;
   ctx->seed = opts->seed;
   ctx->mc_samples = opts->mc_samples > 0 ? opts->mc_samples : 1;
   cpk__rng_seed(&ctx->rng, ctx->seed);
   ctx->work_bytes = (size_t)64 << 20;
+#ifdef CPK_HAVE_CUDA
+  if (opts->device == CPK_DEVICE_CUDA) {
+    char why[512];
+    cpk_context *host = cpk__calloc(sizeof *host);
+    if (host == NULL) {
+      cpk__free(ctx);
+      return CPK_ENOMEM;
+    }
+    *host = *ctx;
+    if (cpk__gpu_open(&ctx->gpu, 0, why, sizeof why) != 0) {
+      cpk__free(host);
+      cpk__free(ctx);
+      return cpk__fail(CPK_ENODEV, "--device cuda: %s", why);
+    }
+    ctx->device = CPK_DEVICE_CUDA;
+    ctx->host = host;
+    /* Chunks on the device may be larger: the GPU has its own memory. */
+    ctx->work_bytes = (size_t)512 << 20;
+  }
+#endif
   *out = ctx;
   return CPK_OK;
 }
 
-void cpk_context_free(cpk_context *ctx) { cpk__free(ctx); }
+void cpk_context_free(cpk_context *ctx) {
+  if (ctx == NULL)
+    return;
+#ifdef CPK_HAVE_CUDA
+  if (ctx->gpu != NULL)
+    cpk__gpu_close(ctx->gpu);
+#endif
+  cpk__free(ctx->host);
+  cpk__free(ctx);
+}
 
 void cpk__context_apply_threads(const cpk_context *ctx) {
   omp_set_num_threads(ctx->threads);

@@ -13,6 +13,10 @@ struct cpk_context {
   cpk__rng rng; /* drawn from by dropout and MC sampling */
   size_t work_bytes; /* budget of one chunked intermediate (per-sample
                         gradients visited in chunks of samples) */
+  struct cpk__gpu *gpu; /* the CUDA device (device == CPK_DEVICE_CUDA) */
+  cpk_context *host;    /* a CPU twin of this context (CUDA only): the
+                           small host-side steps of a device pass (loss
+                           values and square roots) run with it */
 };
 
 /* Apply the context's thread count to OpenMP and OpenBLAS. */

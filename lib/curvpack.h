@@ -78,6 +78,9 @@ typedef struct cpk_tensor {
   int64_t strides[CPK_MAX_DIMS];   /* in elements; C order when contiguous */
   void *data;                      /* 64-byte aligned when owned */
   int owns_data;                   /* nonzero: cpk_tensor_free frees data */
+  void *device;                    /* internal: NULL for host memory; the
+                                      GPU whose memory data is otherwise.
+                                      Tensors handed to callers are host. */
 } cpk_tensor;
 
 /* Size in bytes of one element of `dtype`. */

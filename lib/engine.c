@@ -10,11 +10,19 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "device.h"
+#include "device_pass.h"
 #include "engine.h"
+#include "ops.h"
 #include "results.h"
 
 int cpk__block_new(cpk_tensor **out, cpk_dtype dt, int64_t v, int64_t n,
                    int ndim, const int64_t *shape) {
+  return cpk__block_new_on(NULL, out, dt, v, n, ndim, shape);
+}
+
+int cpk__block_new_on(const cpk_context *ctx, cpk_tensor **out, cpk_dtype dt,
+                      int64_t v, int64_t n, int ndim, const int64_t *shape) {
   int64_t full[CPK_MAX_DIMS];
   if (ndim + 2 > CPK_MAX_DIMS)
     return cpk__fail(CPK_EINVAL, "block of %d axes (at most %d)", ndim + 2,
@@ -22,7 +30,7 @@ int cpk__block_new(cpk_tensor **out, cpk_dtype dt, int64_t v, int64_t n,
   full[0] = v;
   full[1] = n;
   memcpy(full + 2, shape, (size_t)ndim * sizeof *shape);
-  return cpk_tensor_new(out, dt, ndim + 2, full);
+  return cpk__tensor_new_on(ctx, out, dt, ndim + 2, full);
 }
 
 int cpk__check_input(const cpk_model *m, const cpk_tensor *input) {
@@ -97,7 +105,12 @@ int cpk__forward(cpk__pass *pass, const cpk_tensor *input) {
   if (pass->acts == NULL)
     return CPK_ENOMEM;
   pass->n = input->shape[0];
-  if (input->dtype == m->dtype) {
+  if (cpk__on_cuda(pass->ctx)) { /* the one upload of the input */
+    if ((rc = cpk__tensor_to_device(pass->ctx, input, m->dtype,
+                                    &pass->acts[0])) != CPK_OK)
+      return cpk__fail_prefix(rc, "input");
+    pass->owns_input = 1;
+  } else if (input->dtype == m->dtype) {
     pass->acts[0] = (cpk_tensor *)input; /* read only */
     pass->owns_input = 0;
   } else {
@@ -110,8 +123,8 @@ int cpk__forward(cpk__pass *pass, const cpk_tensor *input) {
     int64_t shape[CPK_MAX_DIMS];
     shape[0] = pass->n;
     memcpy(shape + 1, l->out_shape, (size_t)l->out_ndim * sizeof *shape);
-    if ((rc = cpk_tensor_new(&pass->acts[i + 1], m->dtype, l->out_ndim + 1,
-                             shape)) != CPK_OK)
+    if ((rc = cpk__tensor_new_on(pass->ctx, &pass->acts[i + 1], m->dtype,
+                                 l->out_ndim + 1, shape)) != CPK_OK)
       return cpk__fail_prefix(rc, "%s: forward", l->where);
     if ((rc = l->kind->forward(l, pass->ctx, pass->acts[i], pass->acts[i + 1],
                                pass->spec->training)) != CPK_OK)
@@ -230,8 +243,8 @@ static int propagate_blocks(cpk__pass *pass, int i) {
     cpk_tensor *in = pass->blocks[b], *out = NULL;
     if (in == NULL)
       continue;
-    rc = cpk__block_new(&out, in->dtype, in->shape[0], pass->n, l->in_ndim,
-                        l->in_shape);
+    rc = cpk__block_new_on(pass->ctx, &out, in->dtype, in->shape[0], pass->n,
+                           l->in_ndim, l->in_shape);
     if (rc == CPK_OK)
       rc = l->kind->jac_t_mat(l, pass->ctx, x, y, in, out);
     if (rc != CPK_OK) {
@@ -256,6 +269,39 @@ static int backward(cpk__pass *pass) {
   return rc;
 }
 
+/* The steps of the loss, computed on the host (their size is N times the
+ * output features; on a device pass the output comes down and the block
+ * goes up). */
+enum loss_step { LOSS_VALUE_GRAD, LOSS_SQRT_EXACT, LOSS_SQRT_MC };
+
+static int loss_step(cpk__pass *pass, enum loss_step step, const cpk_tensor *f,
+                     const cpk_tensor *target, double *value, cpk__rng *rng,
+                     cpk_tensor *out) {
+  const cpk__loss_def *loss = pass->loss;
+  cpk_context *ctx = pass->ctx;
+  cpk_tensor *f_host = NULL, *out_host = NULL;
+  int rc = CPK_OK;
+  if (cpk__on_cuda(ctx)) {
+    if ((rc = cpk__tensor_to_host(ctx, f, &f_host)) == CPK_OK)
+      rc = cpk_tensor_new(&out_host, out->dtype, out->ndim, out->shape);
+    ctx = ctx->host;
+    f = f_host;
+  }
+  cpk_tensor *o = out_host != NULL ? out_host : out;
+  if (rc == CPK_OK && step == LOSS_VALUE_GRAD)
+    rc = loss->value_grad(ctx, pass->scale, f, target, value, o);
+  else if (rc == CPK_OK && step == LOSS_SQRT_EXACT)
+    rc = loss->sqrt_hessian(ctx, pass->scale, f, target, o);
+  else if (rc == CPK_OK)
+    rc = loss->sqrt_hessian_mc(ctx, pass->scale, f, pass->ctx->mc_samples,
+                               rng, o);
+  if (rc == CPK_OK && out_host != NULL)
+    rc = cpk__tensor_fill_from_host(pass->ctx, out, out_host);
+  cpk_tensor_free(f_host);
+  cpk_tensor_free(out_host);
+  return rc;
+}
+
 /* The Hessian terms and KFRA's matrix start from the exact square root of
  * the loss Hessian (computed here unless an extension keeps it anyway). */
 static int start_from_exact_root(cpk__pass *pass, const cpk_tensor *target) {
@@ -264,10 +310,11 @@ static int start_from_exact_root(cpk__pass *pass, const cpk_tensor *target) {
   cpk_tensor *root = pass->blocks[CPK__BLOCK_SQRT_EXACT], *own = NULL;
   int rc = CPK_OK;
   if (root == NULL) {
-    rc = cpk__block_new(&own, f->dtype, pass->loss->sqrt_columns(f), pass->n,
-                        last->out_ndim, last->out_shape);
+    rc = cpk__block_new_on(pass->ctx, &own, f->dtype,
+                           pass->loss->sqrt_columns(f), pass->n,
+                           last->out_ndim, last->out_shape);
     if (rc == CPK_OK)
-      rc = pass->loss->sqrt_hessian(pass->ctx, pass->scale, f, target, own);
+      rc = loss_step(pass, LOSS_SQRT_EXACT, f, target, NULL, NULL, own);
     root = own;
   }
   if (rc == CPK_OK && (pass->needs & CPK__NEED_HESSIAN_TERMS)) {
@@ -290,25 +337,24 @@ static int loss_sqrt_blocks(cpk__pass *pass, const cpk_tensor *target) {
   const cpk__layer *last = pass->model->layers[pass->model->nlayers - 1];
   int rc = CPK_OK;
   if (pass->needs & CPK__NEED_SQRT_EXACT) {
-    rc = cpk__block_new(&pass->blocks[CPK__BLOCK_SQRT_EXACT], f->dtype,
-                        pass->loss->sqrt_columns(f), pass->n, last->out_ndim,
-                        last->out_shape);
+    rc = cpk__block_new_on(pass->ctx, &pass->blocks[CPK__BLOCK_SQRT_EXACT],
+                           f->dtype, pass->loss->sqrt_columns(f), pass->n,
+                           last->out_ndim, last->out_shape);
     if (rc == CPK_OK)
-      rc = pass->loss->sqrt_hessian(pass->ctx, pass->scale, f, target,
-                                    pass->blocks[CPK__BLOCK_SQRT_EXACT]);
+      rc = loss_step(pass, LOSS_SQRT_EXACT, f, target, NULL, NULL,
+                     pass->blocks[CPK__BLOCK_SQRT_EXACT]);
   }
   if (rc == CPK_OK && (pass->needs & (CPK__NEED_HESSIAN_TERMS | CPK__NEED_KFRA)))
     rc = start_from_exact_root(pass, target);
   if (rc == CPK_OK && (pass->needs & CPK__NEED_SQRT_MC)) {
     cpk__rng rng;
     cpk__rng_seed(&rng, pass->ctx->seed);
-    rc = cpk__block_new(&pass->blocks[CPK__BLOCK_SQRT_MC], f->dtype,
-                        pass->ctx->mc_samples, pass->n, last->out_ndim,
-                        last->out_shape);
+    rc = cpk__block_new_on(pass->ctx, &pass->blocks[CPK__BLOCK_SQRT_MC],
+                           f->dtype, pass->ctx->mc_samples, pass->n,
+                           last->out_ndim, last->out_shape);
     if (rc == CPK_OK)
-      rc = pass->loss->sqrt_hessian_mc(pass->ctx, pass->scale, f,
-                                       pass->ctx->mc_samples, &rng,
-                                       pass->blocks[CPK__BLOCK_SQRT_MC]);
+      rc = loss_step(pass, LOSS_SQRT_MC, f, NULL, NULL, &rng,
+                     pass->blocks[CPK__BLOCK_SQRT_MC]);
   }
   return rc;
 }
@@ -322,22 +368,38 @@ static int loss_and_grad(cpk__pass *pass, const cpk_tensor *target) {
   double value;
   int rc;
   pass->scale = cpk__loss_scale(pass->loss, pass->spec->reduction, f);
-  if ((rc = cpk__block_new(g, f->dtype, 1, pass->n, last->out_ndim,
-                           last->out_shape)) != CPK_OK)
+  if ((rc = cpk__block_new_on(pass->ctx, g, f->dtype, 1, pass->n,
+                              last->out_ndim, last->out_shape)) != CPK_OK)
     return rc;
-  if ((rc = pass->loss->value_grad(pass->ctx, pass->scale, f, target, &value,
-                                   *g)) != CPK_OK)
+  if ((rc = loss_step(pass, LOSS_VALUE_GRAD, f, target, &value, NULL, *g)) !=
+      CPK_OK)
     return rc;
-  if ((rc = cpk__results_alloc(pass->results, "loss", f->dtype, 0, NULL,
-                               &loss)) != CPK_OK)
+  if ((rc = cpk_tensor_new(&loss, f->dtype, 0, NULL)) != CPK_OK ||
+      (rc = cpk__results_add(pass->results, "loss", loss)) != CPK_OK)
     return rc;
   cpk_tensor_set(loss, 0, value);
   if ((rc = cpk__results_alloc(pass->results, "output", f->dtype, f->ndim,
                                f->shape, &output)) != CPK_OK)
     return rc;
-  memcpy(output->data, f->data,
-         (size_t)cpk_tensor_numel(f) * cpk_dtype_size(f->dtype));
+  cpk__copy(pass->ctx, f->dtype, cpk_tensor_numel(f), f->data, output->data);
   return loss_sqrt_blocks(pass, target);
+}
+
+/* A pass on the CUDA device: refuse what it does not cover, then allocate
+ * results there and copy the parameters over. */
+static int device_pass_begin(cpk__pass *pass) {
+  const cpk_pass_options *opts = pass->opts;
+  int rc = cpk__device_covers(
+      pass->ctx, pass->model,
+      pass->needs & (CPK__NEED_HESSIAN_TERMS | CPK__NEED_KFRA),
+      pass->needs & CPK__NEED_KFRA ? "kfra" : "the diagonal Hessian");
+  if (rc == CPK_OK && opts != NULL &&
+      (opts->visit_grad_batch != NULL || opts->visit_grad_factors != NULL))
+    rc = cpk__host_only(pass->ctx, "visiting per-sample gradients");
+  if (rc != CPK_OK)
+    return rc;
+  cpk__results_on(pass->results, pass->ctx);
+  return cpk__model_to_device(pass->ctx, pass->model);
 }
 
 int cpk_compute(cpk_context *ctx, cpk_model *model, const cpk_pass_spec *spec,
@@ -351,7 +413,7 @@ int cpk_compute_ex(cpk_context *ctx, cpk_model *model,
                    const cpk_tensor *input, const cpk_tensor *target,
                    cpk_results **out) {
   cpk__pass pass = {.opts = opts};
-  int rc;
+  int rc, device = 0;
   *out = NULL;
   if ((rc = cpk_check_pass(model, spec, input, target)) != CPK_OK)
     return rc;
@@ -365,10 +427,18 @@ int cpk_compute_ex(cpk_context *ctx, cpk_model *model,
   for (int e = 0; e < pass.next; e++)
     pass.needs |= pass.ext[e]->impl->needs;
   CPK__TRY(rc, cpk__results_new(&pass.results), done);
+  if (cpk__on_cuda(ctx)) {
+    CPK__TRY(rc, device_pass_begin(&pass), done);
+    device = 1;
+  }
   CPK__TRY(rc, cpk__forward(&pass, input), done);
   CPK__TRY(rc, loss_and_grad(&pass, target), done);
-  rc = backward(&pass);
+  CPK__TRY(rc, backward(&pass), done);
+  if (device) /* the one download of the results */
+    rc = cpk__results_to_host(pass.results);
 done:
+  if (device)
+    cpk__model_release_device(model);
   for (int b = 0; b < CPK__NBLOCKS; b++)
     cpk_tensor_free(pass.blocks[b]);
   if (pass.hterms != NULL)

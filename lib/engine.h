@@ -45,8 +45,11 @@ int cpk__forward(cpk__pass *pass, const cpk_tensor *input);
 /* Release the activations. */
 void cpk__pass_release(cpk__pass *pass);
 
-/* Allocate a block [V, N, *shape] of the model's dtype. */
+/* Allocate a block [V, N, *shape] on the host, or on the context's device
+ * (cpk__block_new_on). */
 int cpk__block_new(cpk_tensor **out, cpk_dtype dt, int64_t v, int64_t n,
                    int ndim, const int64_t *shape);
+int cpk__block_new_on(const cpk_context *ctx, cpk_tensor **out, cpk_dtype dt,
+                      int64_t v, int64_t n, int ndim, const int64_t *shape);
 
 #endif

@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "device_pass.h"
 #include "forward.h"
 #include "ops.h"
 #include "results.h"
@@ -74,7 +75,8 @@ int cpk__forward_eval(cpk__pass *pass, cpk_context *ctx, cpk_model *model,
   pass->ctx = ctx;
   pass->model = model;
   pass->spec = &eval_spec;
-  if ((rc = cpk__check_input(model, input)) != CPK_OK)
+  if ((rc = cpk__check_input(model, input)) != CPK_OK ||
+      (rc = cpk__host_only(ctx, "forward mode")) != CPK_OK)
     return rc;
   cpk__context_apply_threads(ctx);
   return cpk__forward(pass, input);

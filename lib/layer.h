@@ -26,6 +26,8 @@ typedef struct cpk__param {
   int64_t shape[CPK_MAX_DIMS];
   cpk_tensor *value; /* owned by the model; NULL until built */
   int trainable;     /* 0 for buffers such as running_mean */
+  cpk_tensor *dev;   /* a copy on the CUDA device during a device pass
+                        (cpk__param_value picks the one to use) */
 } cpk__param;
 
 typedef struct cpk__layer_kind {
@@ -96,6 +98,13 @@ typedef struct cpk__layer_kind {
   int (*init)(cpk__layer *l, cpk__rng *rng);
   /* Release l->priv (and whatever it holds). May be NULL. */
   void (*destroy)(cpk__layer *l);
+  /* Free what the last forward left in l->priv (argmax, cached
+   * derivatives): called at the end of a device pass, whose memory must
+   * not outlive it. May be NULL. */
+  void (*drop_cache)(cpk__layer *l);
+  /* Nonzero when every hook above runs on a CUDA context (written over
+   * ops.h and device.h alone, parameters through cpk__param_value). */
+  int cuda;
 } cpk__layer_kind;
 
 struct cpk__layer {
@@ -108,6 +117,15 @@ struct cpk__layer {
   cpk__param params[CPK__MAX_PARAMS];
   void *priv;
 };
+
+/* The value of parameter p for a computation on `ctx`: the device copy on a
+ * CUDA context, the model's own tensor otherwise. */
+static inline const cpk_tensor *cpk__param_value(const cpk__layer *l,
+                                                 const cpk_context *ctx,
+                                                 int p) {
+  return ctx != NULL && ctx->device == CPK_DEVICE_CUDA ? l->params[p].dev
+                                                       : l->params[p].value;
+}
 
 /* Declare parameter `name` of the given shape (during build). */
 int cpk__layer_declare_param(cpk__layer *l, const char *name, int trainable,

@@ -19,6 +19,15 @@ void cpk__gemm(const cpk_context *ctx, cpk_dtype dt, int trans_a, int trans_b,
                int64_t lda, const void *b, int64_t ldb, double beta, void *c,
                int64_t ldc);
 
+/* `count` GEMMs of one shape: C_i := alpha op(A_i) op(B_i) + beta C_i with
+ * A_i = a + i*stride_a (elements; 0 shares one operand), likewise B_i, C_i. */
+void cpk__gemm_strided(const cpk_context *ctx, cpk_dtype dt, int trans_a,
+                       int trans_b, int64_t m, int64_t n, int64_t k,
+                       double alpha, const void *a, int64_t lda,
+                       int64_t stride_a, const void *b, int64_t ldb,
+                       int64_t stride_b, double beta, void *c, int64_t ldc,
+                       int64_t stride_c, int64_t count);
+
 /* y[i] := x[i], i < n. */
 void cpk__copy(const cpk_context *ctx, cpk_dtype dt, int64_t n, const void *x,
                void *y);
@@ -54,6 +63,11 @@ void cpk__outer_batch(const cpk_context *ctx, cpk_dtype dt, int64_t v,
 void cpk__sq_accumulate(const cpk_context *ctx, cpk_dtype dt, int64_t v,
                         int64_t n, int64_t k, const void *x, const void *w,
                         int64_t w_stride, int collapse, void *y);
+
+/* Squared norms of the rows of a [rows, cols] matrix:
+ * out[r] := beta * out[r] + sum_j x[r, j]^2. */
+void cpk__row_sq_norms(const cpk_context *ctx, cpk_dtype dt, int64_t rows,
+                       int64_t cols, const void *x, double beta, void *out);
 
 /* Elementwise activation functions f and their derivatives. */
 typedef enum {

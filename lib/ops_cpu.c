@@ -1,11 +1,28 @@
-/* ops_cpu.c: the CPU (reference) implementation of the device operations:
- * BLAS for matrix products, OpenMP loops for the rest. */
+/* ops_cpu.c: the device operations. The CPU (reference) implementation is
+ * here: BLAS for matrix products, OpenMP loops for the rest; a context on
+ * the CUDA device hands each operation to its CUDA twin (gpu/ops_cuda.cu). */
+#include "config.h"
+
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <string.h>
 
 #include "ops.h"
+#ifdef CPK_HAVE_CUDA
+#include "gpu_ops.h"
+/* On a CUDA context, run `call` (the CUDA twin) and return. */
+#define ON_CUDA(ctx, call)                                                     \
+  do {                                                                         \
+    if ((ctx) != NULL && (ctx)->device == CPK_DEVICE_CUDA) {                   \
+      call;                                                                    \
+      return;                                                                  \
+    }                                                                          \
+  } while (0)
+#define F64(dt) ((dt) == CPK_F64)
+#else
+#define ON_CUDA(ctx, call) (void)(ctx)
+#endif
 
 #define CPK_T float
 #define CPK_SFX f32
@@ -41,7 +58,7 @@ void cpk__gemm(const cpk_context *ctx, cpk_dtype dt, int trans_a, int trans_b,
                int64_t m, int64_t n, int64_t k, double alpha, const void *a,
                int64_t lda, const void *b, int64_t ldb, double beta, void *c,
                int64_t ldc) {
-  (void)ctx;
+  ON_CUDA(ctx, cpk__cuda_gemm((ctx)->gpu, F64(dt), trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc));
   if (m == 0 || n == 0)
     return;
   enum CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans;
@@ -55,16 +72,35 @@ void cpk__gemm(const cpk_context *ctx, cpk_dtype dt, int trans_a, int trans_b,
                 alpha, a, (blasint)lda, b, (blasint)ldb, beta, c, (blasint)ldc);
 }
 
+void cpk__gemm_strided(const cpk_context *ctx, cpk_dtype dt, int trans_a,
+                       int trans_b, int64_t m, int64_t n, int64_t k,
+                       double alpha, const void *a, int64_t lda,
+                       int64_t stride_a, const void *b, int64_t ldb,
+                       int64_t stride_b, double beta, void *c, int64_t ldc,
+                       int64_t stride_c, int64_t count) {
+  ON_CUDA(ctx, cpk__cuda_gemm_strided(ctx->gpu, F64(dt), trans_a, trans_b, m,
+                                      n, k, alpha, a, lda, stride_a, b, ldb,
+                                      stride_b, beta, c, ldc, stride_c,
+                                      count));
+  const size_t es = cpk_dtype_size(dt);
+#pragma omp parallel for schedule(static) if (count > 1 && !omp_in_parallel())
+  for (int64_t i = 0; i < count; i++)
+    cpk__gemm(ctx, dt, trans_a, trans_b, m, n, k, alpha,
+              (const char *)a + (size_t)(i * stride_a) * es, lda,
+              (const char *)b + (size_t)(i * stride_b) * es, ldb, beta,
+              (char *)c + (size_t)(i * stride_c) * es, ldc);
+}
+
 void cpk__copy(const cpk_context *ctx, cpk_dtype dt, int64_t n, const void *x,
                void *y) {
-  (void)ctx;
+  ON_CUDA(ctx, cpk__cuda_copy((ctx)->gpu, F64(dt), n, x, y));
   if (x != y)
     memcpy(y, x, (size_t)n * cpk_dtype_size(dt));
 }
 
 void cpk__axpy(const cpk_context *ctx, cpk_dtype dt, int64_t n, double alpha,
                const void *x, void *y) {
-  (void)ctx;
+  ON_CUDA(ctx, cpk__cuda_axpy((ctx)->gpu, F64(dt), n, alpha, x, y));
   if (dt == CPK_F32)
     axpy_f32(n, alpha, x, y);
   else
@@ -73,7 +109,7 @@ void cpk__axpy(const cpk_context *ctx, cpk_dtype dt, int64_t n, double alpha,
 
 void cpk__scale(const cpk_context *ctx, cpk_dtype dt, int64_t n, double alpha,
                 void *x) {
-  (void)ctx;
+  ON_CUDA(ctx, cpk__cuda_scale((ctx)->gpu, F64(dt), n, alpha, x));
   if (dt == CPK_F32)
     scale_f32(n, alpha, x);
   else
@@ -83,7 +119,7 @@ void cpk__scale(const cpk_context *ctx, cpk_dtype dt, int64_t n, double alpha,
 void cpk__sum_rows(const cpk_context *ctx, cpk_dtype dt, int64_t blocks,
                    int64_t rows, int64_t cols, const void *x, double beta,
                    void *out) {
-  (void)ctx;
+  ON_CUDA(ctx, cpk__cuda_sum_rows((ctx)->gpu, F64(dt), blocks, rows, cols, x, beta, out));
   if (dt == CPK_F32)
     sum_rows_f32(blocks, rows, cols, x, beta, out);
   else
@@ -92,7 +128,7 @@ void cpk__sum_rows(const cpk_context *ctx, cpk_dtype dt, int64_t blocks,
 
 void cpk__mul_broadcast(const cpk_context *ctx, cpk_dtype dt, int64_t v,
                         int64_t m, const void *d, const void *in, void *out) {
-  (void)ctx;
+  ON_CUDA(ctx, cpk__cuda_mul_broadcast((ctx)->gpu, F64(dt), v, m, d, in, out));
   if (dt == CPK_F32)
     mul_broadcast_f32(v, m, d, in, out);
   else
@@ -102,7 +138,7 @@ void cpk__mul_broadcast(const cpk_context *ctx, cpk_dtype dt, int64_t v,
 void cpk__act_eval(const cpk_context *ctx, cpk_dtype dt, cpk__act act,
                    double param, cpk__act_order order, int64_t n,
                    const void *x, const void *y, void *out) {
-  (void)ctx;
+  ON_CUDA(ctx, cpk__cuda_act_eval((ctx)->gpu, F64(dt), act, param, order, n, x, y, out));
   if (dt == CPK_F32)
     act_eval_f32(act, param, order, n, x, y, out);
   else
@@ -112,7 +148,7 @@ void cpk__act_eval(const cpk_context *ctx, cpk_dtype dt, cpk__act act,
 void cpk__im2col(const cpk_context *ctx, cpk_dtype dt,
                  const cpk__im2col_geom *g, int64_t count, const void *x,
                  void *cols) {
-  (void)ctx;
+  ON_CUDA(ctx, cpk__cuda_im2col((ctx)->gpu, F64(dt), g, count, x, cols));
   if (dt == CPK_F32)
     im2col_f32(g, count, x, cols);
   else
@@ -122,7 +158,7 @@ void cpk__im2col(const cpk_context *ctx, cpk_dtype dt,
 void cpk__col2im(const cpk_context *ctx, cpk_dtype dt,
                  const cpk__im2col_geom *g, int64_t count, const void *cols,
                  double beta, void *x) {
-  (void)ctx;
+  ON_CUDA(ctx, cpk__cuda_col2im((ctx)->gpu, F64(dt), g, count, cols, beta, x));
   if (dt == CPK_F32)
     col2im_f32(g, count, cols, beta, x);
   else
@@ -132,7 +168,7 @@ void cpk__col2im(const cpk_context *ctx, cpk_dtype dt,
 void cpk__im2col_transposed(const cpk_context *ctx, cpk_dtype dt,
                             const cpk__im2col_geom *g, int64_t count,
                             const void *y, void *cols) {
-  (void)ctx;
+  ON_CUDA(ctx, cpk__cuda_im2col_transposed((ctx)->gpu, F64(dt), g, count, y, cols));
   if (dt == CPK_F32)
     im2col_transposed_f32(g, count, y, cols);
   else
@@ -142,7 +178,7 @@ void cpk__im2col_transposed(const cpk_context *ctx, cpk_dtype dt,
 void cpk__channel_bias(const cpk_context *ctx, cpk_dtype dt, int64_t count,
                        int64_t channels, int64_t m, const void *b, double beta,
                        void *y) {
-  (void)ctx;
+  ON_CUDA(ctx, cpk__cuda_channel_bias((ctx)->gpu, F64(dt), count, channels, m, b, beta, y));
   if (dt == CPK_F32)
     channel_bias_f32(count, channels, m, b, beta, y);
   else
@@ -152,7 +188,7 @@ void cpk__channel_bias(const cpk_context *ctx, cpk_dtype dt, int64_t count,
 void cpk__channel_sum(const cpk_context *ctx, cpk_dtype dt, int64_t count,
                       int64_t channels, int64_t m, const void *y, double beta,
                       void *out) {
-  (void)ctx;
+  ON_CUDA(ctx, cpk__cuda_channel_sum((ctx)->gpu, F64(dt), count, channels, m, y, beta, out));
   if (dt == CPK_F32)
     channel_sum_f32(count, channels, m, y, beta, out);
   else
@@ -162,7 +198,7 @@ void cpk__channel_sum(const cpk_context *ctx, cpk_dtype dt, int64_t count,
 void cpk__sq_accumulate(const cpk_context *ctx, cpk_dtype dt, int64_t v,
                         int64_t n, int64_t k, const void *x, const void *w,
                         int64_t w_stride, int collapse, void *y) {
-  (void)ctx;
+  ON_CUDA(ctx, cpk__cuda_sq_accumulate((ctx)->gpu, F64(dt), v, n, k, x, w, w_stride, collapse, y));
   if (dt == CPK_F32)
     sq_accumulate_f32(v, n, k, x, w, w_stride, collapse, y);
   else
@@ -172,9 +208,31 @@ void cpk__sq_accumulate(const cpk_context *ctx, cpk_dtype dt, int64_t v,
 void cpk__outer_batch(const cpk_context *ctx, cpk_dtype dt, int64_t v,
                       int64_t n, int64_t m, int64_t k, const void *a,
                       const void *b, void *out) {
-  (void)ctx;
+  ON_CUDA(ctx, cpk__cuda_outer_batch((ctx)->gpu, F64(dt), v, n, m, k, a, b, out));
   if (dt == CPK_F32)
     outer_batch_f32(v, n, m, k, a, b, out);
   else
     outer_batch_f64(v, n, m, k, a, b, out);
+}
+
+void cpk__row_sq_norms(const cpk_context *ctx, cpk_dtype dt, int64_t rows,
+                       int64_t cols, const void *x, double beta, void *out) {
+  ON_CUDA(ctx, cpk__cuda_row_sq_norms(ctx->gpu, F64(dt), rows, cols, x, beta,
+                                      out));
+#pragma omp parallel for schedule(static) if (rows * cols > 65536)
+  for (int64_t r = 0; r < rows; r++) {
+    double acc = 0.0;
+    for (int64_t j = 0; j < cols; j++) {
+      const double v = dt == CPK_F32 ? ((const float *)x)[r * cols + j]
+                                     : ((const double *)x)[r * cols + j];
+      acc += v * v;
+    }
+    if (dt == CPK_F32) {
+      float *o = out;
+      o[r] = (float)(beta == 0.0 ? acc : beta * o[r] + acc);
+    } else {
+      double *o = out;
+      o[r] = beta == 0.0 ? acc : beta * o[r] + acc;
+    }
+  }
 }

@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "device_pass.h"
 #include "engine.h"
 #include "ops.h"
 
@@ -159,6 +160,8 @@ int cpk_curvature_op_new(cpk_curvature_op **out, cpk_context *ctx,
   if (kind < CPK_CURV_HESSIAN || kind > CPK_CURV_EMPIRICAL_FISHER)
     return cpk__fail(CPK_EINVAL, "unknown curvature kind %d", (int)kind);
   int rc = cpk_check_pass(model, &plain, input, target);
+  if (rc == CPK_OK)
+    rc = cpk__host_only(ctx, "curvature-vector products");
   if (rc != CPK_OK)
     return rc;
   cpk_curvature_op *op = cpk__calloc(sizeof *op);

@@ -2,9 +2,11 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "device.h"
 #include "results.h"
 
 struct cpk_results {
+  const cpk_context *ctx; /* where cpk__results_alloc allocates (NULL: host) */
   int count, cap;
   struct {
     char name[64];
@@ -42,10 +44,27 @@ int cpk__results_add(cpk_results *r, const char *name, cpk_tensor *t) {
 
 int cpk__results_alloc(cpk_results *r, const char *name, cpk_dtype dtype,
                        int ndim, const int64_t *shape, cpk_tensor **t) {
-  int rc = cpk_tensor_new(t, dtype, ndim, shape);
+  int rc = cpk__tensor_new_on(r->ctx, t, dtype, ndim, shape);
   if (rc != CPK_OK)
     return cpk__fail_prefix(rc, "result %s", name);
   return cpk__results_add(r, name, *t);
+}
+
+void cpk__results_on(cpk_results *r, const cpk_context *ctx) { r->ctx = ctx; }
+
+int cpk__results_to_host(cpk_results *r) {
+  int rc = cpk__device_sync(r->ctx);
+  for (int i = 0; i < r->count && rc == CPK_OK; i++) {
+    cpk_tensor *host;
+    if (r->items[i].t->device == NULL)
+      continue;
+    if ((rc = cpk__tensor_to_host(r->ctx, r->items[i].t, &host)) != CPK_OK)
+      return cpk__fail_prefix(rc, "result %s", r->items[i].name);
+    cpk_tensor_free(r->items[i].t);
+    r->items[i].t = host;
+  }
+  r->ctx = NULL;
+  return rc;
 }
 
 int cpk_results_count(const cpk_results *r) { return r->count; }

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "device.h"
 #include "internal.h"
 
 size_t cpk_dtype_size(cpk_dtype dtype) {
@@ -136,7 +137,9 @@ int cpk_tensor_new(cpk_tensor **out, cpk_dtype dtype, int ndim,
 void cpk_tensor_free(cpk_tensor *t) {
   if (t == NULL)
     return;
-  if (t->owns_data)
+  if (t->owns_data && t->device != NULL)
+    cpk__device_free(t->device, t->data);
+  else if (t->owns_data)
     cpk__free(t->data);
   cpk__free(t);
 }

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "layer.h"
+#include "device.h"
 #include "ops.h"
 
 typedef struct {
@@ -51,7 +52,7 @@ static int activation_d1(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
                          const cpk_tensor *y, const cpk_tensor **d1) {
   activation *s = l->priv;
   if (s->d1 == NULL) {
-    int rc = cpk_tensor_new(&s->d1, x->dtype, x->ndim, x->shape);
+    int rc = cpk__tensor_new_on(ctx, &s->d1, x->dtype, x->ndim, x->shape);
     if (rc != CPK_OK)
       return rc;
     cpk__act_eval(ctx, x->dtype, s->act, s->param, CPK__ACT_D1,
@@ -124,6 +125,12 @@ static int activation_d2(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
   return CPK_OK;
 }
 
+static void activation_drop_cache(cpk__layer *l) {
+  activation *s = l->priv;
+  cpk_tensor_free(s->d1);
+  s->d1 = NULL;
+}
+
 static void activation_destroy(cpk__layer *l) {
   activation *s = l->priv;
   if (s != NULL)
@@ -158,6 +165,8 @@ static const cpk__arg_spec elu_args[] = {{"alpha", CPK__ARG_FLOAT, "1.0"},
       .jac_diag = activation_jac_diag,                                         \
       .ea_jac_t_mat_jac = activation_ea_jac_t_mat_jac,                         \
       .destroy = activation_destroy,                                           \
+      .drop_cache = activation_drop_cache,                                     \
+      .cuda = 1,                                                               \
   };
 
 CPK__ACTIVATION(relu, "relu", CPK__ACT_RELU, inplace_args, 1, NULL)

@@ -34,15 +34,20 @@ static int conv_configure(cpk__layer *l, const cpk__arg_value *args) {
   return cpk__conv_configure(l, args, 0, &conv_slots);
 }
 
-static const void *bias_of(const cpk__layer *l) {
+/* The weight and bias (NULL for none) on the context's device. */
+static const void *weight_of(const cpk__layer *l, const cpk_context *ctx) {
+  return cpk__param_value(l, ctx, 0)->data;
+}
+
+static const void *bias_of(const cpk__layer *l, const cpk_context *ctx) {
   const cpk__conv *s = l->priv;
-  return s->bias ? l->params[1].value->data : NULL;
+  return s->bias ? cpk__param_value(l, ctx, 1)->data : NULL;
 }
 
 static int conv_forward(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
                         cpk_tensor *y, int training) {
   return cpk__conv_apply(l->priv, ctx, x->dtype, x->shape[0], x->data,
-                         l->params[0].value->data, bias_of(l), 0.0, y->data);
+                         weight_of(l, ctx), bias_of(l, ctx), 0.0, y->data);
 }
 
 /* in [V, N, IN, *in] -> out [V, N, OUT, *out]: every (v, n) an image. */
@@ -51,7 +56,7 @@ static int conv_jac_mat(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
                         cpk_tensor *out) {
   const int64_t count = cpk_tensor_numel(in) / cpk__layer_in_numel(l);
   return cpk__conv_apply(l->priv, ctx, in->dtype, count, in->data,
-                         l->params[0].value->data, NULL, 0.0, out->data);
+                         weight_of(l, ctx), NULL, 0.0, out->data);
 }
 
 /* in [V, N, OUT, *out] -> out [V, N, IN, *in]. */
@@ -60,7 +65,7 @@ static int conv_jac_t_mat(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
                           cpk_tensor *out) {
   const int64_t count = cpk_tensor_numel(in) / cpk__layer_out_numel(l);
   return cpk__conv_adjoint(l->priv, ctx, in->dtype, count, in->data,
-                           l->params[0].value->data, NULL, 0.0, out->data);
+                           weight_of(l, ctx), NULL, 0.0, out->data);
 }
 
 /* Weight: X = x shared by every v, Y = in [V, N, OUT, *out].
@@ -98,6 +103,7 @@ static const int dims[3] = {1, 2, 3};
       .param_jac_t_mat = conv_param_jac_t_mat,                                 \
       .init = cpk__conv_init,                                                  \
       .destroy = cpk__conv_destroy,                                            \
+      .cuda = 1,                                                               \
   };
 
 CONV_KIND(1)

@@ -238,43 +238,6 @@ void cpk__conv_destroy(cpk__layer *l) { cpk__free(l->priv); }
 
 /* ------------------------------------------------------------ the core */
 
-static int64_t kvol(const cpk__im2col_geom *g) {
-  return g->k[0] * g->k[1] * g->k[2];
-}
-
-/* Sizes of the core, in elements. */
-typedef struct {
-  int64_t g;        /* groups */
-  int64_t cxg, cyg; /* channels per group */
-  int64_t kx;       /* cxg * prod(K): one group's patch length */
-  int64_t lx, ly;   /* grid sizes */
-  int64_t xsz, ysz; /* one image: cx*lx, cy*ly */
-  int64_t wsz;      /* weight: cy * kx; group g starts at g*cyg*kx */
-  int64_t colsz;    /* one image's unfolding: G * kx * ly */
-  size_t es;        /* bytes per element */
-  int unfold;       /* 0: 1x1 kernel, stride 1, no padding, same grids,
-                       where the unfolding is the image itself */
-} core_dims;
-
-static core_dims dims_of(const cpk__conv *s, cpk_dtype dt) {
-  const cpk__im2col_geom *g = &s->geom;
-  core_dims d;
-  d.g = s->groups;
-  d.cxg = s->cx / s->groups;
-  d.cyg = s->cy / s->groups;
-  d.kx = d.cxg * kvol(g);
-  d.lx = g->in[0] * g->in[1] * g->in[2];
-  d.ly = g->out[0] * g->out[1] * g->out[2];
-  d.xsz = s->cx * d.lx;
-  d.ysz = s->cy * d.ly;
-  d.wsz = s->cy * d.kx;
-  d.colsz = 0; /* set by scratch_new, overflow-checked */
-  d.es = cpk_dtype_size(dt);
-  d.unfold = d.kx != d.cxg;
-  for (int a = 0; a < 3; a++)
-    d.unfold |= g->stride[a] != 1 || g->pad[a] != 0 || g->in[a] != g->out[a];
-  return d;
-}
 
 /* Below this many multiply-adds in all a call runs on one thread: a
  * parallel region costs microseconds, far more when the cores are shared
@@ -286,7 +249,7 @@ static core_dims dims_of(const cpk__conv *s, cpk_dtype dt) {
  * there is no parallel region and BLAS may thread. Images are handed out
  * dynamically, one at a time: on a machine shared with other processes a
  * descheduled thread does not hold the rest back. */
-static int threads_for(const core_dims *d, int64_t count) {
+static int threads_for(const cpk__conv_dims *d, int64_t count) {
   const int nt = omp_get_max_threads();
   if (count <= 1 || d->wsz * d->ly < CONV_PARALLEL_MIN_MACS / count)
     return 1;
@@ -295,7 +258,7 @@ static int threads_for(const core_dims *d, int64_t count) {
 
 /* One unfolding buffer per thread, nt * [cx*prod(K), Ly] (NULL when the
  * core needs none); sets d->colsz, the elements of one. */
-static int scratch_new(core_dims *d, int nt, char **out) {
+static int scratch_new(cpk__conv_dims *d, int nt, char **out) {
   static const char what[] = "convolution unfolding buffers";
   size_t elems, bytes;
   *out = NULL;
@@ -314,7 +277,7 @@ static int scratch_new(core_dims *d, int nt, char **out) {
 }
 
 /* The unfolding of image x into this thread's buffer (or x itself). */
-static const char *unfold_into(const cpk__conv *s, const core_dims *d,
+static const char *unfold_into(const cpk__conv *s, const cpk__conv_dims *d,
                                const cpk_context *ctx, cpk_dtype dt,
                                const char *x, char *scratch) {
   if (!d->unfold)
@@ -325,7 +288,7 @@ static const char *unfold_into(const cpk__conv *s, const core_dims *d,
 }
 
 /* y := beta*y + W . cols, one image, group by group. */
-static void gemm_apply(const core_dims *d, const cpk_context *ctx, cpk_dtype dt,
+static void gemm_apply(const cpk__conv_dims *d, const cpk_context *ctx, cpk_dtype dt,
                        const char *w, const char *cols, double beta, char *y) {
   for (int64_t g = 0; g < d->g; g++)
     cpk__gemm(ctx, dt, 0, 0, d->cyg, d->ly, d->kx, 1.0,
@@ -337,7 +300,9 @@ static void gemm_apply(const core_dims *d, const cpk_context *ctx, cpk_dtype dt,
 int cpk__conv_apply(const cpk__conv *s, const cpk_context *ctx, cpk_dtype dt,
                     int64_t count, const void *x, const void *w, const void *b,
                     double beta, void *y) {
-  core_dims d = dims_of(s, dt);
+  if (cpk__on_cuda(ctx))
+    return cpk__conv_apply_batched(s, ctx, dt, count, x, w, b, beta, y);
+  cpk__conv_dims d = cpk__conv_dims_of(s, dt);
   const int nt = threads_for(&d, count);
   char *scratch;
   int rc = scratch_new(&d, nt, &scratch);
@@ -359,7 +324,9 @@ int cpk__conv_apply(const cpk__conv *s, const cpk_context *ctx, cpk_dtype dt,
 int cpk__conv_adjoint(const cpk__conv *s, const cpk_context *ctx, cpk_dtype dt,
                       int64_t count, const void *y, const void *w,
                       const void *b, double beta, void *x) {
-  core_dims d = dims_of(s, dt);
+  if (cpk__on_cuda(ctx))
+    return cpk__conv_adjoint_batched(s, ctx, dt, count, y, w, b, beta, x);
+  cpk__conv_dims d = cpk__conv_dims_of(s, dt);
   const int nt = threads_for(&d, count);
   char *scratch;
   int rc = scratch_new(&d, nt, &scratch);
@@ -391,7 +358,7 @@ int cpk__conv_adjoint(const cpk__conv *s, const cpk_context *ctx, cpk_dtype dt,
 }
 
 /* acc [wsz] := beta*acc + Y . unfold(X)^T for one image pair, per group. */
-static void gemm_weight(const core_dims *d, const cpk_context *ctx,
+static void gemm_weight(const cpk__conv_dims *d, const cpk_context *ctx,
                         cpk_dtype dt, const char *yi, const char *cols,
                         double beta, char *acc) {
   for (int64_t g = 0; g < d->g; g++)
@@ -408,19 +375,19 @@ typedef struct {
   int x_has_v, y_has_v;
 } weight_operands;
 
-static const char *image_x(const weight_operands *o, const core_dims *d,
+static const char *image_x(const weight_operands *o, const cpk__conv_dims *d,
                            int64_t v, int64_t n) {
   return o->x + (size_t)(((o->x_has_v ? v * o->n : 0) + n) * d->xsz) * d->es;
 }
 
-static const char *image_y(const weight_operands *o, const core_dims *d,
+static const char *image_y(const weight_operands *o, const cpk__conv_dims *d,
                            int64_t v, int64_t n) {
   return o->y + (size_t)(((o->y_has_v ? v * o->n : 0) + n) * d->ysz) * d->es;
 }
 
 /* acc[v] := beta*acc[v] + sum_{n in [n0, n1)} Y_{v,n} unfold(X_{v,n})^T
  * (acc [V, wsz]); a shared X is unfolded once per sample. */
-static void weight_range(const cpk__conv *s, const core_dims *d,
+static void weight_range(const cpk__conv *s, const cpk__conv_dims *d,
                          const cpk_context *ctx, cpk_dtype dt,
                          const weight_operands *o, int64_t n0, int64_t n1,
                          double beta, char *scratch, char *acc) {
@@ -435,7 +402,7 @@ static void weight_range(const cpk__conv *s, const core_dims *d,
 }
 
 /* Per sample: out[v, n] := Y_{v,n} unfold(X_{v,n})^T, threads over n. */
-static void weight_per_sample(const cpk__conv *s, const core_dims *d,
+static void weight_per_sample(const cpk__conv *s, const cpk__conv_dims *d,
                               const cpk_context *ctx, cpk_dtype dt,
                               const weight_operands *o, int nt, char *scratch,
                               char *out) {
@@ -468,7 +435,7 @@ static int64_t chunks_for(int64_t n, int nt, size_t bytes) {
  * into nc fixed chunks [c*N/nc, (c+1)*N/nc); chunk 0 sums into out (with
  * beta), chunk c > 0 into partial[c-1]; threads take chunks as they come
  * free; then out += partial[0] + partial[1] + ... in order. */
-static int weight_summed(const cpk__conv *s, const core_dims *d,
+static int weight_summed(const cpk__conv *s, const cpk__conv_dims *d,
                          const cpk_context *ctx, cpk_dtype dt,
                          const weight_operands *o, int nt, double beta,
                          char *scratch, char *out) {
@@ -500,7 +467,10 @@ int cpk__conv_weight_grad(const cpk__conv *s, const cpk_context *ctx,
                           cpk_dtype dt, int64_t v, int64_t n, const void *x,
                           int x_has_v, const void *y, int y_has_v,
                           int per_sample, double beta, void *out) {
-  core_dims d = dims_of(s, dt);
+  if (cpk__on_cuda(ctx))
+    return cpk__conv_weight_grad_batched(s, ctx, dt, v, n, x, x_has_v, y,
+                                         y_has_v, per_sample, beta, out);
+  cpk__conv_dims d = cpk__conv_dims_of(s, dt);
   const weight_operands o = {x, y, v, n, x_has_v, y_has_v};
   const int nt = threads_for(&d, n);
   char *scratch;
@@ -579,14 +549,14 @@ int cpk__conv_unfold_input(const cpk__layer *l, const cpk_context *ctx,
   if (s == NULL)
     return cpk__fail(CPK_EINVAL, "%s: not a convolution", l->where);
   cpk__im2col_geom g = s->geom;
-  const int64_t kv = kvol(&g);
+  const int64_t kv = cpk__conv_kvol(&g);
   const int64_t n = x->shape[0], c = s->in_channels;
   /* ConvNd: x is on the X grid; ConvTransposeNd: on the Y grid, and its
    * patches are laid out on the X grid. */
   const int64_t l_out = s->transposed ? g.in[0] * g.in[1] * g.in[2]
                                       : g.out[0] * g.out[1] * g.out[2];
   int64_t shape[4] = {n, s->groups, c / s->groups * kv, l_out};
-  int rc = cpk_tensor_new(out, x->dtype, 4, shape);
+  int rc = cpk__tensor_new_on(ctx, out, x->dtype, 4, shape);
   if (rc != CPK_OK)
     return rc;
   g.channels = c;

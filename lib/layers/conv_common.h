@@ -22,6 +22,7 @@
 #define CPK_CONV_COMMON_H
 
 #include "layer.h"
+#include "device.h"
 #include "ops.h"
 
 typedef struct cpk__conv {
@@ -36,6 +37,45 @@ typedef struct cpk__conv {
   int64_t cx, cy;        /* channels of X and Y (see above) */
   cpk__im2col_geom geom; /* X grid -> Y grid; geom.channels = cx */
 } cpk__conv;
+
+static inline int64_t cpk__conv_kvol(const cpk__im2col_geom *g) {
+  return g->k[0] * g->k[1] * g->k[2];
+}
+
+/* Sizes of the core, in elements (for conv_common.c and conv_batched.c). */
+typedef struct {
+  int64_t g;        /* groups */
+  int64_t cxg, cyg; /* channels per group */
+  int64_t kx;       /* cxg * prod(K): one group's patch length */
+  int64_t lx, ly;   /* grid sizes */
+  int64_t xsz, ysz; /* one image: cx*lx, cy*ly */
+  int64_t wsz;      /* weight: cy * kx; group g starts at g*cyg*kx */
+  int64_t colsz;    /* one image's unfolding: G * kx * ly */
+  size_t es;        /* bytes per element */
+  int unfold;       /* 0: 1x1 kernel, stride 1, no padding, same grids,
+                       where the unfolding is the image itself */
+} cpk__conv_dims;
+
+static inline cpk__conv_dims cpk__conv_dims_of(const cpk__conv *s, cpk_dtype dt) {
+  const cpk__im2col_geom *g = &s->geom;
+  cpk__conv_dims d;
+  d.g = s->groups;
+  d.cxg = s->cx / s->groups;
+  d.cyg = s->cy / s->groups;
+  d.kx = d.cxg * cpk__conv_kvol(g);
+  d.lx = g->in[0] * g->in[1] * g->in[2];
+  d.ly = g->out[0] * g->out[1] * g->out[2];
+  d.xsz = s->cx * d.lx;
+  d.ysz = s->cy * d.ly;
+  d.wsz = s->cy * d.kx;
+  d.colsz = 0; /* set by scratch_new, overflow-checked */
+  d.es = cpk_dtype_size(dt);
+  d.unfold = d.kx != d.cxg;
+  for (int a = 0; a < 3; a++)
+    d.unfold |= g->stride[a] != 1 || g->pad[a] != 0 || g->in[a] != g->out[a];
+  return d;
+}
+
 
 /* Where each PyTorch argument sits in a kind's argument list (-1: absent,
  * as output_padding is for ConvNd). */
@@ -86,6 +126,24 @@ int cpk__conv_weight_grad(const cpk__conv *s, const cpk_context *ctx,
                           cpk_dtype dt, int64_t v, int64_t n, const void *x,
                           int x_has_v, const void *y, int y_has_v,
                           int per_sample, double beta, void *out);
+/* The core batched over images for the CUDA device (conv_batched.c): the
+ * same contracts as cpk__conv_apply, cpk__conv_adjoint and
+ * cpk__conv_weight_grad, with every image of a chunk in one unfolding and
+ * one strided-batched GEMM per group instead of a call per image. */
+int cpk__conv_apply_batched(const cpk__conv *s, const cpk_context *ctx,
+                            cpk_dtype dt, int64_t count, const void *x,
+                            const void *w, const void *b, double beta,
+                            void *y);
+int cpk__conv_adjoint_batched(const cpk__conv *s, const cpk_context *ctx,
+                              cpk_dtype dt, int64_t count, const void *y,
+                              const void *w, const void *b, double beta,
+                              void *x);
+int cpk__conv_weight_grad_batched(const cpk__conv *s, const cpk_context *ctx,
+                                  cpk_dtype dt, int64_t v, int64_t n,
+                                  const void *x, int x_has_v, const void *y,
+                                  int y_has_v, int per_sample, double beta,
+                                  void *out);
+
 /* Bias part: in [V, N, C, M] summed over the M positions (and n):
  *   per_sample: out[v, n, c] := sum_m in[v, n, c, m]
  *   summed:     out[v, c] := beta*out[v, c] + sum_{n,m} in[v, n, c, m]. */

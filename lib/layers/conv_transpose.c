@@ -44,8 +44,8 @@ static int conv_transpose_forward(cpk__layer *l, cpk_context *ctx,
                                   int training) {
   const cpk__conv *s = l->priv;
   return cpk__conv_adjoint(
-      s, ctx, x->dtype, x->shape[0], x->data, l->params[0].value->data,
-      s->bias ? l->params[1].value->data : NULL, 0.0, y->data);
+      s, ctx, x->dtype, x->shape[0], x->data, cpk__param_value(l, ctx, 0)->data,
+      s->bias ? cpk__param_value(l, ctx, 1)->data : NULL, 0.0, y->data);
 }
 
 /* in [V, N, IN, *in] -> out [V, N, OUT, *out]: every (v, n) an image. */
@@ -54,7 +54,7 @@ static int conv_transpose_jac_mat(cpk__layer *l, cpk_context *ctx,
                                   const cpk_tensor *in, cpk_tensor *out) {
   const int64_t count = cpk_tensor_numel(in) / cpk__layer_in_numel(l);
   return cpk__conv_adjoint(l->priv, ctx, in->dtype, count, in->data,
-                           l->params[0].value->data, NULL, 0.0, out->data);
+                           cpk__param_value(l, ctx, 0)->data, NULL, 0.0, out->data);
 }
 
 /* in [V, N, OUT, *out] -> out [V, N, IN, *in]. */
@@ -63,7 +63,7 @@ static int conv_transpose_jac_t_mat(cpk__layer *l, cpk_context *ctx,
                                     const cpk_tensor *in, cpk_tensor *out) {
   const int64_t count = cpk_tensor_numel(in) / cpk__layer_out_numel(l);
   return cpk__conv_apply(l->priv, ctx, in->dtype, count, in->data,
-                         l->params[0].value->data, NULL, 0.0, out->data);
+                         cpk__param_value(l, ctx, 0)->data, NULL, 0.0, out->data);
 }
 
 /* Weight: the core's X is the block in [V, N, OUT, *out], its Y the input
@@ -103,6 +103,7 @@ static const int dims[3] = {1, 2, 3};
       .param_jac_t_mat = conv_transpose_param_jac_t_mat,                       \
       .init = cpk__conv_init,                                                  \
       .destroy = cpk__conv_destroy,                                            \
+      .cuda = 1,                                                               \
   };
 
 CONV_TRANSPOSE_KIND(1)

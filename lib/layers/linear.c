@@ -7,6 +7,7 @@
 #include <math.h>
 
 #include "layer.h"
+#include "device.h"
 #include "ops.h"
 
 typedef struct {
@@ -65,17 +66,12 @@ static int64_t linear_rows(const cpk__layer *l, const cpk_tensor *x) {
 static int linear_forward(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
                           cpk_tensor *y, int training) {
   const linear *s = l->priv;
-  const cpk_tensor *w = l->params[0].value;
+  const cpk_tensor *w = cpk__param_value(l, ctx, 0);
   int64_t rows = linear_rows(l, x);
   double beta = 0.0;
-  if (s->bias) {
-    /* Y := 1 b^T, then Y += X W^T. */
-    size_t es = cpk_dtype_size(y->dtype);
-    const char *b = l->params[1].value->data;
-    char *yd = y->data;
-    for (int64_t r = 0; r < rows; r++)
-      cpk__copy(ctx, y->dtype, s->out_features, b,
-                yd + (size_t)(r * s->out_features) * es);
+  if (s->bias) { /* Y := 1 b^T (b per column of every row), then Y += X W^T */
+    cpk__channel_bias(ctx, y->dtype, rows, s->out_features, 1,
+                      cpk__param_value(l, ctx, 1)->data, 0.0, y->data);
     beta = 1.0;
   }
   cpk__gemm(ctx, x->dtype, 0, 1, rows, s->out_features, s->in_features, 1.0,
@@ -91,7 +87,7 @@ static int linear_jac_t_mat(cpk__layer *l, cpk_context *ctx,
   const linear *s = l->priv;
   int64_t vrows = cpk_tensor_numel(in) / s->out_features;
   cpk__gemm(ctx, in->dtype, 0, 0, vrows, s->in_features, s->out_features, 1.0,
-            in->data, s->out_features, l->params[0].value->data,
+            in->data, s->out_features, cpk__param_value(l, ctx, 0)->data,
             s->in_features, 0.0, out->data, s->in_features);
   return CPK_OK;
 }
@@ -103,7 +99,7 @@ static int linear_jac_mat(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
   const linear *s = l->priv;
   int64_t vrows = cpk_tensor_numel(in) / s->in_features;
   cpk__gemm(ctx, in->dtype, 0, 1, vrows, s->out_features, s->in_features, 1.0,
-            in->data, s->in_features, l->params[0].value->data,
+            in->data, s->in_features, cpk__param_value(l, ctx, 0)->data,
             s->in_features, 0.0, out->data, s->out_features);
   return CPK_OK;
 }
@@ -141,13 +137,11 @@ static int linear_param_jac_t_mat(cpk__layer *l, cpk_context *ctx, int p,
                      out->data);
     return CPK_OK;
   }
-#pragma omp parallel for collapse(2) schedule(static) if (v * n > 1)
-  for (int64_t b = 0; b < v; b++)
-    for (int64_t j = 0; j < n; j++)
-      cpk__gemm(ctx, in->dtype, 1, 0, fo, fi, r, 1.0,
-                ind + (size_t)((b * n + j) * r * fo) * es, fo,
-                xd + (size_t)(j * r * fi) * es, fi, 0.0,
-                od + (size_t)((b * n + j) * fo * fi) * es, fi);
+  for (int64_t b = 0; b < v; b++) /* out[b, j] := in[b, j]^T X_j, j < n */
+    cpk__gemm_strided(ctx, in->dtype, 1, 0, fo, fi, r, 1.0,
+                      ind + (size_t)(b * n * r * fo) * es, fo, r * fo, xd, fi,
+                      r * fi, 0.0, od + (size_t)(b * n * fo * fi) * es, fi,
+                      fo * fi, n);
   return CPK_OK;
 }
 
@@ -172,19 +166,10 @@ static int linear_param_jac_mat(cpk__layer *l, cpk_context *ctx, int p,
                 od + (size_t)(b * rows * fo) * es, fo);
     return CPK_OK;
   }
-  for (int64_t b = 0; b < v; b++) {
-    const char *tb = td + (size_t)(b * fo) * es;
-    char *ob = od + (size_t)(b * rows * fo) * es;
-    if (beta == 0.0) {
-      for (int64_t r = 0; r < rows; r++)
-        cpk__copy(ctx, out->dtype, fo, tb, ob + (size_t)(r * fo) * es);
-      continue;
-    }
-    if (beta != 1.0)
-      cpk__scale(ctx, out->dtype, rows * fo, beta, ob);
-    for (int64_t r = 0; r < rows; r++)
-      cpk__axpy(ctx, out->dtype, fo, 1.0, tb, ob + (size_t)(r * fo) * es);
-  }
+  for (int64_t b = 0; b < v; b++) /* out[v, r] := beta out[v, r] + t[v] */
+    cpk__channel_bias(ctx, out->dtype, rows, fo, 1,
+                      td + (size_t)(b * fo) * es, beta,
+                      od + (size_t)(b * rows * fo) * es);
   return CPK_OK;
 }
 
@@ -199,10 +184,10 @@ static int linear_ea_jac_t_mat_jac(cpk__layer *l, cpk_context *ctx,
   const int64_t fo = s->out_features, fi = s->in_features;
   int64_t shape[2] = {fo, fi};
   cpk_tensor *mw;
-  int rc = cpk_tensor_new(&mw, m->dtype, 2, shape);
+  int rc = cpk__tensor_new_on(ctx, &mw, m->dtype, 2, shape);
   if (rc != CPK_OK)
     return rc;
-  const void *w = l->params[0].value->data;
+  const void *w = cpk__param_value(l, ctx, 0)->data;
   cpk__gemm(ctx, m->dtype, 0, 0, fo, fi, fo, 1.0, m->data, fo, w, fi, 0.0,
             mw->data, fi);
   cpk__gemm(ctx, m->dtype, 1, 0, fi, fi, fo, 1.0, w, fi, mw->data, fi, 0.0,
@@ -238,4 +223,5 @@ const cpk__layer_kind cpk__linear_kind = {
     .ea_jac_t_mat_jac = linear_ea_jac_t_mat_jac,
     .param_jac_is_input = 1,
     .destroy = linear_destroy,
+    .cuda = 1,
 };

@@ -9,6 +9,7 @@
  *   jac_mat:   out[v,n,c,o] = in[v,n,c,idx(n,c,o)]
  *   jac_t_mat: out[v,n,c,i] = sum over o with idx(n,c,o) = i of in[v,n,c,o]
  */
+#include "device.h"
 #include "pool_common.h"
 
 typedef struct {
@@ -64,16 +65,18 @@ static int maxpool_forward(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
                            cpk_tensor *y, int training) {
   maxpool *s = l->priv;
   /* Keep the index tensor while the output size stays the same. */
-  if (s->idx != NULL && cpk_tensor_numel(s->idx) != cpk_tensor_numel(y)) {
+  if (s->idx != NULL && (cpk_tensor_numel(s->idx) != cpk_tensor_numel(y) ||
+                         s->idx->device != (cpk__on_cuda(ctx) ? ctx->gpu
+                                                              : NULL))) {
     cpk_tensor_free(s->idx);
     s->idx = NULL;
   }
   if (s->idx == NULL) {
-    int rc = cpk_tensor_new(&s->idx, CPK_I32, y->ndim, y->shape);
+    int rc = cpk__tensor_new_on(ctx, &s->idx, CPK_I32, y->ndim, y->shape);
     if (rc != CPK_OK)
       return cpk__fail_prefix(rc, "%s: argmax", l->where);
   }
-  cpk__pool_max(x->dtype, &s->geom,
+  cpk__pool_max(ctx, x->dtype, &s->geom,
                 cpk_tensor_numel(x) / cpk__pool_in_plane(&s->geom), x->data,
                 y->data, s->idx->data);
   return CPK_OK;
@@ -105,7 +108,7 @@ static int maxpool_jac_mat(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
   if (rc != CPK_OK)
     return rc;
   const int64_t in_plane = cpk__pool_in_plane(&s->geom);
-  cpk__pool_gather(in->dtype, cpk_tensor_numel(in) / in_plane, ip, in_plane,
+  cpk__pool_gather(ctx, in->dtype, cpk_tensor_numel(in) / in_plane, ip, in_plane,
                    cpk__pool_out_plane(&s->geom), idx, in->data, out->data);
   return CPK_OK;
 }
@@ -122,10 +125,16 @@ static int maxpool_jac_t_mat(cpk__layer *l, cpk_context *ctx,
   if (rc != CPK_OK)
     return rc;
   const int64_t out_plane = cpk__pool_out_plane(&s->geom);
-  cpk__pool_scatter(in->dtype, cpk_tensor_numel(in) / out_plane, ip,
+  cpk__pool_scatter(ctx, in->dtype, cpk_tensor_numel(in) / out_plane, ip,
                     cpk__pool_in_plane(&s->geom), out_plane, idx, in->data,
                     out->data);
   return CPK_OK;
+}
+
+static void maxpool_drop_cache(cpk__layer *l) {
+  maxpool *s = l->priv;
+  cpk_tensor_free(s->idx);
+  s->idx = NULL;
 }
 
 static void maxpool_destroy(cpk__layer *l) {
@@ -152,6 +161,8 @@ static void maxpool_destroy(cpk__layer *l) {
       .jac_t_diag = maxpool_jac_t_mat,                                         \
       .jac_mat = maxpool_jac_mat,                                              \
       .destroy = maxpool_destroy,                                              \
+      .drop_cache = maxpool_drop_cache,                                        \
+      .cuda = 1,                                                               \
   };
 
 CPK__MAXPOOL(1)

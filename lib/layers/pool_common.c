@@ -3,10 +3,16 @@
  * kernels (kernels/pool.inc, instantiated for float and double) shared by
  * the pooling and padding layers. See pool_common.h.
  */
+#include "config.h"
+
 #include <math.h>
 #include <string.h>
 
+#include "device.h"
 #include "pool_common.h"
+#ifdef CPK_HAVE_CUDA
+#include "gpu_ops.h"
+#endif
 
 /* Work below this many elements runs on one thread. */
 #define CPK_POOL_PAR 32768
@@ -273,26 +279,66 @@ void cpk__pool_avg_apply(const cpk__pool_geom *g, int transpose,
 
 /* ---- dtype dispatch of the kernels ---- */
 
-void cpk__pool_max(cpk_dtype dt, const cpk__pool_geom *g, int64_t planes,
-                   const void *x, void *y, int32_t *idx) {
+#ifdef CPK_HAVE_CUDA
+/* The windows of g as the CUDA kernels take them: an im2col geometry whose
+ * taps are the pooling window's (planes in place of channels). */
+static cpk__im2col_geom cuda_geom(const cpk__pool_geom *g, int64_t planes) {
+  cpk__im2col_geom c = {.channels = planes};
+  for (int a = 0; a < 3; a++) {
+    const cpk__pool_axis *ax = &g->ax[a];
+    c.in[a] = ax->in;
+    c.out[a] = ax->out;
+    c.k[a] = ax->kernel > 0 ? ax->kernel : 1;
+    c.stride[a] = ax->stride > 0 ? ax->stride : 1;
+    c.pad[a] = ax->pad;
+    c.dil[a] = ax->step > 0 ? ax->step : 1;
+  }
+  return c;
+}
+#endif
+
+void cpk__pool_max(const cpk_context *ctx, cpk_dtype dt,
+                   const cpk__pool_geom *g, int64_t planes, const void *x,
+                   void *y, int32_t *idx) {
+#ifdef CPK_HAVE_CUDA
+  if (cpk__on_cuda(ctx)) {
+    const cpk__im2col_geom c = cuda_geom(g, planes);
+    cpk__cuda_pool_max(ctx->gpu, dt == CPK_F64, &c, planes, x, y, idx);
+    return;
+  }
+#endif
   if (dt == CPK_F32)
     pool_max_f32(g, planes, x, y, idx);
   else
     pool_max_f64(g, planes, x, y, idx);
 }
 
-void cpk__pool_gather(cpk_dtype dt, int64_t planes, int64_t ip,
-                      int64_t in_plane, int64_t out_plane, const int32_t *idx,
-                      const void *in, void *out) {
+void cpk__pool_gather(const cpk_context *ctx, cpk_dtype dt, int64_t planes,
+                      int64_t ip, int64_t in_plane, int64_t out_plane,
+                      const int32_t *idx, const void *in, void *out) {
+#ifdef CPK_HAVE_CUDA
+  if (cpk__on_cuda(ctx)) {
+    cpk__cuda_pool_gather(ctx->gpu, dt == CPK_F64, planes, ip, in_plane,
+                          out_plane, idx, in, out);
+    return;
+  }
+#endif
   if (dt == CPK_F32)
     pool_gather_f32(planes, ip, in_plane, out_plane, idx, in, out);
   else
     pool_gather_f64(planes, ip, in_plane, out_plane, idx, in, out);
 }
 
-void cpk__pool_scatter(cpk_dtype dt, int64_t planes, int64_t ip,
-                       int64_t in_plane, int64_t out_plane, const int32_t *idx,
-                       const void *in, void *out) {
+void cpk__pool_scatter(const cpk_context *ctx, cpk_dtype dt, int64_t planes,
+                       int64_t ip, int64_t in_plane, int64_t out_plane,
+                       const int32_t *idx, const void *in, void *out) {
+#ifdef CPK_HAVE_CUDA
+  if (cpk__on_cuda(ctx)) {
+    cpk__cuda_pool_scatter(ctx->gpu, dt == CPK_F64, planes, ip, in_plane,
+                           out_plane, idx, in, out);
+    return;
+  }
+#endif
   if (dt == CPK_F32)
     pool_scatter_f32(planes, ip, in_plane, out_plane, idx, in, out);
   else

@@ -102,20 +102,21 @@ void cpk__pool_avg_apply(const cpk__pool_geom *g, int transpose,
  * the first maximum (a NaN counts as the maximum), as PyTorch does;
  * idx[p,o] := that i (the first tap when every value is -inf; -1 and
  * y = -inf when the window holds no input position). */
-void cpk__pool_max(cpk_dtype dt, const cpk__pool_geom *g, int64_t planes,
-                   const void *x, void *y, int32_t *idx);
+void cpk__pool_max(const cpk_context *ctx, cpk_dtype dt,
+                   const cpk__pool_geom *g, int64_t planes, const void *x,
+                   void *y, int32_t *idx);
 
 /* J of max pooling: out[p,o] := in[p, idx[p mod ip, o]] (0 where idx < 0);
  * in planes have in_plane elements, out and idx planes out_plane. */
-void cpk__pool_gather(cpk_dtype dt, int64_t planes, int64_t ip,
-                      int64_t in_plane, int64_t out_plane, const int32_t *idx,
-                      const void *in, void *out);
+void cpk__pool_gather(const cpk_context *ctx, cpk_dtype dt, int64_t planes,
+                      int64_t ip, int64_t in_plane, int64_t out_plane,
+                      const int32_t *idx, const void *in, void *out);
 
 /* J^T of max pooling: out[p,:] := 0, then out[p, idx[p mod ip, o]] +=
  * in[p,o]; in and idx planes have out_plane elements, out planes in_plane. */
-void cpk__pool_scatter(cpk_dtype dt, int64_t planes, int64_t ip,
-                       int64_t in_plane, int64_t out_plane, const int32_t *idx,
-                       const void *in, void *out);
+void cpk__pool_scatter(const cpk_context *ctx, cpk_dtype dt, int64_t planes,
+                       int64_t ip, int64_t in_plane, int64_t out_plane,
+                       const int32_t *idx, const void *in, void *out);
 
 /* Average pooling (and its J, the same linear map):
  * out[p,o] := sum_{i in window o} in[p,i] / div(o), div(o) the product of

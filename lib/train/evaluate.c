@@ -6,6 +6,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "device_pass.h"
 #include "context.h"
 #include "engine.h"
 #include "train.h"
@@ -49,6 +50,8 @@ static int predict(cpk_context *ctx, cpk_model *model, const cpk_tensor *input,
   cpk__pass pass = {.ctx = ctx, .model = model, .spec = &spec};
   int rc = cpk__check_input(model, input);
   *out = NULL;
+  if (rc == CPK_OK)
+    rc = cpk__host_only(ctx, "evaluation");
   if (rc != CPK_OK)
     return rc;
   cpk__context_apply_threads(ctx);

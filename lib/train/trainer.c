@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "device_pass.h"
 #include "context.h"
 #include "engine.h"
 #include "train.h"
@@ -111,6 +112,8 @@ int cpk_trainer_new(cpk_trainer **out, cpk_context *ctx, cpk_model *model,
   int rc, ndim;
   int64_t oshape[CPK_MAX_DIMS], shape[CPK_MAX_DIMS];
   *out = NULL;
+  if ((rc = cpk__host_only(ctx, "training")) != CPK_OK)
+    return rc;
   if ((rc = cpk__check_input(model, images)) != CPK_OK)
     return cpk__fail_prefix(rc, "training images");
   if (images->dtype != model->dtype)
