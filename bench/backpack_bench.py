@@ -3,7 +3,7 @@
 
 Prints ONE JSON line:
   {"tool": "backpack", "problem": ..., "ext": ..., "batch": ..., "threads": ...,
-   "dtype": ..., "median_s": ..., "min_s": ..., "max_s": ..., "runs": ...,
+   "dtype": ..., "device": ..., "median_s": ..., "min_s": ..., "max_s": ..., "runs": ...,
    "peak_bytes": ..., "memory_method": ..., "status": "ok"}
 
 The timed region is what a BackPACK user runs per step:
@@ -23,8 +23,23 @@ in use). If the profiler gives nothing, the fallback is the growth of the
 process's peak resident set (VmHWM, reset through /proc/self/clear_refs)
 over the timed runs; "memory_method" says which one was used.
 
-Run one measurement per process (bench/compare does) so rows do not share
-allocator state.
+--device cuda: the model (after backpack.extend, which extends the modules in
+place), x and y are moved to the GPU before anything is timed; every timed or
+warm-up step ends with torch.cuda.synchronize() inside its timed region, so
+times are the wall clock of finished GPU work, as curvpack-bench's (whose
+cpk_compute returns with the results on the host; BackPACK's stay on the
+GPU). TF32 is switched off (cuDNN allows it by default) so both compute in
+strict FP32. Peak memory is then torch.cuda.max_memory_allocated() over one
+warmed-up step (the last warm-up step, or one extra untimed step after a
+single warm-up), reset with torch.cuda.reset_peak_memory_stats() before it,
+minus torch.cuda.memory_allocated() before it ("memory_method": "torch-cuda");
+the CPU profiler is not used. Without a usable GPU the row has status
+"unavailable" and a reason.
+
+Run one measurement per process (bench/compare does by default) so rows do not
+share allocator state. --ext may be repeated to measure several rows in one
+process (bench/compare --one-python), one JSON line each: PyTorch's import and
+CUDA initialisation (seconds) are then paid once.
 """
 
 import argparse
@@ -100,8 +115,10 @@ def main():
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    ap.add_argument("--ext", default="",
-                    help='comma-separated quantities ("" or "grad": plain gradient)')
+    ap.add_argument("--ext", action="append",
+                    help='comma-separated quantities ("" or "grad": plain gradient); '
+                         'repeat the option to measure several rows in this one process, '
+                         'one JSON line each (saves the start-up of PyTorch per row)')
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--min-repeat", type=int, default=3)
@@ -109,12 +126,30 @@ def main():
                     help="stop repeating once the timed runs add up to this (s)")
     ap.add_argument("--mc-samples", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--memory", choices=["auto", "profiler", "rss", "none"], default="auto")
+    ap.add_argument("--memory", choices=["auto", "profiler", "rss", "none"], default="auto",
+                    help="CPU peak-memory method (with --device cuda: the CUDA allocator's "
+                         "peak unless none)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = ap.parse_args()
+    rc = 0
+    for i, ext in enumerate(args.ext or [""]):
+        if i > 0:  # drop what the previous row left behind
+            import gc
+            gc.collect()
+            if "torch" in sys.modules and args.device == "cuda":
+                import torch
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+        rc = max(rc, measure(args, ext))
+    return rc
 
-    row = {"tool": "backpack", "problem": args.problem, "ext": args.ext,
-           "batch": args.batch, "threads": args.threads, "dtype": args.dtype}
-    quantities = [q for q in args.ext.split(",") if q and q != "grad"]
+
+def measure(args, ext):
+    """Measure one row (quantities `ext`) and print its JSON line; exit status."""
+    row = {"tool": "backpack", "problem": args.problem, "ext": ext,
+           "batch": args.batch, "threads": args.threads, "dtype": args.dtype,
+           "device": args.device}
+    quantities = [q for q in ext.split(",") if q and q != "grad"]
     products = [q for q in quantities if q in problems.PRODUCTS]
     if products and len(quantities) > 1:
         row.update(status="error", reason="a product is timed alone")
@@ -136,6 +171,14 @@ def main():
         return 0
 
     warnings.filterwarnings("ignore")
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        why = ("PyTorch was built without CUDA" if torch.version.cuda is None
+               else f"torch.cuda.is_available() is false (PyTorch built for CUDA "
+                    f"{torch.version.cuda}; no usable GPU or driver)")
+        row.update(status="unavailable", reason=f"--device cuda: {why}")
+        emit(row)
+        return 0
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     dtype = torch.float32 if args.dtype == "float32" else torch.float64
@@ -159,6 +202,21 @@ def main():
     if exts:
         model = backpack.extend(model)
         lossfunc = backpack.extend(lossfunc)
+    if cuda:
+        dev = torch.device("cuda")
+        model = model.to(dev)  # in place for nn.Module: BackPACK's hooks stay
+        lossfunc = lossfunc.to(dev)
+        x, y = x.to(dev), y.to(dev)
+        # Strict FP32 like curvpack's CUDA path (cuBLAS default math): no
+        # TF32 in cuDNN convolutions (on by default) or in matrix products.
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        row.update(gpu=torch.cuda.get_device_name(dev), tf32=False)
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
     batch_dot = "batch_dot_grad" in quantities
     savefields = [e.savefield for e in exts]
     if batch_dot:
@@ -173,6 +231,7 @@ def main():
                     delattr(p, f)
 
     vec = [torch.randn_like(p) for p in params]
+    sync()
 
     def product_step():
         from backpack.hessianfree.ggnvp import ggn_vector_product_from_plist
@@ -200,13 +259,21 @@ def main():
                 p.batch_dot = gb @ gb.T
         return loss
 
+    def timed_step():
+        """One step that ends when its GPU work has finished."""
+        loss = step()
+        sync()
+        return loss
+
     # ---- warm-up (also the support check: BackPACK raises on what it lacks).
-    # The first warm-up run is the one measured for memory, under the
-    # profiler; its time is not used.
+    # On cpu the first warm-up run is the one measured for memory, under the
+    # profiler; on cuda a warmed-up one (see the docstring). Their times are
+    # not used.
     loss = None
     peak, method = None, None
     rss_base = rss_peak = None
-    want_prof = args.memory in ("auto", "profiler")
+    want_prof = args.memory in ("auto", "profiler") and not cuda
+    want_cuda_mem = cuda and args.memory != "none"
 
     def measure_memory():
         nonlocal peak, method
@@ -214,6 +281,18 @@ def main():
         peak = profiled_peak(step)
         if peak is not None:
             method = "torch-profiler"
+
+    def measure_cuda_memory():
+        # The allocator's growth over one step: intermediates plus results,
+        # not the model, data or anything held before it.
+        nonlocal peak, method
+        clear()
+        sync()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        timed_step()
+        peak = max(0, torch.cuda.max_memory_allocated() - base)
+        method = "torch-cuda"
 
     try:
         for w in range(args.warmup):
@@ -223,24 +302,33 @@ def main():
                 if args.budget > 0 and time.perf_counter() - t0 > args.budget:
                     break
                 continue
+            if w == args.warmup - 1 and w > 0 and want_cuda_mem:  # last warm-up: memory
+                t0 = time.perf_counter()
+                measure_cuda_memory()
+                if args.budget > 0 and time.perf_counter() - t0 > args.budget:
+                    break
+                continue
             clear()
             t0 = time.perf_counter()
-            loss = step()
+            loss = timed_step()
             t = time.perf_counter() - t0
             if args.budget > 0 and t > args.budget:
                 break
         if args.warmup == 0 and want_prof:
             measure_memory()
+        if want_cuda_mem and method is None:  # one warm-up or none, or the budget cut it
+            measure_cuda_memory()
         clear()
-        if peak is None and args.memory in ("auto", "rss") and reset_hwm():
+        if peak is None and not cuda and args.memory in ("auto", "rss") and reset_hwm():
             rss_base = read_status_kib("VmRSS")
         # ---- timed runs
         times = []
         total = 0.0
         for r in range(args.repeat):
             clear()
+            sync()
             t0 = time.perf_counter()
-            loss = step()
+            loss = timed_step()
             t = time.perf_counter() - t0
             times.append(t)
             total += t

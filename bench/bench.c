@@ -6,11 +6,28 @@
  * prints ONE JSON line:
  *
  *   {"problem":..., "ext":..., "batch":..., "threads":..., "dtype":...,
- *    "median_s":..., "min_s":..., "max_s":..., "runs":..., "peak_bytes":...,
- *    "params":..., "loss":..., "status":"ok"}
+ *    "device":..., "median_s":..., "min_s":..., "max_s":..., "runs":...,
+ *    "peak_bytes":..., "memory_method":..., "params":..., "loss":...,
+ *    "status":"ok"}
  *
  * "status" is "unsupported" (with "reason") when a layer or an extension is
- * not built yet; the program then still exits 0. With --roofline it measures
+ * not built yet; the program then still exits 0.
+ *
+ * --device cuda runs the pass on the GPU (cpk_context_options.device =
+ * CPK_DEVICE_CUDA): cpk_compute uploads the input once and downloads the
+ * results once before it returns, so it stays synchronous and the timing is
+ * still the wall clock around it. A library built without CUDA, or a machine
+ * without a usable GPU (CPK_ENODEV), and what has no CUDA path yet (CPK_ENOTSUP
+ * from the context, the check or cpk_compute: kfra, the diagonal Hessians,
+ * batch norm, dropout, the hvp/ggnvp products, ...) give a row with status
+ * "unsupported" and the library's reason, exit status 0. Memory on the GPU:
+ * cpk_memory_peak() counts host allocations only, so for cuda peak_bytes is
+ * the high-water mark of the device's default memory pool (the pool the
+ * library allocates from with cudaMallocAsync), read through the CUDA driver
+ * API (libcuda.so.1, opened at run time) and reset before the timed runs,
+ * minus what was in use before them ("memory_method": "cuda-mempool"; cuBLAS
+ * workspaces are not counted); when that cannot be read peak_bytes is null
+ * and "memory_method" is "none". The host part is in "host_peak_bytes". With --roofline it measures
  * the machine instead: single/double-precision GEMM rate (cblas_sgemm and
  * cblas_dgemm on 2048^3) and memory bandwidth (STREAM copy and triad over
  * arrays far larger than the last-level cache).
@@ -29,6 +46,7 @@
 #include <time.h>
 
 #include <cblas.h>
+#include <dlfcn.h>
 
 #include "curvpack.h"
 
@@ -132,6 +150,7 @@ typedef struct {
   int batch;
   int threads;
   const char *dtype;
+  const char *device;
 } row_id;
 
 static void print_head(const row_id *id) {
@@ -141,6 +160,8 @@ static void print_head(const row_id *id) {
   json_str(stdout, id->ext);
   printf(", \"batch\": %d, \"threads\": %d, \"dtype\": ", id->batch, id->threads);
   json_str(stdout, id->dtype);
+  printf(", \"device\": ");
+  json_str(stdout, id->device);
 }
 
 /* One JSON line for a row that did not run. */
@@ -237,6 +258,63 @@ static char *read_text(const char *path) {
   fclose(f);
   buf[len] = '\0';
   return buf;
+}
+
+/* ----------------------------------------------------- device memory (CUDA)
+ * The library allocates device memory with cudaMallocAsync from the default
+ * memory pool of device 0. That pool's "used" counters are read through the
+ * driver API, opened at run time so that this program needs neither the CUDA
+ * headers nor a link against libcuda (the driver is shared by the whole
+ * process, whichever runtime the library was linked with). Values of the
+ * CUmemPool_attribute enum (cuda.h): USED_MEM_CURRENT 7, USED_MEM_HIGH 8. */
+
+typedef int (*cu_init_fn)(unsigned);
+typedef int (*cu_device_get_fn)(int *, int);
+typedef int (*cu_default_pool_fn)(void **, int);
+typedef int (*cu_pool_attr_fn)(void *, int, void *);
+
+typedef int (*cu_ctx_sync_fn)(void);
+
+typedef struct {
+  cu_pool_attr_fn get, set;
+  cu_ctx_sync_fn sync;
+  void *pool;
+} devmem;
+
+enum { CU_POOL_USED_CURRENT = 7, CU_POOL_USED_HIGH = 8 };
+
+/* 0 when the pool can be read; -1 otherwise (peak_bytes is then null). */
+static int devmem_open(devmem *m) {
+  memset(m, 0, sizeof *m);
+  void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (lib == NULL)
+    return -1;
+  cu_init_fn init = (cu_init_fn)dlsym(lib, "cuInit");
+  cu_device_get_fn devget = (cu_device_get_fn)dlsym(lib, "cuDeviceGet");
+  cu_default_pool_fn poolget = (cu_default_pool_fn)dlsym(lib, "cuDeviceGetDefaultMemPool");
+  m->get = (cu_pool_attr_fn)dlsym(lib, "cuMemPoolGetAttribute");
+  m->set = (cu_pool_attr_fn)dlsym(lib, "cuMemPoolSetAttribute");
+  m->sync = (cu_ctx_sync_fn)dlsym(lib, "cuCtxSynchronize");
+  int dev = 0;
+  if (!init || !devget || !poolget || !m->get || !m->set || init(0) != 0 ||
+      devget(&dev, 0) != 0 || poolget(&m->pool, dev) != 0 || m->pool == NULL) {
+    m->pool = NULL;
+    return -1; /* the handle stays open: the driver is in use anyway */
+  }
+  return 0;
+}
+
+static int devmem_get(const devmem *m, int attr, uint64_t *v) {
+  *v = 0;
+  if (m->pool != NULL && m->sync != NULL)
+    (void)m->sync(); /* let stream-ordered frees of the last pass land */
+  return m->pool != NULL && m->get(m->pool, attr, v) == 0 ? 0 : -1;
+}
+
+/* Reset the pool's high-water mark (it restarts from what is in use). */
+static int devmem_reset_peak(const devmem *m) {
+  uint64_t zero = 0;
+  return m->pool != NULL && m->set(m->pool, CU_POOL_USED_HIGH, &zero) == 0 ? 0 : -1;
 }
 
 /* ---------------------------------------------------------------- roofline */
@@ -369,6 +447,7 @@ static void usage(FILE *f) {
           "                      [--dtype float32|float64] [--ext LIST]\n"
           "                      [--warmup W] [--repeat R] [--min-repeat M]\n"
           "                      [--budget SECONDS] [--seed S] [--mc-samples M]\n"
+          "                      [--device cpu|cuda]\n"
           "       curvpack-bench --model FILE --input-shape C,H,W [--classes K] ...\n"
           "       curvpack-bench --roofline [--threads T]\n"
           "       curvpack-bench --print-model NAME | --list\n"
@@ -379,14 +458,17 @@ static void usage(FILE *f) {
           "timed runs add up to SECONDS when --budget is given), and prints one\n"
           "JSON line with median_s, min_s and peak_bytes (the high-water mark of\n"
           "library allocations during the timed runs, above what was held before).\n"
+          "--device cuda computes on the GPU (peak_bytes: the device memory pool's\n"
+          "high-water mark; \"unsupported\" rows where there is no GPU or no CUDA\n"
+          "path for a layer, an extension or a product yet).\n"
           "Problems: mnist_logreg mnist_mlp mnist_mlp_sigmoid fmnist_2c2d cifar10_3c3d.\n"
           "Defaults: --batch 128 --threads 2 --dtype float32 --warmup 2 --repeat 10\n"
-          "          --min-repeat 3 --seed 0.\n");
+          "          --min-repeat 3 --seed 0 --device cpu.\n");
 }
 
 int main(int argc, char **argv) {
   const char *problem_name = NULL, *model_path = NULL, *ext = "", *dtype_name = "float32";
-  const char *shape_arg = NULL;
+  const char *shape_arg = NULL, *device_name = "cpu";
   int batch = 128, threads = 2, warmup = 2, repeat = 10, min_repeat = 3, seed = 0;
   int mc_samples = 1, classes = 10, roofline = 0;
   double budget = 0;
@@ -432,6 +514,13 @@ int main(int argc, char **argv) {
     } else if (!strcmp(a, "--ext")) {
       NEEDV();
       ext = v;
+    } else if (!strcmp(a, "--device")) {
+      NEEDV();
+      if (strcmp(v, "cpu") && strcmp(v, "cuda")) {
+        fprintf(stderr, "curvpack-bench: error: --device expects cpu or cuda, got '%s'\n", v);
+        return 2;
+      }
+      device_name = v;
     } else if (!strcmp(a, "--dtype")) {
       NEEDV();
       dtype_name = v;
@@ -527,7 +616,8 @@ int main(int argc, char **argv) {
     }
   }
 
-  row_id id = {prob->name, ext, batch, threads, dtype_name};
+  row_id id = {prob->name, ext, batch, threads, dtype_name, device_name};
+  const int on_cuda = !strcmp(device_name, "cuda");
   cpk_dtype dtype;
   if (cpk_dtype_parse(dtype_name, &dtype) != CPK_OK || (dtype != CPK_F32 && dtype != CPK_F64)) {
     fprintf(stderr, "curvpack-bench: error: --dtype expects float32 or float64, got '%s'\n",
@@ -632,10 +722,16 @@ int main(int argc, char **argv) {
   cpk_context_options opts;
   memset(&opts, 0, sizeof opts);
   opts.threads = threads;
-  opts.device = CPK_DEVICE_CPU;
+  opts.device = on_cuda ? CPK_DEVICE_CUDA : CPK_DEVICE_CPU;
   opts.seed = (uint64_t)seed;
   opts.mc_samples = mc_samples;
   rc = cpk_context_new(&ctx, &opts);
+  if (rc == CPK_ENODEV || rc == CPK_ENOTSUP) { /* no GPU, or no CUDA in this build */
+    snprintf(reason, sizeof reason, "%s", cpk_last_error());
+    print_status(&id, "unsupported", reason);
+    status = 0;
+    goto out;
+  }
   if (rc != CPK_OK) {
     snprintf(reason, sizeof reason, "context: %s", cpk_last_error());
     print_status(&id, "error", reason);
@@ -706,7 +802,13 @@ int main(int argc, char **argv) {
   int runs = 0;
   double total = 0;
   size_t held = 0;
+  devmem dm;
+  uint64_t dev_held = 0;
+  int dev_ok = 0;
   if (rc == CPK_OK) {
+    if (on_cuda)
+      dev_ok = devmem_open(&dm) == 0 && devmem_get(&dm, CU_POOL_USED_CURRENT, &dev_held) == 0 &&
+               devmem_reset_peak(&dm) == 0;
     held = cpk_memory_in_use();
     cpk_memory_reset_peak();
     for (runs = 0; runs < repeat;) {
@@ -726,7 +828,7 @@ int main(int argc, char **argv) {
         break;
     }
   }
-  if (rc == CPK_ENOTSUP) {
+  if (rc == CPK_ENOTSUP || (on_cuda && rc == CPK_ENODEV)) {
     snprintf(reason, sizeof reason, "%s", cpk_last_error());
     print_status(&id, "unsupported", reason);
     status = 0;
@@ -739,6 +841,9 @@ int main(int argc, char **argv) {
   }
   size_t peak = cpk_memory_peak();
   size_t peak_bytes = peak > held ? peak - held : 0;
+  uint64_t dev_peak = 0;
+  if (dev_ok)
+    dev_ok = devmem_get(&dm, CU_POOL_USED_HIGH, &dev_peak) == 0;
   double tmin = times[0], tmax = times[0];
   for (int i = 1; i < runs; i++) {
     if (times[i] < tmin)
@@ -750,8 +855,18 @@ int main(int argc, char **argv) {
 
   print_head(&id);
   printf(", \"median_s\": %.6g, \"min_s\": %.6g, \"max_s\": %.6g, \"runs\": %d, "
-         "\"warmup\": %d, \"peak_bytes\": %zu, \"params\": %lld, \"loss\": ",
-         tmed, tmin, tmax, runs, warmup, peak_bytes, (long long)cpk_model_param_count(model));
+         "\"warmup\": %d, ",
+         tmed, tmin, tmax, runs, warmup);
+  if (!on_cuda)
+    printf("\"peak_bytes\": %zu, \"memory_method\": \"cpk-memory-peak\", ", peak_bytes);
+  else if (dev_ok)
+    printf("\"peak_bytes\": %llu, \"memory_method\": \"cuda-mempool\", "
+           "\"host_peak_bytes\": %zu, ",
+           (unsigned long long)(dev_peak > dev_held ? dev_peak - dev_held : 0), peak_bytes);
+  else
+    printf("\"peak_bytes\": null, \"memory_method\": \"none\", \"host_peak_bytes\": %zu, ",
+           peak_bytes);
+  printf("\"params\": %lld, \"loss\": ", (long long)cpk_model_param_count(model));
   if (isfinite(loss))
     printf("%.8g", loss);
   else
