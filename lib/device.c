@@ -109,7 +109,7 @@ int cpk__tensor_fill_from_host(const cpk_context *ctx, cpk_tensor *dst,
 
 int cpk__tensor_to_host(const cpk_context *ctx, const cpk_tensor *src,
                         cpk_tensor **out) {
-  int rc = cpk_tensor_new(out, src->dtype, src->ndim, src->shape);
+  int rc = cpk__tensor_new_uninit(out, src->dtype, src->ndim, src->shape);
   if (rc != CPK_OK)
     return rc;
   const size_t bytes =

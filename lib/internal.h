@@ -44,6 +44,10 @@ int cpk__mul_size(size_t a, size_t b, size_t *out, const char *what);
 int cpk__shape_numel(int ndim, const int64_t *shape, int64_t *out,
                      const char *what);
 
+/* cpk_tensor_new without the zero fill, for tensors written in full at
+ * once (a download from the device). */
+int cpk__tensor_new_uninit(cpk_tensor **out, cpk_dtype dtype, int ndim,
+                           const int64_t *shape);
 /* Wrap an existing buffer as a contiguous tensor header (no ownership). */
 void cpk__tensor_view(cpk_tensor *t, cpk_dtype dtype, void *data, int ndim,
                       const int64_t *shape);

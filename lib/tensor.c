@@ -103,8 +103,9 @@ void cpk__tensor_view(cpk_tensor *t, cpk_dtype dtype, void *data, int ndim,
   t->owns_data = 0;
 }
 
-int cpk_tensor_new(cpk_tensor **out, cpk_dtype dtype, int ndim,
-                   const int64_t *shape) {
+/* A C-order tensor, its data zero-filled or not. */
+static int tensor_alloc(cpk_tensor **out, cpk_dtype dtype, int ndim,
+                        const int64_t *shape, int zero) {
   int64_t numel;
   size_t bytes;
   int rc;
@@ -123,7 +124,7 @@ int cpk_tensor_new(cpk_tensor **out, cpk_dtype dtype, int ndim,
   cpk_tensor *t = cpk__calloc(sizeof *t);
   if (t == NULL)
     return CPK_ENOMEM;
-  void *data = cpk__calloc(bytes);
+  void *data = zero ? cpk__calloc(bytes) : cpk__malloc(bytes);
   if (data == NULL) {
     cpk__free(t);
     return CPK_ENOMEM;
@@ -132,6 +133,16 @@ int cpk_tensor_new(cpk_tensor **out, cpk_dtype dtype, int ndim,
   t->owns_data = 1;
   *out = t;
   return CPK_OK;
+}
+
+int cpk_tensor_new(cpk_tensor **out, cpk_dtype dtype, int ndim,
+                   const int64_t *shape) {
+  return tensor_alloc(out, dtype, ndim, shape, 1);
+}
+
+int cpk__tensor_new_uninit(cpk_tensor **out, cpk_dtype dtype, int ndim,
+                           const int64_t *shape) {
+  return tensor_alloc(out, dtype, ndim, shape, 0);
 }
 
 void cpk_tensor_free(cpk_tensor *t) {

@@ -236,6 +236,10 @@ static const net nets[] = {
     {"conv3d 1 2 2\nrelu\nmaxpool3d 2 stride=1\nflatten\nlinear 16 3\n",
      4,
      {1, 4, 4, 4}},
+    {"zeropad2d 1,0,2,1\nconv2d 2 2 3\nrelu\nmaxpool2d 3 stride=2\n"
+     "flatten\nlinear 12 3\n",
+     3,
+     {2, 6, 6}},
 };
 
 static const char *device_extensions =

@@ -361,9 +361,22 @@ void cpk__pool_avg_t(cpk_dtype dt, const cpk__pool_geom *g, int64_t planes,
     pool_avg_t_f64(g, planes, in, out);
 }
 
-void cpk__pad2d(cpk_dtype dt, int64_t planes, int64_t hi, int64_t wi,
-                int64_t ho, int64_t wo, int64_t top, int64_t left,
-                const void *in, void *out) {
+void cpk__pad2d(const cpk_context *ctx, cpk_dtype dt, int64_t planes,
+                int64_t hi, int64_t wi, int64_t ho, int64_t wo, int64_t top,
+                int64_t left, const void *in, void *out) {
+#ifdef CPK_HAVE_CUDA
+  if (cpk__on_cuda(ctx)) { /* an unfolding with a 1x1 kernel: the same map */
+    const cpk__im2col_geom g = {.channels = planes,
+                                .in = {1, hi, wi},
+                                .out = {1, ho, wo},
+                                .k = {1, 1, 1},
+                                .stride = {1, 1, 1},
+                                .pad = {0, top, left},
+                                .dil = {1, 1, 1}};
+    cpk__cuda_im2col(ctx->gpu, dt == CPK_F64, &g, 1, in, out);
+    return;
+  }
+#endif
   if (dt == CPK_F32)
     pad2d_f32(planes, hi, wi, ho, wo, top, left, in, out);
   else

@@ -133,8 +133,8 @@ void cpk__pool_avg_t(cpk_dtype dt, const cpk__pool_geom *g, int64_t planes,
  * out[p,h,w] := in[p, h - top, w - left] where that lies inside the input,
  * else 0. (Negative top/left crop; the transpose is the same map with
  * -top, -left and the extents swapped.) */
-void cpk__pad2d(cpk_dtype dt, int64_t planes, int64_t hi, int64_t wi,
-                int64_t ho, int64_t wo, int64_t top, int64_t left,
-                const void *in, void *out);
+void cpk__pad2d(const cpk_context *ctx, cpk_dtype dt, int64_t planes,
+                int64_t hi, int64_t wi, int64_t ho, int64_t wo, int64_t top,
+                int64_t left, const void *in, void *out);
 
 #endif /* CPK_POOL_COMMON_H */

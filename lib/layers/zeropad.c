@@ -84,7 +84,7 @@ static int zeropad_jac_mat(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
   const int64_t wi = l->in_shape[l->in_ndim - 1];
   const int64_t ho = l->out_shape[l->out_ndim - 2];
   const int64_t wo = l->out_shape[l->out_ndim - 1];
-  cpk__pad2d(in->dtype, cpk_tensor_numel(in) / (hi * wi), hi, wi, ho, wo,
+  cpk__pad2d(ctx, in->dtype, cpk_tensor_numel(in) / (hi * wi), hi, wi, ho, wo,
              s->top, s->left, in->data, out->data);
   return CPK_OK;
 }
@@ -99,7 +99,7 @@ static int zeropad_jac_t_mat(cpk__layer *l, cpk_context *ctx,
   const int64_t wi = l->in_shape[l->in_ndim - 1];
   const int64_t ho = l->out_shape[l->out_ndim - 2];
   const int64_t wo = l->out_shape[l->out_ndim - 1];
-  cpk__pad2d(in->dtype, cpk_tensor_numel(in) / (ho * wo), ho, wo, hi, wi,
+  cpk__pad2d(ctx, in->dtype, cpk_tensor_numel(in) / (ho * wo), ho, wo, hi, wi,
              -s->top, -s->left, in->data, out->data);
   return CPK_OK;
 }
@@ -124,4 +124,5 @@ const cpk__layer_kind cpk__zeropad2d_kind = {
     .jac_t_diag = zeropad_jac_t_mat,
     .jac_mat = zeropad_jac_mat,
     .destroy = zeropad_destroy,
+    .cuda = 1,
 };
