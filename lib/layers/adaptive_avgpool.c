@@ -43,25 +43,29 @@ static int adaptive_build(cpk__layer *l) {
 
 static int adaptive_forward(cpk__layer *l, cpk_context *ctx,
                             const cpk_tensor *x, cpk_tensor *y, int training) {
-  const adaptive_avgpool *s = l->priv;
-  cpk__pool_avg_apply(&s->geom, 0, x, y);
-  return CPK_OK;
+  adaptive_avgpool *s = l->priv;
+  return cpk__pool_avg_apply(ctx, &s->geom, 0, x, y);
 }
 
 static int adaptive_jac_mat(cpk__layer *l, cpk_context *ctx,
                             const cpk_tensor *x, const cpk_tensor *y,
                             const cpk_tensor *in, cpk_tensor *out) {
-  const adaptive_avgpool *s = l->priv;
-  cpk__pool_avg_apply(&s->geom, 0, in, out);
-  return CPK_OK;
+  adaptive_avgpool *s = l->priv;
+  return cpk__pool_avg_apply(ctx, &s->geom, 0, in, out);
 }
 
 static int adaptive_jac_t_mat(cpk__layer *l, cpk_context *ctx,
                               const cpk_tensor *x, const cpk_tensor *y,
                               const cpk_tensor *in, cpk_tensor *out) {
-  const adaptive_avgpool *s = l->priv;
-  cpk__pool_avg_apply(&s->geom, 1, in, out);
-  return CPK_OK;
+  adaptive_avgpool *s = l->priv;
+  return cpk__pool_avg_apply(ctx, &s->geom, 1, in, out);
+}
+
+/* The geometry's device tables do not outlive a device pass. */
+static void adaptive_drop_cache(cpk__layer *l) {
+  adaptive_avgpool *s = l->priv;
+  if (s != NULL)
+    cpk__pool_geom_drop_device(&s->geom);
 }
 
 static void adaptive_destroy(cpk__layer *l) {
@@ -81,4 +85,6 @@ const cpk__layer_kind cpk__adaptive_avgpool2d_kind = {
     .jac_t_mat = adaptive_jac_t_mat,
     .jac_mat = adaptive_jac_mat,
     .destroy = adaptive_destroy,
+    .drop_cache = adaptive_drop_cache,
+    .cuda = 1,
 };

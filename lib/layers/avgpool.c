@@ -59,25 +59,29 @@ static int avgpool_build(cpk__layer *l) {
 
 static int avgpool_forward(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
                            cpk_tensor *y, int training) {
-  const avgpool *s = l->priv;
-  cpk__pool_avg_apply(&s->geom, 0, x, y);
-  return CPK_OK;
+  avgpool *s = l->priv;
+  return cpk__pool_avg_apply(ctx, &s->geom, 0, x, y);
 }
 
 static int avgpool_jac_mat(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
                            const cpk_tensor *y, const cpk_tensor *in,
                            cpk_tensor *out) {
-  const avgpool *s = l->priv;
-  cpk__pool_avg_apply(&s->geom, 0, in, out);
-  return CPK_OK;
+  avgpool *s = l->priv;
+  return cpk__pool_avg_apply(ctx, &s->geom, 0, in, out);
 }
 
 static int avgpool_jac_t_mat(cpk__layer *l, cpk_context *ctx,
                              const cpk_tensor *x, const cpk_tensor *y,
                              const cpk_tensor *in, cpk_tensor *out) {
-  const avgpool *s = l->priv;
-  cpk__pool_avg_apply(&s->geom, 1, in, out);
-  return CPK_OK;
+  avgpool *s = l->priv;
+  return cpk__pool_avg_apply(ctx, &s->geom, 1, in, out);
+}
+
+/* The geometry's device tables do not outlive a device pass. */
+static void avgpool_drop_cache(cpk__layer *l) {
+  avgpool *s = l->priv;
+  if (s != NULL)
+    cpk__pool_geom_drop_device(&s->geom);
 }
 
 static void avgpool_destroy(cpk__layer *l) {
@@ -101,6 +105,8 @@ static void avgpool_destroy(cpk__layer *l) {
       .jac_t_mat = avgpool_jac_t_mat,                                          \
       .jac_mat = avgpool_jac_mat,                                              \
       .destroy = avgpool_destroy,                                              \
+      .drop_cache = avgpool_drop_cache,                                        \
+      .cuda = 1,                                                               \
   };
 
 CPK__AVGPOOL(1, 5)

@@ -44,11 +44,31 @@
  * when affine=false), running_mean (F,), running_var (F,) (buffers; absent
  * when track_running_stats=false). PyTorch's num_batches_tracked is not
  * kept, so momentum=None (a cumulative average) is not supported.
+ *
+ * On a CUDA context (a device pass) the data-sized work runs in the CUDA
+ * twins of the kernels (gpu/layers_cuda.cu): the batch statistics' sums, the
+ * forward and every derivative. The F-sized steps stay on the host as on
+ * the CPU: the statistics come down (mean and biased variance, 2F doubles),
+ * the running-statistic update is applied right there to the model's own
+ * (host) running_mean and running_var, the same formula and order as the
+ * CPU's, and the updated buffers are copied to their device copies for the
+ * rest of the pass. So the update reaches the model at once, exactly as on
+ * the CPU, with no write-back step at the end of the pass. The statistics
+ * the layer normalised with (mean, istd) then go up (s->dev, [2, F]
+ * doubles), for the kernels of the derivatives; drop_cache frees them at
+ * the end of the pass.
  */
+#include "config.h"
+
 #include <math.h>
 #include <string.h>
 
+#include "device.h"
 #include "layer.h"
+#ifdef CPK_HAVE_CUDA
+#include "gpu_ops.h"
+#include "layers_cuda.h"
+#endif
 
 #define CPK_T float
 #define CPK_SFX f32
@@ -80,6 +100,8 @@ typedef struct {
   double *mean, *istd;                 /* [F], of the last forward */
   int ready;                           /* a forward has run */
   int batch_stats;                     /* it used batch statistics */
+  cpk_tensor *dev; /* device pass: mean and istd of the last forward,
+                      double [2, F] on the device; NULL otherwise */
 } batchnorm;
 
 static const cpk__arg_spec bn_args[] = {
@@ -93,6 +115,7 @@ static const cpk__arg_spec bn_args[] = {
 static void bn_destroy(cpk__layer *l) {
   batchnorm *s = l->priv;
   if (s != NULL) {
+    cpk_tensor_free(s->dev);
     cpk__free(s->mean);
     cpk__free(s->istd);
   }
@@ -170,29 +193,24 @@ static void *bn_param_data(const cpk__layer *l, int p) {
   return p < 0 ? NULL : l->params[p].value->data;
 }
 
+/* The weight's data for a computation on ctx (the device copy on a CUDA
+ * context), or NULL when affine=false. */
+static const void *bn_weight_on(const cpk__layer *l, const cpk_context *ctx) {
+  const batchnorm *s = l->priv;
+  return s->p_weight < 0 ? NULL : cpk__param_value(l, ctx, s->p_weight)->data;
+}
+
 /* Positions per channel: L = product of the sample axes after the first. */
 static int64_t bn_positions(const cpk__layer *l) {
   return cpk__layer_in_numel(l) / l->in_shape[0];
 }
 
-/* Batch statistics into s->mean, s->istd (var kept in s->istd on the way),
- * and the running-statistic update when the layer tracks them. */
-static int bn_batch_stats(cpk__layer *l, const cpk_tensor *x) {
+/* The running-statistic update from the batch statistics s->mean and
+ * s->istd (holding the biased variance on the way in), then istd in place:
+ * s->istd[c] := 1 / sqrt(var[c] + eps). m = N*L values per channel. */
+static void bn_update(cpk__layer *l, double m) {
   batchnorm *s = l->priv;
-  const int64_t n = x->shape[0], f = s->features, pos = bn_positions(l);
-  const double m = (double)(n * pos);
-  char buf[128];
-  if (n * pos < 2)
-    return cpk__fail(CPK_EINVAL,
-                     "%s: batch statistics need more than one value per "
-                     "channel, got an input of shape %s",
-                     l->where,
-                     cpk_shape_str(buf, sizeof buf, x->ndim, x->shape));
-  if (x->dtype == CPK_F32)
-    bn_stats_f32(n, f, pos, x->data, s->mean, s->istd);
-  else
-    bn_stats_f64(n, f, pos, x->data, s->mean, s->istd);
-  for (int64_t c = 0; c < f; c++) {
+  for (int64_t c = 0; c < s->features; c++) {
     const double var = s->istd[c];
     if (s->track) {
       cpk_tensor *rm = l->params[s->p_mean].value;
@@ -205,8 +223,101 @@ static int bn_batch_stats(cpk__layer *l, const cpk_tensor *x) {
     }
     s->istd[c] = 1.0 / sqrt(var + s->eps);
   }
+}
+
+/* Batch statistics need at least two values per channel. */
+static int bn_check_batch(const cpk__layer *l, const cpk_tensor *x) {
+  const int64_t n = x->shape[0], pos = bn_positions(l);
+  char buf[128];
+  if (n * pos < 2)
+    return cpk__fail(CPK_EINVAL,
+                     "%s: batch statistics need more than one value per "
+                     "channel, got an input of shape %s",
+                     l->where,
+                     cpk_shape_str(buf, sizeof buf, x->ndim, x->shape));
   return CPK_OK;
 }
+
+/* Batch statistics into s->mean, s->istd (var kept in s->istd on the way),
+ * and the running-statistic update when the layer tracks them. */
+static int bn_batch_stats(cpk__layer *l, const cpk_tensor *x) {
+  batchnorm *s = l->priv;
+  const int64_t n = x->shape[0], f = s->features, pos = bn_positions(l);
+  int rc = bn_check_batch(l, x);
+  if (rc != CPK_OK)
+    return rc;
+  if (x->dtype == CPK_F32)
+    bn_stats_f32(n, f, pos, x->data, s->mean, s->istd);
+  else
+    bn_stats_f64(n, f, pos, x->data, s->mean, s->istd);
+  bn_update(l, (double)(n * pos));
+  return CPK_OK;
+}
+
+/* Evaluation statistics from the running buffers (host values). */
+static void bn_running_stats(cpk__layer *l) {
+  batchnorm *s = l->priv;
+  const cpk_tensor *rm = l->params[s->p_mean].value;
+  const cpk_tensor *rv = l->params[s->p_var].value;
+  for (int64_t c = 0; c < s->features; c++) {
+    s->mean[c] = cpk_tensor_get(rm, c);
+    s->istd[c] = 1.0 / sqrt(cpk_tensor_get(rv, c) + s->eps);
+  }
+}
+
+#ifdef CPK_HAVE_CUDA
+/* The forward on the CUDA device (see the top of the file). */
+static int bn_forward_cuda(cpk__layer *l, cpk_context *ctx,
+                           const cpk_tensor *x, cpk_tensor *y) {
+  batchnorm *s = l->priv;
+  const int64_t n = x->shape[0], f = s->features, pos = bn_positions(l);
+  const size_t bytes = (size_t)f * sizeof(double);
+  const int f64 = x->dtype == CPK_F64;
+  int rc;
+  if (s->dev == NULL || s->dev->device != ctx->gpu) {
+    const int64_t shape[2] = {2, f};
+    cpk_tensor_free(s->dev);
+    s->dev = NULL;
+    if ((rc = cpk__tensor_new_on(ctx, &s->dev, CPK_F64, 2, shape)) != CPK_OK)
+      return rc;
+  }
+  double *dmean = s->dev->data, *distd = dmean + f;
+  if (s->batch_stats) {
+    if ((rc = bn_check_batch(l, x)) != CPK_OK)
+      return rc;
+    /* mean and var into the device buffer, then down */
+    cpk__cuda_bn_stats(ctx->gpu, f64, n, f, pos, x->data, dmean, distd);
+    const int down = cpk__gpu_download(ctx->gpu, s->mean, dmean, bytes) |
+                     cpk__gpu_download(ctx->gpu, s->istd, distd, bytes);
+    if ((rc = cpk__device_sync(ctx)) != CPK_OK || down != 0)
+      return cpk__fail_prefix(rc != CPK_OK ? rc : CPK_EIO, "%s: forward",
+                              l->where);
+    bn_update(l, (double)(n * pos));
+    for (int p = 0; s->track && p < 2; p++) {
+      cpk__param *q = &l->params[p == 0 ? s->p_mean : s->p_var];
+      if (q->dev != NULL &&
+          (rc = cpk__tensor_fill_from_host(ctx, q->dev, q->value)) != CPK_OK)
+        return rc;
+    }
+  } else {
+    bn_running_stats(l);
+  }
+  if ((cpk__gpu_upload(ctx->gpu, dmean, s->mean, bytes) |
+       cpk__gpu_upload(ctx->gpu, distd, s->istd, bytes)) != 0) {
+    rc = cpk__device_sync(ctx);
+    return cpk__fail_prefix(rc != CPK_OK ? rc : CPK_EIO, "%s: forward",
+                            l->where);
+  }
+  const cpk_tensor *w = s->p_weight >= 0 ? cpk__param_value(l, ctx, s->p_weight)
+                                         : NULL;
+  const cpk_tensor *b =
+      s->p_bias >= 0 ? cpk__param_value(l, ctx, s->p_bias) : NULL;
+  cpk__cuda_bn_forward(ctx->gpu, f64, n, f, pos, x->data, dmean, distd,
+                       w ? w->data : NULL, b ? b->data : NULL, y->data);
+  s->ready = 1;
+  return CPK_OK;
+}
+#endif
 
 static int bn_forward(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
                       cpk_tensor *y, int training) {
@@ -214,17 +325,16 @@ static int bn_forward(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
   const int64_t n = x->shape[0], f = s->features, pos = bn_positions(l);
   s->ready = 0;
   s->batch_stats = training || !s->track;
+#ifdef CPK_HAVE_CUDA
+  if (cpk__on_cuda(ctx))
+    return bn_forward_cuda(l, ctx, x, y);
+#endif
   if (s->batch_stats) {
     int rc = bn_batch_stats(l, x);
     if (rc != CPK_OK)
       return rc;
   } else {
-    const cpk_tensor *rm = l->params[s->p_mean].value;
-    const cpk_tensor *rv = l->params[s->p_var].value;
-    for (int64_t c = 0; c < f; c++) {
-      s->mean[c] = cpk_tensor_get(rm, c);
-      s->istd[c] = 1.0 / sqrt(cpk_tensor_get(rv, c) + s->eps);
-    }
+    bn_running_stats(l);
   }
   const void *w = bn_param_data(l, s->p_weight),
              *b = bn_param_data(l, s->p_bias);
@@ -236,9 +346,9 @@ static int bn_forward(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
   return CPK_OK;
 }
 
-static int bn_require_forward(const cpk__layer *l) {
+static int bn_require_forward(const cpk__layer *l, const cpk_context *ctx) {
   const batchnorm *s = l->priv;
-  if (!s->ready)
+  if (!s->ready || (cpk__on_cuda(ctx) && s->dev == NULL))
     return cpk__fail(CPK_EINVAL,
                      "%s: derivatives asked for before a successful forward",
                      l->where);
@@ -253,9 +363,22 @@ static int bn_jac(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
   const int64_t n = x->shape[0], f = s->features, pos = bn_positions(l);
   const int64_t v = cpk__block_v(in, n, f * pos);
   const void *w = bn_param_data(l, s->p_weight);
-  int rc = bn_require_forward(l);
+  int rc = bn_require_forward(l, ctx);
   if (rc != CPK_OK)
     return rc;
+#ifdef CPK_HAVE_CUDA
+  if (cpk__on_cuda(ctx)) {
+    const double *dmean = s->dev->data, *distd = dmean + f;
+    const void *dw = bn_weight_on(l, ctx);
+    if (!s->batch_stats)
+      cpk__cuda_bn_scale(ctx->gpu, in->dtype == CPK_F64, v * n, f, pos, dw,
+                         distd, in->data, out->data);
+    else
+      cpk__cuda_bn_coupled(ctx->gpu, in->dtype == CPK_F64, v, n, f, pos,
+                           x->data, dmean, distd, dw, in->data, out->data);
+    return CPK_OK;
+  }
+#endif
   if (!s->batch_stats) {
     if (in->dtype == CPK_F32)
       bn_scale_f32(v * n, f, pos, w, s->istd, in->data, out->data);
@@ -279,13 +402,22 @@ static int bn_param_jac_t_mat(cpk__layer *l, cpk_context *ctx, int p,
   const batchnorm *s = l->priv;
   const int64_t n = x->shape[0], f = s->features, pos = bn_positions(l);
   const int64_t v = cpk__block_v(in, n, f * pos);
-  int rc = bn_require_forward(l);
+  int rc = bn_require_forward(l, ctx);
   if (rc != CPK_OK)
     return rc;
   if (p != s->p_weight && p != s->p_bias)
     return cpk__fail(CPK_EINVAL, "%s: parameter %d is not trainable", l->where,
                      p);
   const int use_xhat = p == s->p_weight;
+#ifdef CPK_HAVE_CUDA
+  if (cpk__on_cuda(ctx)) {
+    const double *dmean = s->dev->data;
+    cpk__cuda_bn_param(ctx->gpu, in->dtype == CPK_F64, v, n, f, pos, x->data,
+                       dmean, dmean + f, use_xhat, per_sample, beta, in->data,
+                       out->data);
+    return CPK_OK;
+  }
+#endif
   if (in->dtype == CPK_F32)
     bn_param_f32(v, n, f, pos, x->data, s->mean, s->istd, use_xhat, per_sample,
                  beta, in->data, out->data);
@@ -304,13 +436,22 @@ static int bn_param_jac_mat(cpk__layer *l, cpk_context *ctx, int p,
   const batchnorm *s = l->priv;
   const int64_t n = x->shape[0], f = s->features, pos = bn_positions(l);
   const int64_t v = cpk__block_v(out, n, f * pos);
-  int rc = bn_require_forward(l);
+  int rc = bn_require_forward(l, ctx);
   if (rc != CPK_OK)
     return rc;
   if (p != s->p_weight && p != s->p_bias)
     return cpk__fail(CPK_EINVAL, "%s: parameter %d is not trainable", l->where,
                      p);
   const int use_xhat = p == s->p_weight;
+#ifdef CPK_HAVE_CUDA
+  if (cpk__on_cuda(ctx)) {
+    const double *dmean = s->dev->data;
+    cpk__cuda_bn_param_fwd(ctx->gpu, out->dtype == CPK_F64, v, n, f, pos,
+                           x->data, dmean, dmean + f, use_xhat, beta, t->data,
+                           out->data);
+    return CPK_OK;
+  }
+#endif
   if (out->dtype == CPK_F32)
     bn_param_fwd_f32(v, n, f, pos, x->data, s->mean, s->istd, use_xhat, beta,
                      t->data, out->data);
@@ -318,6 +459,15 @@ static int bn_param_jac_mat(cpk__layer *l, cpk_context *ctx, int p,
     bn_param_fwd_f64(v, n, f, pos, x->data, s->mean, s->istd, use_xhat, beta,
                      t->data, out->data);
   return CPK_OK;
+}
+
+/* The device statistics do not outlive a device pass. */
+static void bn_drop_cache(cpk__layer *l) {
+  batchnorm *s = l->priv;
+  if (s != NULL) {
+    cpk_tensor_free(s->dev);
+    s->dev = NULL;
+  }
 }
 
 /* As PyTorch's reset_parameters(): weight 1, bias 0, running_mean 0,
@@ -346,6 +496,8 @@ const cpk__layer_kind cpk__batchnorm1d_kind = {
     .param_jac_mat = bn_param_jac_mat,
     .init = bn_init,
     .destroy = bn_destroy,
+    .drop_cache = bn_drop_cache,
+    .cuda = 1,
 };
 
 const cpk__layer_kind cpk__batchnorm2d_kind = {
@@ -362,4 +514,6 @@ const cpk__layer_kind cpk__batchnorm2d_kind = {
     .param_jac_mat = bn_param_jac_mat,
     .init = bn_init,
     .destroy = bn_destroy,
+    .drop_cache = bn_drop_cache,
+    .cuda = 1,
 };

@@ -3,9 +3,15 @@
  * Bernoulli(1 - p) draws from the context's generator; otherwise (every
  * curvature computation) the identity. The Jacobian is diag(m / (1 - p)),
  * or the identity outside training.
+ *
+ * On a CUDA context the mask is drawn on the host from the same generator,
+ * in the same order, as on the CPU (so both devices agree for one seed),
+ * and uploaded: scale then lives on the device until the end of the pass
+ * (drop_cache).
  */
 #include <string.h>
 
+#include "device.h"
 #include "layer.h"
 #include "ops.h"
 
@@ -49,13 +55,21 @@ static int dropout_forward(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
     cpk__copy(ctx, x->dtype, n, x->data, y->data);
     return CPK_OK;
   }
-  int rc = cpk_tensor_new(&s->scale, x->dtype, x->ndim, x->shape);
+  cpk_tensor *mask;
+  int rc = cpk_tensor_new(&mask, x->dtype, x->ndim, x->shape);
   if (rc != CPK_OK)
     return rc;
   double keep = s->p < 1.0 ? 1.0 / (1.0 - s->p) : 0.0;
   for (int64_t i = 0; i < n; i++)
-    cpk_tensor_set(s->scale, i,
-                   cpk__rng_uniform(&ctx->rng) >= s->p ? keep : 0.0);
+    cpk_tensor_set(mask, i, cpk__rng_uniform(&ctx->rng) >= s->p ? keep : 0.0);
+  if (cpk__on_cuda(ctx)) { /* the mask goes up once */
+    rc = cpk__tensor_to_device(ctx, mask, x->dtype, &s->scale);
+    cpk_tensor_free(mask);
+    if (rc != CPK_OK)
+      return rc;
+  } else {
+    s->scale = mask;
+  }
   cpk__mul_broadcast(ctx, x->dtype, 1, n, s->scale->data, x->data, y->data);
   return CPK_OK;
 }
@@ -79,6 +93,14 @@ static int dropout_jac_diag(cpk__layer *l, cpk_context *ctx,
                             cpk_tensor *out) {
   const dropout *s = l->priv;
   int64_t n = cpk_tensor_numel(out);
+  if (cpk__on_cuda(ctx)) { /* the scale, or f'(x) = 1 of the identity */
+    if (s->scale != NULL)
+      cpk__copy(ctx, out->dtype, n, s->scale->data, out->data);
+    else
+      cpk__act_eval(ctx, out->dtype, CPK__ACT_IDENTITY, 0.0, CPK__ACT_D1, n,
+                    x->data, y->data, out->data);
+    return CPK_OK;
+  }
   for (int64_t i = 0; i < n; i++)
     cpk_tensor_set(out, i, s->scale ? cpk_tensor_get(s->scale, i) : 1.0);
   return CPK_OK;
@@ -110,6 +132,15 @@ static int dropout_ea_jac_t_mat_jac(cpk__layer *l, cpk_context *ctx,
   return CPK_OK;
 }
 
+/* The device mask does not outlive a device pass. */
+static void dropout_drop_cache(cpk__layer *l) {
+  dropout *s = l->priv;
+  if (s != NULL && s->scale != NULL && s->scale->device != NULL) {
+    cpk_tensor_free(s->scale);
+    s->scale = NULL;
+  }
+}
+
 static void dropout_destroy(cpk__layer *l) {
   dropout *s = l->priv;
   if (s != NULL)
@@ -130,4 +161,6 @@ const cpk__layer_kind cpk__dropout_kind = {
     .jac_diag = dropout_jac_diag,
     .ea_jac_t_mat_jac = dropout_ea_jac_t_mat_jac,
     .destroy = dropout_destroy,
+    .drop_cache = dropout_drop_cache,
+    .cuda = 1,
 };

@@ -12,6 +12,7 @@
 #include "pool_common.h"
 #ifdef CPK_HAVE_CUDA
 #include "gpu_ops.h"
+#include "layers_cuda.h"
 #endif
 
 /* Work below this many elements runs on one thread. */
@@ -84,7 +85,13 @@ int cpk__pool_window_parse(cpk__pool_window *w, const cpk__layer *l, int dims,
   return CPK_OK;
 }
 
+void cpk__pool_geom_drop_device(cpk__pool_geom *g) {
+  cpk_tensor_free(g->dev);
+  g->dev = NULL;
+}
+
 void cpk__pool_geom_free(cpk__pool_geom *g) {
+  cpk__pool_geom_drop_device(g);
   cpk__free(g->tables);
   memset(g, 0, sizeof *g);
 }
@@ -267,14 +274,80 @@ int cpk__pool_geom_adaptive(cpk__pool_geom *g, cpk__layer *l, int dims,
   return CPK_OK;
 }
 
-void cpk__pool_avg_apply(const cpk__pool_geom *g, int transpose,
-                         const cpk_tensor *in, cpk_tensor *out) {
+#ifdef CPK_HAVE_CUDA
+/* Put g's tables on the context's device (once per pass): first, count and
+ * div of every axis as g->tables holds them, then per axis olo[in] and
+ * ohi[in], the outputs whose window holds each input position (windows move
+ * right with o, so these outputs are consecutive; none: olo = out > 0 = ohi). */
+static int avg_tables_on(const cpk_context *ctx, cpk__pool_geom *g) {
+  if (g->dev != NULL && g->dev->device == ctx->gpu)
+    return CPK_OK;
+  cpk__pool_geom_drop_device(g);
+  int64_t fwd = 0, total = 0;
+  for (int a = 0; a < 3; a++)
+    fwd += 3 * g->ax[a].out;
+  total = fwd;
+  for (int a = 0; a < 3; a++)
+    total += 2 * g->ax[a].in;
+  cpk_tensor *h;
+  int rc = cpk_tensor_new(&h, CPK_I64, 1, &total);
+  if (rc != CPK_OK)
+    return rc;
+  int64_t *t = h->data;
+  memcpy(t, g->tables, (size_t)fwd * sizeof *t);
+  int64_t *inv = t + fwd;
+  for (int a = 0; a < 3; a++) {
+    const cpk__pool_axis *ax = &g->ax[a];
+    int64_t *olo = inv, *ohi = inv + ax->in;
+    for (int64_t i = 0; i < ax->in; i++) {
+      olo[i] = ax->out;
+      ohi[i] = 0;
+    }
+    for (int64_t o = 0; o < ax->out; o++)
+      for (int64_t i = ax->first[o]; i < ax->first[o] + ax->count[o]; i++) {
+        if (o < olo[i])
+          olo[i] = o;
+        if (o + 1 > ohi[i])
+          ohi[i] = o + 1;
+      }
+    inv += 2 * ax->in;
+  }
+  rc = cpk__tensor_to_device(ctx, h, CPK_I64, &g->dev);
+  cpk_tensor_free(h);
+  return rc;
+}
+#endif
+
+int cpk__pool_avg_apply(const cpk_context *ctx, cpk__pool_geom *g,
+                        int transpose, const cpk_tensor *in, cpk_tensor *out) {
+#ifdef CPK_HAVE_CUDA
+  if (cpk__on_cuda(ctx)) {
+    int rc = avg_tables_on(ctx, g);
+    if (rc != CPK_OK)
+      return rc;
+    cpk__cuda_avg_geom c = {.divisor_override = g->divisor_override};
+    for (int a = 0; a < 3; a++) {
+      c.in[a] = g->ax[a].in;
+      c.out[a] = g->ax[a].out;
+    }
+    if (transpose)
+      cpk__cuda_pool_avg_t(ctx->gpu, in->dtype == CPK_F64, &c, g->dev->data,
+                           cpk_tensor_numel(in) / cpk__pool_out_plane(g),
+                           in->data, out->data);
+    else
+      cpk__cuda_pool_avg(ctx->gpu, in->dtype == CPK_F64, &c, g->dev->data,
+                         cpk_tensor_numel(in) / cpk__pool_in_plane(g),
+                         in->data, out->data);
+    return CPK_OK;
+  }
+#endif
   if (transpose)
     cpk__pool_avg_t(in->dtype, g, cpk_tensor_numel(in) / cpk__pool_out_plane(g),
                     in->data, out->data);
   else
     cpk__pool_avg(in->dtype, g, cpk_tensor_numel(in) / cpk__pool_in_plane(g),
                   in->data, out->data);
+  return CPK_OK;
 }
 
 /* ---- dtype dispatch of the kernels ---- */

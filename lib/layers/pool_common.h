@@ -32,6 +32,10 @@ typedef struct {
   cpk__pool_axis ax[3];     /* depth, height, width */
   int64_t divisor_override; /* nonzero: every average divides by this */
   int64_t *tables;          /* owns first, count and div of every axis */
+  cpk_tensor *dev;          /* averaging on a CUDA pass: the tables and, per
+                               axis, the outputs holding each input position
+                               (gpu/layers_cuda.h), on the device; NULL
+                               otherwise (cpk__pool_geom_drop_device) */
 } cpk__pool_geom;
 
 /* The window arguments of nn.MaxPoolNd / nn.AvgPoolNd, expanded to `dims`
@@ -81,6 +85,9 @@ int cpk__pool_geom_adaptive(cpk__pool_geom *g, cpk__layer *l, int dims,
 
 void cpk__pool_geom_free(cpk__pool_geom *g);
 
+/* Free g's device tables (the end of a device pass: a kind's drop_cache). */
+void cpk__pool_geom_drop_device(cpk__pool_geom *g);
+
 /* Elements of one input / output plane. */
 static inline int64_t cpk__pool_in_plane(const cpk__pool_geom *g) {
   return g->ax[0].in * g->ax[1].in * g->ax[2].in;
@@ -91,9 +98,11 @@ static inline int64_t cpk__pool_out_plane(const cpk__pool_geom *g) {
 
 /* The averaging map of g applied to a block [..., C, *spatial] (planes:
  * numel(in) / plane size): its J, which is also the forward
- * (transpose = 0), or J^T (transpose = 1). */
-void cpk__pool_avg_apply(const cpk__pool_geom *g, int transpose,
-                         const cpk_tensor *in, cpk_tensor *out);
+ * (transpose = 0), or J^T (transpose = 1). On a CUDA context in and out are
+ * device memory, and the first call of a pass uploads g's tables (g->dev,
+ * kept until cpk__pool_geom_drop_device); CPK_ENOMEM when that fails. */
+int cpk__pool_avg_apply(const cpk_context *ctx, cpk__pool_geom *g,
+                        int transpose, const cpk_tensor *in, cpk_tensor *out);
 
 /* ---- plane kernels (x, y, in, out: buffers of dtype dt) ---- */
 
