@@ -22,59 +22,17 @@
 #define ON_CUDA(ctx, call) (void)(ctx)
 #endif
 
-/* The kernels for one element type T (suffix SFX). The square roots are
- * taken in double, as the host code they replace did (exact for float:
- * the double root rounds to the float one). */
-#define CPK_HESSIAN_KERNELS(T, SFX)                                            \
-  static void fill_##SFX(int64_t n, double value, T *x) {                      \
-    const T v = (T)value;                                                      \
-    _Pragma("omp parallel for simd schedule(static) if (n > 65536)")           \
-    for (int64_t i = 0; i < n; i++)                                            \
-      x[i] = v;                                                                \
-  }                                                                            \
-  static void lazy_rows_##SFX(int64_t k, int64_t n, int64_t d, const T *s,     \
-                              const T *w, const T *e, T *blk, T *sign) {       \
-    _Pragma("omp parallel for collapse(2) schedule(static) if (k * n * d > 65536)") \
-    for (int64_t r = 0; r < k; r++)                                            \
-      for (int64_t j = 0; j < n; j++) {                                        \
-        const double sv = (double)s[j * k + r];                                \
-        const T root = (T)sqrt(fabs(sv));                                      \
-        const T *wr = w + r * d, *ej = e + j * d;                              \
-        T *dst = blk + (r * n + j) * d;                                        \
-        sign[r * n + j] = sv < 0 ? (T)-1 : (T)1;                               \
-        for (int64_t i = 0; i < d; i++)                                        \
-          dst[i] = (wr[i] * ej[i]) * root;                                     \
-      }                                                                        \
-  }                                                                            \
-  static void diag_to_factor_##SFX(int64_t n, int64_t d, const T *dv, T *blk,  \
-                                   T *sign) {                                  \
-    _Pragma("omp parallel for collapse(2) schedule(static) if (n * d > 65536)") \
-    for (int64_t i = 0; i < d; i++)                                            \
-      for (int64_t j = 0; j < n; j++) {                                        \
-        const double v = (double)dv[j * d + i];                                \
-        sign[i * n + j] = v < 0 ? (T)-1 : (T)1;                                \
-        blk[(i * n + j) * d + i] = (T)sqrt(fabs(v));                           \
-      }                                                                        \
-  }                                                                            \
-  static void swap_outer_axes_##SFX(int64_t a, int64_t b, int64_t c,           \
-                                    const T *x, T *y) {                        \
-    _Pragma("omp parallel for collapse(2) schedule(static) if (a * b * c > 65536)") \
-    for (int64_t k = 0; k < c; k++)                                            \
-      for (int64_t j = 0; j < b; j++)                                          \
-        for (int64_t i = 0; i < a; i++)                                        \
-          y[(k * b + j) * a + i] = x[(i * b + j) * c + k];                     \
-  }                                                                            \
-  static void repeat_middle_##SFX(int64_t a, int64_t b, int64_t c, const T *x, \
-                                  T *y) {                                      \
-    _Pragma("omp parallel for collapse(2) schedule(static) if (a * b * c > 65536)") \
-    for (int64_t i = 0; i < a; i++)                                            \
-      for (int64_t j = 0; j < b; j++)                                          \
-        for (int64_t k = 0; k < c; k++)                                        \
-          y[(i * b + j) * c + k] = x[i * c + k];                               \
-  }
+#define CPK_T float
+#define CPK_SFX f32
+#include "kernels/hessian.inc"
+#undef CPK_T
+#undef CPK_SFX
 
-CPK_HESSIAN_KERNELS(float, f32)
-CPK_HESSIAN_KERNELS(double, f64)
+#define CPK_T double
+#define CPK_SFX f64
+#include "kernels/hessian.inc"
+#undef CPK_T
+#undef CPK_SFX
 
 void cpk__fill(const cpk_context *ctx, cpk_dtype dt, int64_t n, double value,
                void *x) {
@@ -85,11 +43,11 @@ void cpk__fill(const cpk_context *ctx, cpk_dtype dt, int64_t n, double value,
     fill_f64(n, value, x);
 }
 
-void cpk__lazy_rows(const cpk_context *ctx, cpk_dtype dt, int64_t k,
-                    int64_t n, int64_t d, const void *s, const void *w,
-                    const void *e, void *blk, void *sign) {
-  ON_CUDA(ctx, cpk__cuda_lazy_rows(ctx->gpu, F64(dt), k, n, d, s, w, e, blk,
-                                   sign));
+void cpk__lazy_rows(const cpk_context *ctx, cpk_dtype dt, int64_t k, int64_t n,
+                    int64_t d, const void *s, const void *w, const void *e,
+                    void *blk, void *sign) {
+  ON_CUDA(ctx,
+          cpk__cuda_lazy_rows(ctx->gpu, F64(dt), k, n, d, s, w, e, blk, sign));
   if (dt == CPK_F32)
     lazy_rows_f32(k, n, d, s, w, e, blk, sign);
   else
@@ -98,8 +56,8 @@ void cpk__lazy_rows(const cpk_context *ctx, cpk_dtype dt, int64_t k,
 
 void cpk__diag_to_factor(const cpk_context *ctx, cpk_dtype dt, int64_t n,
                          int64_t d, const void *dv, void *blk, void *sign) {
-  ON_CUDA(ctx, cpk__cuda_diag_to_factor(ctx->gpu, F64(dt), n, d, dv, blk,
-                                        sign));
+  ON_CUDA(ctx,
+          cpk__cuda_diag_to_factor(ctx->gpu, F64(dt), n, d, dv, blk, sign));
   if (dt == CPK_F32)
     diag_to_factor_f32(n, d, dv, blk, sign);
   else

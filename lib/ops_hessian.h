@@ -20,9 +20,9 @@ void cpk__fill(const cpk_context *ctx, cpk_dtype dt, int64_t n, double value,
  *   blk[r, j, i] := (w[r, i] * e[j, i]) * sqrt|s[j, r]|,
  *   sign[r, j]   := -1 if s[j, r] < 0 else 1,
  * s [N, K], w [K, D], e [N, D], blk [K, N, D], sign [K, N]. */
-void cpk__lazy_rows(const cpk_context *ctx, cpk_dtype dt, int64_t k,
-                    int64_t n, int64_t d, const void *s, const void *w,
-                    const void *e, void *blk, void *sign);
+void cpk__lazy_rows(const cpk_context *ctx, cpk_dtype dt, int64_t k, int64_t n,
+                    int64_t d, const void *s, const void *w, const void *e,
+                    void *blk, void *sign);
 
 /* A diagonal as a signed factor of one-hot columns: for i < D, j < N,
  *   blk[i, j, i] := sqrt|dv[j, i]|,  sign[i, j] := -1 if dv[j, i] < 0

@@ -36,8 +36,8 @@ static cpk_context *device_context(void) {
 #ifdef CPK_TEST_CPU_AS_DEVICE
   cpk_context_options o = {.seed = 7, .mc_samples = 1};
 #else
-  cpk_context_options o = {.device = CPK_DEVICE_CUDA, .seed = 7,
-                           .mc_samples = 1};
+  cpk_context_options o = {
+      .device = CPK_DEVICE_CUDA, .seed = 7, .mc_samples = 1};
 #endif
   cpk_context *ctx = NULL;
   if (cpk_context_new(&ctx, &o) != CPK_OK) {
@@ -69,8 +69,8 @@ typedef void (*op_fn)(const cpk_context *ctx, cpk_dtype dt, void **a);
 
 /* fn on host tensors (cpu context) and on their device copies: every
  * output (the last nout arrays) is compared. */
-static void run_op(cpk_context *dev, const char *name, cpk_dtype dt,
-                   int nargs, const int64_t *sizes, int nout, op_fn fn) {
+static void run_op(cpk_context *dev, const char *name, cpk_dtype dt, int nargs,
+                   const int64_t *sizes, int nout, op_fn fn) {
   cpk_context *cpu;
   tu_ok(cpk_context_new(&cpu, NULL));
   cpk_tensor *h[8], *d[8];
@@ -85,8 +85,8 @@ static void run_op(cpk_context *dev, const char *name, cpk_dtype dt,
   fn(dev, dt, dp);
   for (int i = nargs - nout; i < nargs; i++) {
     char what[96];
-    snprintf(what, sizeof what, "%s (%s), output %d", name,
-             cpk_dtype_name(dt), i);
+    snprintf(what, sizeof what, "%s (%s), output %d", name, cpk_dtype_name(dt),
+             i);
     check_down(dev, d[i], h[i], what);
   }
   for (int i = 0; i < nargs; i++) {
