@@ -18,8 +18,8 @@
  * results once before it returns, so it stays synchronous and the timing is
  * still the wall clock around it. A library built without CUDA, or a machine
  * without a usable GPU (CPK_ENODEV), and what has no CUDA path yet (CPK_ENOTSUP
- * from the context, the check or cpk_compute: kfra, the diagonal Hessians,
- * batch norm, dropout, the hvp/ggnvp products, ...) give a row with status
+ * from the context, the check or cpk_compute: batch norm, dropout, the
+ * hvp/ggnvp products, ...) give a row with status
  * "unsupported" and the library's reason, exit status 0. Memory on the GPU:
  * cpk_memory_peak() counts host allocations only, so for cuda peak_bytes is
  * the high-water mark of the device's default memory pool (the pool the

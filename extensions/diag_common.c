@@ -44,6 +44,9 @@ int cpk__diag_dense_linear(cpk__param_site *s, const cpk_tensor *h, int batch,
   if (!batch)
     cpk__gemm(s->ctx, h->dtype, 1, 0, fo, fi, n, 1.0, h->data, fo, x2->data,
               fi, 1.0, out->data, fi);
+  else if (cpk__on_cuda(s->ctx)) /* the rank-one GEMMs in one call */
+    cpk__gemm_strided(s->ctx, h->dtype, 1, 0, fo, fi, 1, 1.0, h->data, fo, fo,
+                      x2->data, fi, fi, 1.0, out->data, fi, fo * fi, n);
   else /* out[n, o, i] += h[n, o] x2[n, i]: a rank-one GEMM each */
     for (int64_t j = 0; j < n; j++)
       cpk__gemm(s->ctx, h->dtype, 1, 0, fo, fi, 1, 1.0,

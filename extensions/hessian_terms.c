@@ -1,11 +1,14 @@
 /* hessian_terms.c: the per-sample Hessian at a layer output as factor,
- * diagonal and lazy-row terms (see hessian_terms.h). */
-#include <math.h>
+ * diagonal and lazy-row terms (see hessian_terms.h). The terms live on the
+ * device of the pass's context and are only touched through operations
+ * (ops.h, ops_hessian.h). */
 #include <string.h>
 
+#include "device.h"
 #include "diag_common.h"
 #include "hessian_terms.h"
 #include "ops.h"
+#include "ops_hessian.h"
 
 void cpk__hterms_free(cpk__hterms *h) {
   cpk_tensor_free(h->f);
@@ -25,15 +28,18 @@ static int64_t features(const cpk__hterms *h) {
   return h->le ? h->le->shape[1] : 0;
 }
 
-int cpk__hterms_start(cpk__hterms *h, const cpk_tensor *sqrt_exact) {
+int cpk__hterms_start(cpk__hterms *h, const cpk_context *ctx,
+                      const cpk_tensor *sqrt_exact) {
   memset(h, 0, sizeof *h);
+  h->ctx = ctx;
   h->n = sqrt_exact->shape[1];
   int64_t sshape[2] = {sqrt_exact->shape[0], h->n};
-  int rc = cpk_tensor_convert(&h->f, sqrt_exact, sqrt_exact->dtype);
+  int rc = cpk__tensor_to_device(ctx, sqrt_exact, sqrt_exact->dtype, &h->f);
   if (rc == CPK_OK)
-    rc = cpk_tensor_new(&h->sign, sqrt_exact->dtype, 2, sshape);
-  for (int64_t i = 0; rc == CPK_OK && i < sshape[0] * sshape[1]; i++)
-    cpk_tensor_set(h->sign, i, 1.0);
+    rc = cpk__tensor_new_on(ctx, &h->sign, sqrt_exact->dtype, 2, sshape);
+  if (rc == CPK_OK)
+    cpk__fill(ctx, h->sign->dtype, sshape[0] * sshape[1], 1.0,
+              h->sign->data);
   return rc;
 }
 
@@ -45,22 +51,24 @@ static int append_factor(cpk__hterms *h, cpk_tensor *blk, cpk_tensor *sign) {
     return CPK_OK;
   }
   const size_t es = cpk_dtype_size(blk->dtype);
+  const cpk_dtype dt = blk->dtype;
   int64_t shape[CPK_MAX_DIMS];
   memcpy(shape, h->f->shape, sizeof shape);
   shape[0] = h->f->shape[0] + blk->shape[0];
   int64_t sshape[2] = {shape[0], h->n};
   cpk_tensor *f = NULL, *s = NULL;
-  int rc = cpk_tensor_new(&f, blk->dtype, h->f->ndim, shape);
+  int rc = cpk__tensor_new_on(h->ctx, &f, dt, h->f->ndim, shape);
   if (rc == CPK_OK)
-    rc = cpk_tensor_new(&s, blk->dtype, 2, sshape);
+    rc = cpk__tensor_new_on(h->ctx, &s, dt, 2, sshape);
   if (rc == CPK_OK) {
-    size_t a = (size_t)cpk_tensor_numel(h->f) * es;
-    memcpy(f->data, h->f->data, a);
-    memcpy((char *)f->data + a, blk->data, (size_t)cpk_tensor_numel(blk) * es);
-    a = (size_t)cpk_tensor_numel(h->sign) * es;
-    memcpy(s->data, h->sign->data, a);
-    memcpy((char *)s->data + a, sign->data,
-           (size_t)cpk_tensor_numel(sign) * es);
+    int64_t a = cpk_tensor_numel(h->f);
+    cpk__copy(h->ctx, dt, a, h->f->data, f->data);
+    cpk__copy(h->ctx, dt, cpk_tensor_numel(blk), blk->data,
+              (char *)f->data + (size_t)a * es);
+    a = cpk_tensor_numel(h->sign);
+    cpk__copy(h->ctx, dt, a, h->sign->data, s->data);
+    cpk__copy(h->ctx, dt, cpk_tensor_numel(sign), sign->data,
+              (char *)s->data + (size_t)a * es);
     cpk_tensor_free(h->f);
     cpk_tensor_free(h->sign);
     h->f = f;
@@ -73,12 +81,6 @@ static int append_factor(cpk__hterms *h, cpk_tensor *blk, cpk_tensor *sign) {
   return rc;
 }
 
-/* Write sqrt|s| into *root and sign(s) into *sign (entry by entry). */
-static double signed_root(double s, double *sign) {
-  *sign = s < 0 ? -1.0 : 1.0;
-  return sqrt(fabs(s));
-}
-
 /* Lazy rows as a factor block: L[k, n, :] = sqrt|s[n,k]| W[k,:] o e[n,:]. */
 static int expand_lazy(cpk__hterms *h, const cpk_tensor *like) {
   if (h->ls == NULL)
@@ -88,24 +90,16 @@ static int expand_lazy(cpk__hterms *h, const cpk_tensor *like) {
   memcpy(shape + 1, like->shape, (size_t)like->ndim * sizeof *shape);
   shape[0] = k; /* [K, N, *D] with like = [N, *D] */
   cpk_tensor *blk = NULL, *sign = NULL;
-  int rc = cpk_tensor_new(&blk, h->ls->dtype, like->ndim + 1, shape);
+  int rc = cpk__tensor_new_on(h->ctx, &blk, h->ls->dtype, like->ndim + 1,
+                              shape);
   if (rc == CPK_OK)
-    rc = cpk_tensor_new(&sign, h->ls->dtype, 2, sshape);
+    rc = cpk__tensor_new_on(h->ctx, &sign, h->ls->dtype, 2, sshape);
   if (rc != CPK_OK) {
     cpk_tensor_free(blk);
     return rc;
   }
-  const size_t es = cpk_dtype_size(blk->dtype);
-  for (int64_t r = 0; r < k; r++)
-    for (int64_t j = 0; j < n; j++) {
-      double sg, root = signed_root(cpk_tensor_get(h->ls, j * k + r), &sg);
-      char *dst = (char *)blk->data + (size_t)((r * n + j) * d) * es;
-      cpk_tensor_set(sign, r * n + j, sg);
-      cpk__mul_broadcast(NULL, blk->dtype, 1, d,
-                         (const char *)h->lw->data + (size_t)(r * d) * es,
-                         (const char *)h->le->data + (size_t)(j * d) * es, dst);
-      cpk__scale(NULL, blk->dtype, d, root, dst);
-    }
+  cpk__lazy_rows(h->ctx, blk->dtype, k, n, d, h->ls->data, h->lw->data,
+                 h->le->data, blk->data, sign->data);
   cpk_tensor_free(h->ls);
   cpk_tensor_free(h->le);
   h->ls = h->le = NULL;
@@ -123,19 +117,16 @@ static int expand_diagonal(cpk__hterms *h) {
   memcpy(shape + 1, h->d->shape, (size_t)h->d->ndim * sizeof *shape);
   shape[0] = d;
   cpk_tensor *blk = NULL, *sign = NULL;
-  int rc = cpk_tensor_new(&blk, h->d->dtype, h->d->ndim + 1, shape);
+  int rc = cpk__tensor_new_on(h->ctx, &blk, h->d->dtype, h->d->ndim + 1,
+                              shape);
   if (rc == CPK_OK)
-    rc = cpk_tensor_new(&sign, h->d->dtype, 2, sshape);
+    rc = cpk__tensor_new_on(h->ctx, &sign, h->d->dtype, 2, sshape);
   if (rc != CPK_OK) {
     cpk_tensor_free(blk);
     return rc;
   }
-  for (int64_t i = 0; i < d; i++)
-    for (int64_t j = 0; j < n; j++) {
-      double sg, root = signed_root(cpk_tensor_get(h->d, j * d + i), &sg);
-      cpk_tensor_set(sign, i * n + j, sg);
-      cpk_tensor_set(blk, (i * n + j) * d + i, root);
-    }
+  cpk__diag_to_factor(h->ctx, blk->dtype, n, d, h->d->data, blk->data,
+                      sign->data);
   cpk_tensor_free(h->d);
   h->d = NULL;
   return append_factor(h, blk, sign);
@@ -149,7 +140,7 @@ static int factor_through(cpk__hterms *h, cpk__layer *l, cpk_context *ctx,
   int64_t shape[CPK_MAX_DIMS] = {h->f->shape[0]};
   memcpy(shape + 1, x->shape, (size_t)x->ndim * sizeof *shape);
   cpk_tensor *out;
-  int rc = cpk_tensor_new(&out, h->f->dtype, x->ndim + 1, shape);
+  int rc = cpk__tensor_new_on(ctx, &out, h->f->dtype, x->ndim + 1, shape);
   if (rc == CPK_OK)
     rc = l->kind->jac_t_mat(l, ctx, x, y, h->f, out);
   if (rc != CPK_OK) {
@@ -168,11 +159,13 @@ static int diagonal_through(cpk__hterms *h, cpk__layer *l, cpk_context *ctx,
   cpk_tensor *d = NULL, *r = NULL;
   int rc = CPK_OK;
   if (h->d != NULL) {
-    if ((rc = cpk_tensor_new(&d, x->dtype, x->ndim, x->shape)) == CPK_OK)
+    if ((rc = cpk__tensor_new_on(ctx, &d, x->dtype, x->ndim, x->shape)) ==
+        CPK_OK)
       rc = l->kind->jac_t_diag(l, ctx, x, y, h->d, d);
   }
   if (rc == CPK_OK && l->kind->d2 != NULL &&
-      (rc = cpk_tensor_new(&r, x->dtype, x->ndim, x->shape)) == CPK_OK &&
+      (rc = cpk__tensor_new_on(ctx, &r, x->dtype, x->ndim, x->shape)) ==
+          CPK_OK &&
       (rc = l->kind->d2(l, ctx, x, y, r)) == CPK_OK) {
     int64_t m = cpk_tensor_numel(r);
     cpk__mul_broadcast(ctx, x->dtype, 1, m, g->data, r->data, r->data);
@@ -197,7 +190,7 @@ static int lazy_through(cpk__hterms *h, cpk__layer *l, cpk_context *ctx,
   if (h->ls == NULL)
     return CPK_OK;
   cpk_tensor *jd;
-  int rc = cpk_tensor_new(&jd, x->dtype, x->ndim, x->shape);
+  int rc = cpk__tensor_new_on(ctx, &jd, x->dtype, x->ndim, x->shape);
   if (rc == CPK_OK && (rc = l->kind->jac_diag(l, ctx, x, y, jd)) == CPK_OK)
     cpk__mul_broadcast(ctx, x->dtype, 1, cpk_tensor_numel(jd), jd->data,
                        h->le->data, h->le->data);
@@ -211,16 +204,15 @@ static int is_dense_linear(const cpk__layer *l, const cpk_tensor *x) {
 
 /* Through a dense linear layer a diagonal term becomes lazy rows of W. */
 static int diagonal_to_lazy(cpk__hterms *h, cpk__layer *l,
-                            const cpk_tensor *x) {
+                            const cpk_context *ctx, const cpk_tensor *x) {
   int64_t eshape[2] = {h->n, x->shape[1]};
-  int rc = cpk_tensor_new(&h->le, x->dtype, 2, eshape);
+  int rc = cpk__tensor_new_on(ctx, &h->le, x->dtype, 2, eshape);
   if (rc != CPK_OK)
     return rc;
-  for (int64_t i = 0; i < eshape[0] * eshape[1]; i++)
-    cpk_tensor_set(h->le, i, 1.0);
+  cpk__fill(ctx, x->dtype, eshape[0] * eshape[1], 1.0, h->le->data);
   h->ls = h->d; /* [N, OUT] */
   h->d = NULL;
-  h->lw = l->params[0].value;
+  h->lw = cpk__param_value(l, ctx, 0); /* the pass's copy on a device */
   return CPK_OK;
 }
 
@@ -244,7 +236,7 @@ int cpk__hterms_through(cpk__hterms *h, cpk__layer *l, cpk_context *ctx,
   }
   if (h->d != NULL && is_dense_linear(l, x)) {
     if ((rc = factor_through(h, l, ctx, x, y)) == CPK_OK)
-      rc = diagonal_to_lazy(h, l, x);
+      rc = diagonal_to_lazy(h, l, ctx, x);
     return rc;
   }
   if ((rc = expand_diagonal(h)) == CPK_OK)
@@ -258,9 +250,9 @@ static int add_lazy_diagonal(const cpk__hterms *t, cpk_context *ctx,
   const int64_t n = t->n, k = t->ls->shape[1], d = t->lw->shape[1];
   int64_t wshape[2] = {k, d};
   cpk_tensor *w2 = NULL, *acc = NULL;
-  int rc = cpk_tensor_new(&w2, t->lw->dtype, 2, wshape);
+  int rc = cpk__tensor_new_on(ctx, &w2, t->lw->dtype, 2, wshape);
   if (rc == CPK_OK)
-    rc = cpk_tensor_new(&acc, h->dtype, 2, h->shape);
+    rc = cpk__tensor_new_on(ctx, &acc, h->dtype, 2, h->shape);
   if (rc == CPK_OK) {
     cpk__mul_broadcast(ctx, w2->dtype, 1, k * d, t->lw->data, t->lw->data,
                        w2->data);
@@ -287,7 +279,7 @@ int cpk__hterms_param_diag(cpk__hterms *h, cpk__param_site *s, int batch,
     if (h->f != NULL)
       rc = cpk__rows_from_factor(s->ctx, h->f, h->sign, s->n, &rows);
     else
-      rc = cpk_tensor_new(&rows, s->grad->dtype, 2, shape);
+      rc = cpk__tensor_new_on(s->ctx, &rows, s->grad->dtype, 2, shape);
     if (rc == CPK_OK && h->d != NULL)
       cpk__axpy(s->ctx, rows->dtype, cpk_tensor_numel(rows), 1.0, h->d->data,
                 rows->data);

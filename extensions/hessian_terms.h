@@ -15,6 +15,7 @@
  * non-elementwise layer needs the block (and a linear layer's own diagonal
  * only needs diag(H), which the lazy form gives by one GEMM). Other layers
  * expand diagonal terms into one-hot factor blocks, as BackPACK does.
+ * Every term lives on the context's device (ops only, no host access).
  */
 #ifndef CPK_HESSIAN_TERMS_H
 #define CPK_HESSIAN_TERMS_H
@@ -22,6 +23,7 @@
 #include "extension.h"
 
 struct cpk__hterms {
+  const cpk_context *ctx; /* where the terms live (host or CUDA device) */
   int64_t n;
   cpk_tensor *f, *sign; /* [V, N, *D], [V, N]; NULL when empty */
   cpk_tensor *d;        /* [N, *D] or NULL */
@@ -31,8 +33,9 @@ struct cpk__hterms {
 };
 
 /* Start from the exact square root of the loss Hessian S [V, N, *out]
- * (copied). */
-int cpk__hterms_start(cpk__hterms *h, const cpk_tensor *sqrt_exact);
+ * (copied), on the device of ctx. */
+int cpk__hterms_start(cpk__hterms *h, const cpk_context *ctx,
+                      const cpk_tensor *sqrt_exact);
 /* Move the terms from layer l's output to its input; g is dL/dy at the
  * output ([1, N, *out]). */
 int cpk__hterms_through(cpk__hterms *h, cpk__layer *l, cpk_context *ctx,

@@ -31,18 +31,24 @@ static int sum_positions(const cpk_context *ctx, const cpk_tensor *S,
   return rc;
 }
 
-/* Gbar [C*L, C*L] summed over pairs of positions: [C, C]. */
-static void sum_position_pairs(const cpk_tensor *gbar, int64_t c,
-                               cpk_tensor *out) {
+/* Gbar [C*L, C*L] summed over pairs of positions: [C, C]. As [C, L, C, L]
+ * it is summed over the last axis ([C, L, C]), then over the second. */
+static int sum_position_pairs(const cpk_context *ctx, const cpk_tensor *gbar,
+                              int64_t c, cpk_tensor *out) {
   const int64_t l = gbar->shape[0] / c;
-  for (int64_t i = 0; i < c; i++)
-    for (int64_t j = 0; j < c; j++) {
-      double acc = 0.0;
-      for (int64_t a = 0; a < l; a++)
-        for (int64_t b = 0; b < l; b++)
-          acc += cpk_tensor_get(gbar, (i * l + a) * c * l + j * l + b);
-      cpk_tensor_set(out, i * c + j, acc);
-    }
+  if (l == 1) {
+    cpk__copy(ctx, gbar->dtype, c * c, gbar->data, out->data);
+    return CPK_OK;
+  }
+  int64_t shape[3] = {c, l, c};
+  cpk_tensor *t;
+  int rc = cpk__tensor_new_on(ctx, &t, gbar->dtype, 3, shape);
+  if (rc != CPK_OK)
+    return rc;
+  cpk__sum_rows(ctx, gbar->dtype, c * l * c, l, 1, gbar->data, 0.0, t->data);
+  cpk__sum_rows(ctx, gbar->dtype, c, l, c, t->data, 0.0, out->data);
+  cpk_tensor_free(t);
+  return CPK_OK;
 }
 
 /* The output factor over the C output channels (features): from a square
@@ -56,7 +62,7 @@ static int output_factor(cpk__param_site *s, const cpk_tensor *S, int64_t c,
   cpk_tensor *g = NULL, *rows = NULL, *out;
   int rc = cpk__tensor_new_on(s->ctx, &g, s->grad->dtype, 2, full);
   if (rc == CPK_OK && S == NULL) {
-    sum_position_pairs(s->kfra, c, g);
+    rc = sum_position_pairs(s->ctx, s->kfra, c, g);
   } else if (rc == CPK_OK) {
     /* one position (linear layers): S itself is [V*N, C] */
     const int positions = cpk_tensor_numel(S) / (S->shape[0] * s->n) != c;
@@ -156,7 +162,7 @@ int cpk__kfra_start(cpk_context *ctx, const cpk_tensor *sqrt_exact,
   const int64_t v = sqrt_exact->shape[0], n = sqrt_exact->shape[1];
   const int64_t d = cpk_tensor_numel(sqrt_exact) / (v * n);
   int64_t shape[2] = {d, d};
-  int rc = cpk_tensor_new(gbar, sqrt_exact->dtype, 2, shape);
+  int rc = cpk__tensor_new_on(ctx, gbar, sqrt_exact->dtype, 2, shape);
   if (rc == CPK_OK)
     cpk__gemm(ctx, sqrt_exact->dtype, 1, 0, d, d, v * n, 1.0,
               sqrt_exact->data, d, sqrt_exact->data, d, 0.0, (*gbar)->data, d);
@@ -168,7 +174,7 @@ int cpk__kfra_through(cpk_tensor **gbar, cpk__layer *l, cpk_context *ctx,
   const int64_t d = cpk__layer_in_numel(l);
   int64_t shape[2] = {d, d};
   cpk_tensor *out;
-  int rc = cpk_tensor_new(&out, (*gbar)->dtype, 2, shape);
+  int rc = cpk__tensor_new_on(ctx, &out, (*gbar)->dtype, 2, shape);
   if (rc == CPK_OK)
     rc = l->kind->ea_jac_t_mat_jac
              ? l->kind->ea_jac_t_mat_jac(l, ctx, x, y, *gbar, out)

@@ -321,7 +321,7 @@ static int start_from_exact_root(cpk__pass *pass, const cpk_tensor *target) {
     if ((pass->hterms = cpk__calloc(sizeof *pass->hterms)) == NULL)
       rc = CPK_ENOMEM;
     else
-      rc = cpk__hterms_start(pass->hterms, root);
+      rc = cpk__hterms_start(pass->hterms, pass->ctx, root);
   }
   if (rc == CPK_OK && (pass->needs & CPK__NEED_KFRA))
     rc = cpk__kfra_start(pass->ctx, root, &pass->kfra);
@@ -389,10 +389,7 @@ static int loss_and_grad(cpk__pass *pass, const cpk_tensor *target) {
  * results there and copy the parameters over. */
 static int device_pass_begin(cpk__pass *pass) {
   const cpk_pass_options *opts = pass->opts;
-  int rc = cpk__device_covers(
-      pass->ctx, pass->model,
-      pass->needs & (CPK__NEED_HESSIAN_TERMS | CPK__NEED_KFRA),
-      pass->needs & CPK__NEED_KFRA ? "kfra" : "the diagonal Hessian");
+  int rc = cpk__device_covers(pass->ctx, pass->model, 0, NULL);
   if (rc == CPK_OK && opts != NULL &&
       (opts->visit_grad_batch != NULL || opts->visit_grad_factors != NULL))
     rc = cpk__host_only(pass->ctx, "visiting per-sample gradients");

@@ -9,7 +9,10 @@
  */
 #include <string.h>
 
+#include "device.h"
 #include "layer.h"
+#include "ops.h"
+#include "ops_hessian.h"
 
 /* Dense blocks above this size are refused with the size in the message. */
 #define CPK__EA_MAX_BYTES ((size_t)1 << 30)
@@ -34,35 +37,23 @@ int cpk__ea_jac_t_mat_jac_generic(cpk__layer *l, cpk_context *ctx,
   int64_t s1[3] = {dout, n, dout}, s2[3] = {dout, n, di}, s3[3] = {di, n, dout};
   int64_t s4[3] = {di, n, di};
   cpk_tensor *b = NULL, *t = NULL, *u = NULL, *a = NULL;
-  if ((rc = cpk_tensor_new(&b, m->dtype, 3, s1)) != CPK_OK ||
-      (rc = cpk_tensor_new(&t, m->dtype, 3, s2)) != CPK_OK)
+  const cpk_dtype dt = m->dtype;
+  if ((rc = cpk__tensor_new_on(ctx, &b, dt, 3, s1)) != CPK_OK ||
+      (rc = cpk__tensor_new_on(ctx, &t, dt, 3, s2)) != CPK_OK)
     goto done;
-  for (int64_t v = 0; v < dout; v++)
-    for (int64_t j = 0; j < n; j++)
-      for (int64_t k = 0; k < dout; k++)
-        cpk_tensor_set(b, (v * n + j) * dout + k,
-                       cpk_tensor_get(m, v * dout + k));
+  cpk__repeat_middle(ctx, dt, dout, n, dout, m->data, b->data);
   if ((rc = l->kind->jac_t_mat(l, ctx, x, y, b, t)) != CPK_OK)
     goto done;
   cpk_tensor_free(b);
   b = NULL;
-  if ((rc = cpk_tensor_new(&u, m->dtype, 3, s3)) != CPK_OK)
+  if ((rc = cpk__tensor_new_on(ctx, &u, dt, 3, s3)) != CPK_OK)
     goto done;
-  for (int64_t v = 0; v < dout; v++)
-    for (int64_t j = 0; j < n; j++)
-      for (int64_t k = 0; k < di; k++)
-        cpk_tensor_set(u, (k * n + j) * dout + v,
-                       cpk_tensor_get(t, (v * n + j) * di + k));
-  if ((rc = cpk_tensor_new(&a, m->dtype, 3, s4)) != CPK_OK ||
+  cpk__swap_outer_axes(ctx, dt, dout, n, di, t->data, u->data);
+  if ((rc = cpk__tensor_new_on(ctx, &a, dt, 3, s4)) != CPK_OK ||
       (rc = l->kind->jac_t_mat(l, ctx, x, y, u, a)) != CPK_OK)
     goto done;
-  for (int64_t r = 0; r < di; r++)
-    for (int64_t k = 0; k < di; k++) {
-      double acc = 0.0;
-      for (int64_t j = 0; j < n; j++)
-        acc += cpk_tensor_get(a, (r * n + j) * di + k);
-      cpk_tensor_set(out, r * di + k, acc / (double)n);
-    }
+  cpk__sum_rows(ctx, dt, di, n, di, a->data, 0.0, out->data);
+  cpk__scale(ctx, dt, di * di, 1.0 / (double)n, out->data);
 done:
   cpk_tensor_free(b);
   cpk_tensor_free(t);
