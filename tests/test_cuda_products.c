@@ -376,6 +376,76 @@ static void test_forward_on_device(void **state) {
   cpk_context_free(cuda);
 }
 
+/* ------------------------------------------------------------------ CLI */
+
+#define CASE "tests/fixtures/flat_selu_logsig_ce_sum_f64"
+
+/* Run `curvpack CMD <the case's files> ARGS --out DIR/DEVICE --device
+ * DEVICE` on both devices. */
+static void cli_both(const char *dir, const char *cmd, const char *args) {
+  static const char *const devices[2] = {"cpu", "cuda"};
+  for (int d = 0; d < 2; d++) {
+    char line[4096], err[2048];
+#ifdef CPK_TEST_CUDA_AS_CPU
+    const char *run_on = "cpu";
+#else
+    const char *run_on = devices[d];
+#endif
+    snprintf(line, sizeof line,
+             "'%s/curvpack' %s --model '%s' --params '%s' --input '%s' "
+             "--target '%s' --dtype float64 %s --out '%s/%s' --device %s "
+             ">/dev/null",
+             CPK_TEST_BUILDDIR, cmd, tu_src(CASE "/model.txt"),
+             tu_src(CASE "/params"), tu_src(CASE "/input.npy"),
+             tu_src(CASE "/target.npy"), args, dir, devices[d], run_on);
+    if (tu_run(line, err, sizeof err) != 0)
+      fail_msg("curvpack %s --device %s: %s", cmd, devices[d], err);
+  }
+}
+
+/* DIR/cuda/NAME equals DIR/cpu/NAME. */
+static void same_file(const char *dir, const char *name, double rtol) {
+  char a[1024], b[1024];
+  cpk_tensor *ta, *tb;
+  snprintf(a, sizeof a, "%s/cpu/%s", dir, name);
+  snprintf(b, sizeof b, "%s/cuda/%s", dir, name);
+  tu_ok(cpk_npy_read(a, &ta));
+  tu_ok(cpk_npy_read(b, &tb));
+  assert_same(tb, ta, rtol, name);
+  cpk_tensor_free(ta);
+  cpk_tensor_free(tb);
+}
+
+static void test_cli_on_device(void **state) {
+  (void)state;
+  cpk_context *cuda = cuda_context();
+  if (cuda == NULL)
+    skip();
+  cpk_context_free(cuda);
+  char dir[512];
+  snprintf(dir, sizeof dir, "%s", tu_tempdir());
+  static const char *const params[] = {"1.weight", "1.bias", "3.weight",
+                                       "3.bias",   "6.weight", "6.bias",
+                                       "8.weight", "8.bias"};
+  char args[1024], name[64];
+  snprintf(args, sizeof args, "--vector '%s'", tu_src(CASE "/params"));
+  cli_both(dir, "hvp", args);
+  for (int i = 0; i < 8; i++) {
+    snprintf(name, sizeof name, "%s.hvp.npy", params[i]);
+    same_file(dir, name, 1e-10);
+  }
+  cli_both(dir, "ggnvp", args);
+  for (int i = 0; i < 8; i++) {
+    snprintf(name, sizeof name, "%s.ggnvp.npy", params[i]);
+    same_file(dir, name, 1e-10);
+  }
+  cli_both(dir, "trace", "--method hutchinson --samples 16 --seed 3");
+  same_file(dir, "trace.npy", 1e-8);
+  cli_both(dir, "jacobian", "--mode forward");
+  same_file(dir, "jacobian.npy", 1e-10);
+  tu_rmtree(dir);
+}
+
 /* What the device path does not cover is a clear error. */
 static void test_device_refusals(void **state) {
   (void)state;
@@ -411,6 +481,7 @@ int main(void) {
       cmocka_unit_test(test_operator_survives_compute),
       cmocka_unit_test(test_spectral_on_device),
       cmocka_unit_test(test_forward_on_device),
+      cmocka_unit_test(test_cli_on_device),
       cmocka_unit_test(test_device_refusals),
   };
   cpk_context_options o = {.device = CPK_DEVICE_CUDA};
