@@ -472,6 +472,28 @@ static void test_device_refusals(void **state) {
   cpk_model_free(bn);
   cpk_tensor_free(x);
   cpk_tensor_free(y);
+  /* a CPU pass on the model of a live device operator replaces max
+   * pooling's argmax: the operator's next product is a clear error, not a
+   * read of host memory on the device */
+  cpk_context *cpu = cpu_context();
+  cpk_model *m = build(nets[2].text, nets[2].ndim, nets[2].shape, CPK_F64);
+  x = input_for(&nets[2], 3, CPK_F64, 2);
+  y = target(CPK_LOSS_CROSS_ENTROPY, 3);
+  tu_ok(cpk_curvature_op_new(&op, cuda, m, &spec, x, y, CPK_CURV_HESSIAN));
+  cpk_results *r;
+  tu_ok(cpk_compute(cpu, m, &spec, x, y, &r));
+  cpk_results_free(r);
+  const int64_t p = cpk_curvature_op_dim(op);
+  double *v = random_vectors(p, 1), *hv = calloc((size_t)p, sizeof *hv);
+  assert_int_equal(cpk_curvature_op_apply(op, 1, v, hv), CPK_EINVAL);
+  assert_non_null(strstr(cpk_last_error(), "another pass"));
+  free(v);
+  free(hv);
+  cpk_curvature_op_free(op);
+  cpk_model_free(m);
+  cpk_tensor_free(x);
+  cpk_tensor_free(y);
+  cpk_context_free(cpu);
   cpk_context_free(cuda);
 }
 
