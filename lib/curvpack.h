@@ -375,7 +375,13 @@ typedef struct cpk_curvature_op cpk_curvature_op;
 
 /* Run the forward pass (and the backward pass, for the Hessian) on one batch
  * and keep what the products need; the model must not change while the
- * operator lives. */
+ * operator lives: the operator fixes the parameters at creation (on a CUDA
+ * context it keeps its own device copies). The layers' cached forward state
+ * (max pooling's argmax) is shared by every pass on a model, so run other
+ * passes on it (cpk_compute, forward mode, another operator) before creating
+ * the operator or after freeing it. On a CUDA context the forward state
+ * stays on the device and each apply uploads its vectors and downloads its
+ * products once. */
 int cpk_curvature_op_new(cpk_curvature_op **out, cpk_context *ctx,
                          cpk_model *model, const cpk_pass_spec *spec,
                          const cpk_tensor *input, const cpk_tensor *target,

@@ -17,10 +17,13 @@
  * and the propagated standard deviations sigma_o = sqrt(C_oo)
  * = sqrt(sum_i (J_oi s_i)^2).
  */
+#include "config.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "device.h"
 #include "device_pass.h"
 #include "forward.h"
 #include "ops.h"
@@ -38,6 +41,53 @@
 #include "kernels/forward.inc"
 #undef CPK_T
 #undef CPK_SFX
+
+#ifdef CPK_HAVE_CUDA
+#include "products_cuda.h"
+/* On a CUDA context, run `call` (the CUDA twin) and return. */
+#define ON_CUDA(ctx, call)                                                     \
+  do {                                                                         \
+    if (cpk__on_cuda(ctx)) {                                                   \
+      call;                                                                    \
+      return;                                                                  \
+    }                                                                          \
+  } while (0)
+#else
+#define ON_CUDA(ctx, call) (void)(ctx)
+#endif
+
+/* ------------------------------------------- forward-mode operations */
+
+void cpk__fwd_eye(const cpk_context *ctx, cpk_dtype dt, int64_t c, int64_t n,
+                  int64_t d, int64_t i0, const void *s, void *out) {
+  ON_CUDA(ctx, cpk__cuda_fwd_eye(ctx->gpu, dt == CPK_F64, c, n, d, i0, s, out));
+  if (dt == CPK_F32)
+    fwd_eye_f32(c, n, d, i0, s, out);
+  else
+    fwd_eye_f64(c, n, d, i0, s, out);
+}
+
+void cpk__fwd_scatter(const cpk_context *ctx, cpk_dtype dt, int64_t c,
+                      int64_t n, int64_t dout, int64_t din, int64_t i0,
+                      const void *r, void *jac) {
+  ON_CUDA(ctx, cpk__cuda_fwd_scatter(ctx->gpu, dt == CPK_F64, c, n, dout, din,
+                                     i0, r, jac));
+  if (dt == CPK_F32)
+    fwd_scatter_f32(c, n, dout, din, i0, r, jac);
+  else
+    fwd_scatter_f64(c, n, dout, din, i0, r, jac);
+}
+
+void cpk__rev_scatter(const cpk_context *ctx, cpk_dtype dt, int64_t c,
+                      int64_t n, int64_t dout, int64_t din, int64_t o0,
+                      const void *r, const void *s, void *jac) {
+  ON_CUDA(ctx, cpk__cuda_rev_scatter(ctx->gpu, dt == CPK_F64, c, n, dout, din,
+                                     o0, r, s, jac));
+  if (dt == CPK_F32)
+    rev_scatter_f32(c, n, dout, din, o0, r, s, jac);
+  else
+    rev_scatter_f64(c, n, dout, din, o0, r, s, jac);
+}
 
 /* Evaluation mode: dropout off, batch norm on its running statistics. */
 static const cpk_pass_spec eval_spec = {CPK_LOSS_CROSS_ENTROPY,
@@ -65,7 +115,8 @@ static int block_at(cpk__pass *pass, int i, int64_t v, cpk_tensor **out) {
   int ndim;
   const int64_t *shape;
   shape_at(pass->model, i, &ndim, &shape);
-  return cpk__block_new(out, pass->model->dtype, v, pass->n, ndim, shape);
+  return cpk__block_new_on(pass->ctx, out, pass->model->dtype, v, pass->n,
+                           ndim, shape);
 }
 
 int cpk__forward_eval(cpk__pass *pass, cpk_context *ctx, cpk_model *model,
@@ -76,10 +127,51 @@ int cpk__forward_eval(cpk__pass *pass, cpk_context *ctx, cpk_model *model,
   pass->model = model;
   pass->spec = &eval_spec;
   if ((rc = cpk__check_input(model, input)) != CPK_OK ||
-      (rc = cpk__host_only(ctx, "forward mode")) != CPK_OK)
+      (rc = cpk__device_covers(ctx, model, 0, NULL)) != CPK_OK)
     return rc;
   cpk__context_apply_threads(ctx);
+  /* On the device the parameters are copied over for this call, released
+   * by cpk__forward_end. */
+  if (cpk__on_cuda(ctx) && (rc = cpk__model_to_device(ctx, model)) != CPK_OK)
+    return rc;
   return cpk__forward(pass, input);
+}
+
+void cpk__forward_end(cpk__pass *pass) {
+  cpk__pass_release(pass);
+  if (pass->model != NULL && cpk__on_cuda(pass->ctx))
+    cpk__model_release_device(pass->model);
+}
+
+/* dst (host, same dtype and size) := src (host or device). */
+static int fetch(cpk_context *ctx, const cpk_tensor *src, cpk_tensor *dst) {
+  const size_t bytes =
+      (size_t)cpk_tensor_numel(src) * cpk_dtype_size(src->dtype);
+  cpk_tensor *h = NULL;
+  int rc = CPK_OK;
+  if (src->device == NULL) {
+    memcpy(dst->data, src->data, bytes);
+    return CPK_OK;
+  }
+  if ((rc = cpk__device_sync(ctx)) == CPK_OK &&
+      (rc = cpk__tensor_to_host(ctx, src, &h)) == CPK_OK)
+    memcpy(dst->data, h->data, bytes);
+  cpk_tensor_free(h);
+  return rc;
+}
+
+/* A new tensor holding `t`, brought to the host when it lives on the
+ * device (t is freed); *t is replaced. */
+static int bring_home(cpk_context *ctx, cpk_tensor **t) {
+  if (*t == NULL || (*t)->device == NULL)
+    return CPK_OK;
+  cpk_tensor *h = NULL;
+  int rc = cpk__device_sync(ctx);
+  if (rc == CPK_OK)
+    rc = cpk__tensor_to_host(ctx, *t, &h);
+  cpk_tensor_free(*t);
+  *t = h;
+  return rc;
 }
 
 int cpk__jvp_through(cpk__pass *pass, int from, int to, const cpk_tensor *in,
@@ -90,7 +182,7 @@ int cpk__jvp_through(cpk__pass *pass, int from, int to, const cpk_tensor *in,
   cpk_tensor *cur = NULL;
   *out = NULL;
   if (from == to)
-    return cpk_tensor_convert(out, in, in->dtype);
+    return cpk__tensor_to_device(pass->ctx, in, in->dtype, out);
   for (int i = from; i < to; i++) {
     cpk__layer *l = m->layers[i];
     cpk_tensor *next = NULL;
@@ -117,7 +209,7 @@ int cpk__vjp_through(cpk__pass *pass, int from, int to, const cpk_tensor *in,
   cpk_tensor *cur = NULL;
   *out = NULL;
   if (from == to)
-    return cpk_tensor_convert(out, in, in->dtype);
+    return cpk__tensor_to_device(pass->ctx, in, in->dtype, out);
   for (int i = to - 1; i >= from; i--) {
     cpk__layer *l = m->layers[i];
     cpk_tensor *next = NULL;
@@ -255,7 +347,7 @@ int cpk__output_jvp(cpk__pass *pass, int64_t v, const cpk_tensor *input_tangent,
   if (src == NULL) /* every tangent zero */
     CPK__TRY(rc, block_at(pass, m->nlayers, v, &t), fail);
   else if (t == NULL) /* no layers above the input tangent: impossible */
-    CPK__TRY(rc, cpk_tensor_convert(&t, src, src->dtype), fail);
+    CPK__TRY(rc, cpk__tensor_to_device(pass->ctx, src, src->dtype, &t), fail);
   *out = t;
   return CPK_OK;
 fail:
@@ -319,24 +411,17 @@ int cpk__input_jacobian(cpk__pass *pass, int reverse, const cpk_tensor *scale,
     rc = block_at(pass, reverse ? top : 0, cc, &eye);
     if (rc == CPK_OK) {
       const void *s = reverse || scale == NULL ? NULL : scale->data;
-      if (dt == CPK_F32)
-        fwd_eye_f32(cc, n, total, j0, s, eye->data);
-      else
-        fwd_eye_f64(cc, n, total, j0, s, eye->data);
+      cpk__fwd_eye(pass->ctx, dt, cc, n, total, j0, s, eye->data);
       rc = reverse ? cpk__vjp_through(pass, 0, top, eye, &r)
                    : cpk__jvp_through(pass, 0, top, eye, &r);
     }
     if (rc == CPK_OK && !reverse) {
-      if (dt == CPK_F32)
-        fwd_scatter_f32(cc, n, dout, din, j0, r->data, jac->data);
-      else
-        fwd_scatter_f64(cc, n, dout, din, j0, r->data, jac->data);
+      cpk__fwd_scatter(pass->ctx, dt, cc, n, dout, din, j0, r->data,
+                       jac->data);
     } else if (rc == CPK_OK) {
       const void *s = scale == NULL ? NULL : scale->data;
-      if (dt == CPK_F32)
-        rev_scatter_f32(cc, n, dout, din, j0, r->data, s, jac->data);
-      else
-        rev_scatter_f64(cc, n, dout, din, j0, r->data, s, jac->data);
+      cpk__rev_scatter(pass->ctx, dt, cc, n, dout, din, j0, r->data, s,
+                       jac->data);
     }
     cpk_tensor_free(eye);
     cpk_tensor_free(r);
@@ -373,14 +458,17 @@ int cpk_jacobian(cpk_context *ctx, cpk_model *model, const cpk_tensor *input,
   memcpy(shape + 1, last->out_shape, (size_t)last->out_ndim * sizeof *shape);
   memcpy(shape + 1 + last->out_ndim, model->in_shape,
          (size_t)model->in_ndim * sizeof *shape);
-  CPK__TRY(rc, cpk_tensor_new(jac, model->dtype, ndim, shape), done);
+  CPK__TRY(rc, cpk__tensor_new_on(ctx, jac, model->dtype, ndim, shape),
+           done);
   const int64_t din = width_at(model, 0),
                 dout = width_at(model, model->nlayers);
   const int reverse = mode == CPK_JACOBIAN_REVERSE ||
                       (mode == CPK_JACOBIAN_AUTO && din >= dout);
   rc = cpk__input_jacobian(&pass, reverse, NULL, *jac);
+  if (rc == CPK_OK) /* the one download of the result */
+    rc = bring_home(ctx, jac);
 done:
-  cpk__pass_release(&pass);
+  cpk__forward_end(&pass);
   if (rc != CPK_OK) {
     cpk_tensor_free(*jac);
     *jac = NULL;
@@ -436,12 +524,14 @@ int cpk_jvp(cpk_context *ctx, cpk_model *model, const cpk_tensor *input,
     v = 1;
   if (input_tangent != NULL) {
     CPK__TRY(rc, cpk__check_finite(input_tangent, "input tangent"), done);
-    CPK__TRY(rc, cpk_tensor_convert(&it, input_tangent, model->dtype), done);
+    CPK__TRY(rc, cpk__tensor_to_device(ctx, input_tangent, model->dtype, &it),
+             done);
     if (it->ndim == model->in_ndim + 1 && it->ndim < CPK_MAX_DIMS) {
       int64_t shape[CPK_MAX_DIMS];
       shape[0] = 1;
       memcpy(shape + 1, it->shape, (size_t)it->ndim * sizeof *shape);
       cpk__tensor_view(&view, it->dtype, it->data, it->ndim + 1, shape);
+      view.device = it->device;
       itv = &view;
     } else {
       itv = it;
@@ -458,18 +548,22 @@ int cpk_jvp(cpk_context *ctx, cpk_model *model, const cpk_tensor *input,
         continue;
       snprintf(what, sizeof what, "tangent of %s", model->params[k].name);
       CPK__TRY(rc, cpk__check_finite(param_tangents[k], what), done);
-      CPK__TRY(rc, cpk_tensor_convert(&pt[k], param_tangents[k], model->dtype),
+      CPK__TRY(rc,
+               cpk__tensor_to_device(ctx, param_tangents[k], model->dtype,
+                                     &pt[k]),
                done);
     }
   }
   rc = cpk__output_jvp(&pass, v, itv, (const cpk_tensor *const *)pt, out);
+  if (rc == CPK_OK) /* the one download of the result */
+    rc = bring_home(ctx, out);
 done:
   if (pt != NULL)
     for (int k = 0; k < model->nparams; k++)
       cpk_tensor_free(pt[k]);
   cpk__free(pt);
   cpk_tensor_free(it);
-  cpk__pass_release(&pass);
+  cpk__forward_end(&pass);
   return rc;
 }
 
@@ -543,10 +637,7 @@ static int covariance(cpk__pass *pass, const cpk_tensor *s, cpk_tensor *cov) {
       cpk_tensor *eye = NULL, *r = NULL;
       rc = block_at(pass, 0, cc, &eye);
       if (rc == CPK_OK) {
-        if (dt == CPK_F32)
-          fwd_eye_f32(cc, n, din, j0, s->data, eye->data);
-        else
-          fwd_eye_f64(cc, n, din, j0, s->data, eye->data);
+        cpk__fwd_eye(pass->ctx, dt, cc, n, din, j0, s->data, eye->data);
         rc = cpk__jvp_through(pass, 0, m->nlayers, eye, &r);
       }
       for (int64_t j = 0; rc == CPK_OK && j < n; j++) {
@@ -561,7 +652,7 @@ static int covariance(cpk__pass *pass, const cpk_tensor *s, cpk_tensor *cov) {
   }
   cpk_tensor *a = NULL;
   int64_t shape[3] = {n, dout, din};
-  if ((rc = cpk_tensor_new(&a, dt, 3, shape)) != CPK_OK)
+  if ((rc = cpk__tensor_new_on(pass->ctx, &a, dt, 3, shape)) != CPK_OK)
     return cpk__fail_prefix(rc, "propagate: J diag(sigma)");
   rc = cpk__input_jacobian(pass, 1, s, a);
   const char *ad = a->data;
@@ -622,13 +713,20 @@ static int monte_carlo(cpk_context *ctx, cpk_model *m, const cpk_tensor *x,
         mc_draw_f64(kk, n, din, x->data, s->data, &rng, xs->data);
       rc = cpk__forward(&pass, xs);
     }
+    /* On the device the draws go up (cpk__forward) and the outputs come
+     * down, so that CPU and CUDA draw the same numbers. */
+    cpk_tensor *yh = NULL;
+    if (rc == CPK_OK && cpk__on_cuda(ctx) &&
+        (rc = cpk__device_sync(ctx)) == CPK_OK)
+      rc = cpk__tensor_to_host(ctx, pass.acts[m->nlayers], &yh);
     if (rc == CPK_OK) {
-      const void *y = pass.acts[m->nlayers]->data;
+      const void *y = yh != NULL ? yh->data : pass.acts[m->nlayers]->data;
       if (dt == CPK_F32)
         mc_accum_f32(kk, n * dout, y, f0->data, a1, a2);
       else
         mc_accum_f64(kk, n * dout, y, f0->data, a1, a2);
     }
+    cpk_tensor_free(yh);
     cpk__pass_release(&pass);
     cpk_tensor_free(xs);
     if (rc != CPK_OK)
@@ -657,6 +755,7 @@ int cpk_propagate(cpk_context *ctx, cpk_model *model, const cpk_tensor *input,
   cpk__pass pass;
   cpk_results *res = NULL;
   cpk_tensor *s = NULL, *f0 = NULL, *cov = NULL, *sd = NULL;
+  cpk_tensor *s_dev = NULL, *cov_dev = NULL, *x_host = NULL;
   int rc;
   *out = NULL;
   memset(&pass, 0, sizeof pass);
@@ -678,8 +777,7 @@ int cpk_propagate(cpk_context *ctx, cpk_model *model, const cpk_tensor *input,
       rc,
       cpk__results_alloc(res, "output", model->dtype, y->ndim, y->shape, &f0),
       done);
-  memcpy(f0->data, y->data,
-         (size_t)cpk_tensor_numel(y) * cpk_dtype_size(y->dtype));
+  CPK__TRY(rc, fetch(ctx, y, f0), done);
   /* sigma_o = sqrt(C_oo), C = J diag(s^2) J^T per sample. */
   int64_t cshape[3] = {n, dout, dout};
   CPK__TRY(
@@ -689,20 +787,36 @@ int cpk_propagate(cpk_context *ctx, cpk_model *model, const cpk_tensor *input,
   CPK__TRY(rc,
            cpk__results_alloc(res, "covariance", model->dtype, 3, cshape, &cov),
            done);
-  CPK__TRY(rc, covariance(&pass, s, cov), done);
+  if (cpk__on_cuda(ctx)) { /* computed there, downloaded once */
+    CPK__TRY(rc, cpk__tensor_to_device(ctx, s, s->dtype, &s_dev), done);
+    CPK__TRY(rc, cpk__tensor_new_on(ctx, &cov_dev, model->dtype, 3, cshape),
+             done);
+    CPK__TRY(rc, covariance(&pass, s_dev, cov_dev), done);
+    CPK__TRY(rc, fetch(ctx, cov_dev, cov), done);
+  } else {
+    CPK__TRY(rc, covariance(&pass, s, cov), done);
+  }
   for (int64_t j = 0; j < n; j++)
     for (int64_t o = 0; o < dout; o++) {
       double c = cpk_tensor_get(cov, (j * dout + o) * dout + o);
       cpk_tensor_set(sd, j * dout + o, sqrt(c > 0.0 ? c : 0.0));
     }
   if (samples > 0) {
-    /* acts[0] is the input in the model's dtype. */
+    /* acts[0] is the input in the model's dtype (the draws are made on
+     * the host, from its host copy on a device pass). */
     const cpk_tensor *x = pass.acts[0];
+    if (x->device != NULL) {
+      CPK__TRY(rc, cpk__tensor_to_host(ctx, x, &x_host), done);
+      x = x_host;
+    }
     rc = monte_carlo(ctx, model, x, s, f0, samples, res);
   }
 done:
-  cpk__pass_release(&pass);
+  cpk__forward_end(&pass);
   cpk_tensor_free(s);
+  cpk_tensor_free(s_dev);
+  cpk_tensor_free(cov_dev);
+  cpk_tensor_free(x_host);
   if (rc != CPK_OK)
     cpk_results_free(res);
   else

@@ -16,10 +16,34 @@
 
 /* Start a pass in evaluation mode (dropout off, batch norm on its running
  * statistics) on `input` [N, *in]: checks the input against the model
- * (dtype, shape, finite), then runs cpk__forward. The caller releases the
- * activations with cpk__pass_release, also on failure. */
+ * (dtype, shape, finite), then runs cpk__forward (on a CUDA context
+ * after copying the parameters to the device). The caller ends the pass
+ * with cpk__forward_end, also on failure. */
 int cpk__forward_eval(cpk__pass *pass, cpk_context *ctx, cpk_model *model,
                       const cpk_tensor *input);
+/* The end of a pass begun by cpk__forward_eval: releases the activations
+ * and, on a CUDA context, the parameters' device copies and the layers'
+ * cached device state (cpk__model_release_device). On the device the
+ * activations, tangent blocks and Jacobians live in device memory; the
+ * public entry points download their result once. */
+void cpk__forward_end(cpk__pass *pass);
+
+/* Forward-mode operations (ON_CUDA to gpu/products_cuda.cu; pointers on
+ * the context's device), shapes flattened per sample:
+ *   cpk__fwd_eye:     out[j, m, i0 + j] := s ? s[m, i0 + j] : 1, for j < c,
+ *                     m < n; out [c, n, d] zero on entry;
+ *   cpk__fwd_scatter: jac[m, o, i0 + j] := r[j, m, o], r [c, n, dout],
+ *                     jac [n, dout, din];
+ *   cpk__rev_scatter: jac[m, o0 + j, i] := r[j, m, i] * (s ? s[m, i] : 1),
+ *                     r [c, n, din], s [n, din]. */
+void cpk__fwd_eye(const cpk_context *ctx, cpk_dtype dt, int64_t c, int64_t n,
+                  int64_t d, int64_t i0, const void *s, void *out);
+void cpk__fwd_scatter(const cpk_context *ctx, cpk_dtype dt, int64_t c,
+                      int64_t n, int64_t dout, int64_t din, int64_t i0,
+                      const void *r, void *jac);
+void cpk__rev_scatter(const cpk_context *ctx, cpk_dtype dt, int64_t c,
+                      int64_t n, int64_t dout, int64_t din, int64_t o0,
+                      const void *r, const void *s, void *jac);
 
 /* A block `in` at acts[from] pushed forward to acts[to] (from <= to):
  *   *out := J_{to-1} ... J_{from} in        ([V, N, *shape of acts[to]])

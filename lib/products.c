@@ -16,11 +16,24 @@
  *   elementwise f:  f''(x) o g o xdot                      (to gdot_in)
  *   bilinear (linear, conv: J_x depends on the weight W = slot 0, J_W on x):
  *     J_x(W := t_W)^T g (to gdot_in),  J_theta(x := xdot)^T g (to products).
+ *
+ * On a CUDA context the activations, the blocks of steps 1 and 3 and the
+ * layers' cached state live on the device for the operator's lifetime;
+ * step 2 (N x C numbers per column) runs on the host with ctx->host, like
+ * engine.c's loss steps: u comes down, w goes up. The operator keeps its
+ * own device copies of the parameters (taken at creation, so it fixes the
+ * parameters as the CPU operator does) and puts them in place only while
+ * it computes, so a cpk_compute on the same model, whose per-pass copies
+ * come and go, does not pull them away. The layers' cached forward state
+ * (maxpool's argmax) is shared with any other pass on the same model,
+ * though, on either device: run other passes on a model only before
+ * creating its operator or after freeing it.
  */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "device.h"
 #include "device_pass.h"
 #include "engine.h"
 #include "ops.h"
@@ -37,7 +50,13 @@ struct cpk_curvature_op {
   cpk_curvature kind;
   int stop;              /* lowest layer with trainable parameters */
   cpk_tensor **grads;    /* Hessian: dL/dy at each layer output (index i+1) */
-  cpk_tensor *root;      /* Fisher kinds: S [M, N, *out] or g [1, N, *out] */
+  cpk_tensor *root;      /* Fisher kinds: S [M, N, *out] or g [1, N, *out]
+                            (on the host) */
+  int device;            /* the context is on the CUDA device */
+  cpk_tensor *f_host;    /* device operator: the model output on the host */
+  cpk_tensor **pdev;     /* device operator: its parameter copies, slot
+                            i * CPK__MAX_PARAMS + p, while not in place */
+  int installed;         /* the copies are in place (params[p].dev) */
   int ntrain;
   trainable *train;
   int64_t dim;
@@ -59,17 +78,78 @@ int cpk_curvature_parse(const char *name, cpk_curvature *out) {
 
 int64_t cpk_curvature_op_dim(const cpk_curvature_op *op) { return op->dim; }
 
+/* Put the operator's device copies of the parameters in place
+ * (params[p].dev), keeping what was there, or the other way round. */
+static void swap_params(cpk_curvature_op *op) {
+  cpk_model *m = op->pass.model;
+  if (op->pdev == NULL)
+    return;
+  for (int i = 0; i < m->nlayers; i++)
+    for (int p = 0; p < m->layers[i]->nparams; p++) {
+      cpk_tensor **slot = &op->pdev[i * CPK__MAX_PARAMS + p];
+      cpk_tensor *keep = m->layers[i]->params[p].dev;
+      m->layers[i]->params[p].dev = *slot;
+      *slot = keep;
+    }
+  op->installed = !op->installed;
+}
+
 void cpk_curvature_op_free(cpk_curvature_op *op) {
   if (op == NULL)
     return;
+  cpk_model *m = op->pass.model;
   if (op->grads != NULL)
-    for (int i = 0; i <= op->pass.model->nlayers; i++)
+    for (int i = 0; i <= m->nlayers; i++)
       cpk_tensor_free(op->grads[i]);
   cpk__free(op->grads);
   cpk_tensor_free(op->root);
+  cpk_tensor_free(op->f_host);
   cpk__free(op->train);
   cpk__pass_release(&op->pass);
+  if (op->pdev != NULL) {
+    if (op->installed)
+      swap_params(op);
+    for (int i = 0; i < m->nlayers * CPK__MAX_PARAMS; i++)
+      cpk_tensor_free(op->pdev[i]);
+    cpk__free(op->pdev);
+    /* device state cached by the layers must not outlive the operator */
+    for (int i = 0; i < m->nlayers; i++)
+      if (m->layers[i]->kind->drop_cache != NULL)
+        m->layers[i]->kind->drop_cache(m->layers[i]);
+  }
   cpk__free(op);
+}
+
+/* A loss step on the host (value_grad, or the Monte Carlo root) for a
+ * block `out` on the operator's device: computed with ctx->host from the
+ * output's host copy, then uploaded. On the CPU, in place. */
+enum loss_step { STEP_GRAD, STEP_SQRT_MC };
+
+static int host_loss_step(cpk_curvature_op *op, enum loss_step step,
+                          const cpk_tensor *target, cpk_tensor *out) {
+  cpk__pass *pass = &op->pass;
+  cpk_context *ctx = op->device ? pass->ctx->host : pass->ctx;
+  const cpk_tensor *f =
+      op->device ? op->f_host : pass->acts[pass->model->nlayers];
+  cpk_tensor *o = out;
+  double value;
+  int rc = CPK_OK;
+  if (out->device != NULL)
+    rc = cpk_tensor_new(&o, out->dtype, out->ndim, out->shape);
+  if (rc == CPK_OK && step == STEP_GRAD)
+    rc = pass->loss->value_grad(ctx, pass->scale, f, target, &value, o);
+  else if (rc == CPK_OK) {
+    cpk__rng rng;
+    cpk__rng_seed(&rng, pass->ctx->seed);
+    rc = pass->loss->sqrt_hessian_mc(ctx, pass->scale, f, o->shape[0], &rng,
+                                     o);
+  }
+  if (o != out) {
+    if (rc == CPK_OK)
+      rc = cpk__tensor_fill_from_host(pass->ctx, out, o);
+    cpk_tensor_free(o);
+  }
+  return rc;
 }
 
 static int list_trainable(cpk_curvature_op *op) {
@@ -109,20 +189,18 @@ static int keep_gradients(cpk_curvature_op *op, const cpk_tensor *target) {
   cpk__pass *pass = &op->pass;
   const cpk_model *m = pass->model;
   const cpk_tensor *f = pass->acts[m->nlayers];
-  double value;
   op->grads = cpk__calloc((size_t)(m->nlayers + 1) * sizeof *op->grads);
   if (op->grads == NULL)
     return CPK_ENOMEM;
   const cpk__layer *last = m->layers[m->nlayers - 1];
-  int rc = cpk__block_new(&op->grads[m->nlayers], f->dtype, 1, pass->n,
-                          last->out_ndim, last->out_shape);
+  int rc = cpk__block_new_on(pass->ctx, &op->grads[m->nlayers], f->dtype, 1,
+                             pass->n, last->out_ndim, last->out_shape);
   if (rc == CPK_OK)
-    rc = pass->loss->value_grad(pass->ctx, pass->scale, f, target, &value,
-                                op->grads[m->nlayers]);
+    rc = host_loss_step(op, STEP_GRAD, target, op->grads[m->nlayers]);
   for (int i = m->nlayers - 1; rc == CPK_OK && i > op->stop; i--) {
     cpk__layer *l = m->layers[i];
-    if ((rc = cpk__block_new(&op->grads[i], f->dtype, 1, pass->n, l->in_ndim,
-                             l->in_shape)) == CPK_OK)
+    if ((rc = cpk__block_new_on(pass->ctx, &op->grads[i], f->dtype, 1, pass->n,
+                                l->in_ndim, l->in_shape)) == CPK_OK)
       rc = l->kind->jac_t_mat(l, pass->ctx, pass->acts[i], pass->acts[i + 1],
                               op->grads[i + 1], op->grads[i]);
   }
@@ -136,18 +214,15 @@ static int fisher_root(cpk_curvature_op *op, const cpk_tensor *target) {
   const cpk_tensor *f = pass->acts[pass->model->nlayers];
   const cpk__layer *last = pass->model->layers[pass->model->nlayers - 1];
   const int64_t cols = op->kind == CPK_CURV_FISHER_MC ? pass->ctx->mc_samples : 1;
-  double value;
+  /* kept on the host, where the output's curvature is applied */
   int rc = cpk__block_new(&op->root, f->dtype, cols, pass->n, last->out_ndim,
                           last->out_shape);
   if (rc != CPK_OK)
     return rc;
-  if (op->kind == CPK_CURV_EMPIRICAL_FISHER)
-    return pass->loss->value_grad(pass->ctx, pass->scale, f, target, &value,
-                                  op->root);
-  cpk__rng rng;
-  cpk__rng_seed(&rng, pass->ctx->seed);
-  return pass->loss->sqrt_hessian_mc(pass->ctx, pass->scale, f, cols, &rng,
-                                     op->root);
+  return host_loss_step(op, op->kind == CPK_CURV_EMPIRICAL_FISHER
+                                ? STEP_GRAD
+                                : STEP_SQRT_MC,
+                        target, op->root);
 }
 
 int cpk_curvature_op_new(cpk_curvature_op **out, cpk_context *ctx,
@@ -161,7 +236,7 @@ int cpk_curvature_op_new(cpk_curvature_op **out, cpk_context *ctx,
     return cpk__fail(CPK_EINVAL, "unknown curvature kind %d", (int)kind);
   int rc = cpk_check_pass(model, &plain, input, target);
   if (rc == CPK_OK)
-    rc = cpk__host_only(ctx, "curvature-vector products");
+    rc = cpk__device_covers(ctx, model, 0, NULL);
   if (rc != CPK_OK)
     return rc;
   cpk_curvature_op *op = cpk__calloc(sizeof *op);
@@ -174,14 +249,32 @@ int cpk_curvature_op_new(cpk_curvature_op **out, cpk_context *ctx,
   op->spec = plain;
   op->pass.spec = &op->spec;
   op->pass.loss = cpk__loss_get(spec->loss);
+  op->device = cpk__on_cuda(ctx);
   CPK__TRY(rc, list_trainable(op), fail);
+  if (op->device) { /* the operator's own parameter copies, in place */
+    op->pdev = cpk__calloc((size_t)model->nlayers * CPK__MAX_PARAMS *
+                           sizeof *op->pdev);
+    if (op->pdev == NULL) {
+      rc = CPK_ENOMEM;
+      goto fail;
+    }
+    swap_params(op); /* the pass's copies (none) aside */
+    CPK__TRY(rc, cpk__model_to_device(ctx, model), fail);
+  }
   CPK__TRY(rc, cpk__forward(&op->pass, input), fail);
   op->pass.scale = cpk__loss_scale(op->pass.loss, spec->reduction,
                                    op->pass.acts[model->nlayers]);
+  if (op->device && (rc = cpk__device_sync(ctx)) == CPK_OK)
+    rc = cpk__tensor_to_host(ctx, op->pass.acts[model->nlayers], &op->f_host);
+  if (rc != CPK_OK)
+    goto fail;
   if (kind == CPK_CURV_HESSIAN)
     CPK__TRY(rc, keep_gradients(op, target), fail);
   else if (kind != CPK_CURV_GGN)
     CPK__TRY(rc, fisher_root(op, target), fail);
+  CPK__TRY(rc, cpk__device_sync(ctx), fail);
+  if (op->device)
+    swap_params(op); /* the copies into the operator, until apply */
   *out = op;
   return CPK_OK;
 fail:
@@ -200,15 +293,17 @@ static void column(const cpk_tensor *b, int64_t v, int lead, cpk_tensor *out) {
                    b->ndim - 1 + lead, b->shape + 1 - lead);
   if (lead)
     out->shape[0] = 1;
+  out->device = b->device;
 }
 
-/* out := M u at the model output, per the curvature kind. */
-static int output_curvature(cpk_curvature_op *op, const cpk_tensor *u,
-                            cpk_tensor *w) {
+/* w := M u at the model output, per the curvature kind, on the host (ctx
+ * a CPU context, f the output, u and w host tensors; w zero on entry). */
+static int output_curvature_host(cpk_curvature_op *op, cpk_context *ctx,
+                                 const cpk_tensor *f, const cpk_tensor *u,
+                                 cpk_tensor *w) {
   cpk__pass *pass = &op->pass;
-  const cpk_tensor *f = pass->acts[pass->model->nlayers];
   if (op->root == NULL)
-    return pass->loss->hessian_mat(pass->ctx, pass->scale, f, u, w);
+    return pass->loss->hessian_mat(ctx, pass->scale, f, u, w);
   /* w[v, n] = sum_m S[m, n] (S[m, n] . u[v, n]) */
   const int64_t k = u->shape[0], n = pass->n, m = op->root->shape[0];
   const int64_t d = cpk_tensor_numel(f) / n;
@@ -229,14 +324,37 @@ static int output_curvature(cpk_curvature_op *op, const cpk_tensor *u,
   return CPK_OK;
 }
 
+/* w := M u at the model output (blocks [V, N, *out] on the context's
+ * device, w zero): on a device operator u comes down and w goes up. */
+static int output_curvature(cpk_curvature_op *op, const cpk_tensor *u,
+                            cpk_tensor *w) {
+  cpk__pass *pass = &op->pass;
+  if (!op->device)
+    return output_curvature_host(op, pass->ctx,
+                                 pass->acts[pass->model->nlayers], u, w);
+  cpk_tensor *uh = NULL, *wh = NULL;
+  int rc = cpk__device_sync(pass->ctx);
+  if (rc == CPK_OK)
+    rc = cpk__tensor_to_host(pass->ctx, u, &uh);
+  if (rc == CPK_OK)
+    rc = cpk_tensor_new(&wh, w->dtype, w->ndim, w->shape);
+  if (rc == CPK_OK)
+    rc = output_curvature_host(op, pass->ctx->host, op->f_host, uh, wh);
+  if (rc == CPK_OK)
+    rc = cpk__tensor_fill_from_host(pass->ctx, w, wh);
+  cpk_tensor_free(uh);
+  cpk_tensor_free(wh);
+  return rc;
+}
+
 /* R-forward through layer i: xdot[i+1] = J_x xdot[i] + sum_p J_theta_p t_p. */
 static int rforward_layer(cpk_curvature_op *op, int i, int64_t k,
                           cpk_tensor **xdot, cpk_tensor **tang) {
   cpk__pass *pass = &op->pass;
   cpk__layer *l = pass->model->layers[i];
   const cpk_tensor *x = pass->acts[i], *y = pass->acts[i + 1];
-  int rc = cpk__block_new(&xdot[i + 1], y->dtype, k, pass->n, l->out_ndim,
-                          l->out_shape);
+  int rc = cpk__block_new_on(pass->ctx, &xdot[i + 1], y->dtype, k, pass->n,
+                             l->out_ndim, l->out_shape);
   if (rc == CPK_OK && xdot[i] != NULL)
     rc = l->kind->jac_mat(l, pass->ctx, x, y, xdot[i], xdot[i + 1]);
   for (int t = 0; rc == CPK_OK && t < op->ntrain; t++) {
@@ -265,15 +383,16 @@ static int hessian_terms(cpk_curvature_op *op, int i, int64_t k,
   if (l->kind->d2 != NULL && gdot_in != NULL && xdot[i] != NULL) {
     /* f''(x) o g o xdot[v] */
     cpk_tensor *h;
-    if ((rc = cpk_tensor_new(&h, x->dtype, x->ndim, x->shape)) != CPK_OK)
+    if ((rc = cpk__tensor_new_on(pass->ctx, &h, x->dtype, x->ndim,
+                                 x->shape)) != CPK_OK)
       return rc;
     if ((rc = l->kind->d2(l, pass->ctx, x, y, h)) == CPK_OK) {
       const int64_t m = cpk_tensor_numel(x);
       cpk__mul_broadcast(pass->ctx, x->dtype, 1, m, g->data, h->data, h->data);
       /* gdot_in[v] += h o xdot[v], through h o xdot (all columns) */
       cpk_tensor *hx;
-      if ((rc = cpk_tensor_new(&hx, x->dtype, xdot[i]->ndim, xdot[i]->shape)) ==
-          CPK_OK) {
+      if ((rc = cpk__tensor_new_on(pass->ctx, &hx, x->dtype, xdot[i]->ndim,
+                                   xdot[i]->shape)) == CPK_OK) {
         cpk__mul_broadcast(pass->ctx, x->dtype, k, m, h->data, xdot[i]->data,
                            hx->data);
         cpk__axpy(pass->ctx, x->dtype, k * m, 1.0, hx->data, gdot_in->data);
@@ -298,20 +417,24 @@ static int hessian_terms(cpk_curvature_op *op, int i, int64_t k,
         rc = l->kind->param_jac_t_mat(l, pass->ctx, op->train[t].slot, &xv, g,
                                       0, 1.0, &pv);
       }
-      /* gdot_in: J_x(W := t_W[v])^T g, the weight (slot 0) swapped in */
+      /* gdot_in: J_x(W := t_W[v])^T g, the weight (slot 0) swapped in
+       * (where the layer reads it: cpk__param_value) */
       if (rc == CPK_OK && gdot_in != NULL && op->train[t].slot == 0) {
-        cpk_tensor tv, gv, *keep = l->params[0].value;
+        cpk_tensor **where =
+            op->device ? &l->params[0].dev : &l->params[0].value;
+        cpk_tensor tv, gv, *keep = *where;
         cpk_tensor *acc;
         column(tang[t], v, 0, &tv);
         tv.ndim = keep->ndim;
         memcpy(tv.shape, keep->shape, sizeof tv.shape);
         cpk__tensor_contiguous_strides(&tv);
         column(gdot_in, v, 1, &gv);
-        if ((rc = cpk_tensor_new(&acc, gv.dtype, gv.ndim, gv.shape)) != CPK_OK)
+        if ((rc = cpk__tensor_new_on(pass->ctx, &acc, gv.dtype, gv.ndim,
+                                     gv.shape)) != CPK_OK)
           break;
-        l->params[0].value = &tv;
+        *where = &tv;
         rc = l->kind->jac_t_mat(l, pass->ctx, x, y, g, acc);
-        l->params[0].value = keep;
+        *where = keep;
         if (rc == CPK_OK)
           cpk__axpy(pass->ctx, gv.dtype, cpk_tensor_numel(acc), 1.0, acc->data,
                     gv.data);
@@ -339,8 +462,8 @@ static int product_block(cpk_curvature_op *op, int64_t k, cpk_tensor **tang,
   }
   const cpk__layer *last = m->layers[m->nlayers - 1];
   if (rc == CPK_OK &&
-      (rc = cpk__block_new(&gdot, m->dtype, k, pass->n, last->out_ndim,
-                           last->out_shape)) == CPK_OK)
+      (rc = cpk__block_new_on(pass->ctx, &gdot, m->dtype, k, pass->n,
+                              last->out_ndim, last->out_shape)) == CPK_OK)
     rc = output_curvature(op, xdot[m->nlayers], gdot);
   for (int i = m->nlayers - 1; rc == CPK_OK && i >= op->stop; i--) {
     cpk__layer *l = m->layers[i];
@@ -350,8 +473,8 @@ static int product_block(cpk_curvature_op *op, int64_t k, cpk_tensor **tang,
                                       pass->acts[i], gdot, 0, 0.0, prods[t]);
     cpk_tensor *gin = NULL;
     if (rc == CPK_OK && i > op->stop &&
-        (rc = cpk__block_new(&gin, m->dtype, k, pass->n, l->in_ndim,
-                             l->in_shape)) == CPK_OK)
+        (rc = cpk__block_new_on(pass->ctx, &gin, m->dtype, k, pass->n,
+                                l->in_ndim, l->in_shape)) == CPK_OK)
       rc = l->kind->jac_t_mat(l, pass->ctx, pass->acts[i], pass->acts[i + 1],
                               gdot, gin);
     if (rc == CPK_OK && hess)
@@ -390,24 +513,18 @@ static void dtype_to_flat(cpk_dtype dt, int64_t n, const cpk_tensor *t,
     dst[i] = src[i];
 }
 
-int cpk_curvature_op_apply(cpk_curvature_op *op, int64_t k, const double *in,
-                           double *out) {
+/* The k vectors of `in` ([k, P] doubles) as one tensor in the model's
+ * dtype, parameter t's block [k, *S_t] from element k * offset_t on (the
+ * layout of the tangents and products); non-finite values refused. */
+static int pack_tangents(cpk_curvature_op *op, int64_t k, const double *in,
+                         cpk_tensor **out) {
   const cpk_dtype dt = op->pass.model->dtype;
-  cpk_tensor **tang = cpk__calloc((size_t)op->ntrain * sizeof *tang);
-  cpk_tensor **prods = cpk__calloc((size_t)op->ntrain * sizeof *prods);
-  int rc = tang && prods ? CPK_OK : CPK_ENOMEM;
-  if (k < 1 && rc == CPK_OK)
-    rc = cpk__fail(CPK_EINVAL, "curvature product of %lld vectors",
-                   (long long)k);
-  cpk__context_apply_threads(op->pass.ctx);
+  const int64_t total = k * op->dim;
+  int rc = cpk__tensor_new_uninit(out, dt, 1, &total);
   for (int t = 0; rc == CPK_OK && t < op->ntrain; t++) {
     const cpk__param *q = &op->train[t].layer->params[op->train[t].slot];
-    int64_t shape[CPK_MAX_DIMS + 1] = {k};
-    memcpy(shape + 1, q->shape, (size_t)q->ndim * sizeof *shape);
-    if ((rc = cpk_tensor_new(&tang[t], dt, q->ndim + 1, shape)) == CPK_OK)
-      rc = cpk_tensor_new(&prods[t], dt, q->ndim + 1, shape);
+    const int64_t ne = op->train[t].numel, base = k * op->train[t].offset;
     for (int64_t v = 0; rc == CPK_OK && v < k; v++) {
-      const int64_t ne = op->train[t].numel;
       const double *src = in + v * op->dim + op->train[t].offset;
       for (int64_t e = 0; e < ne; e++)
         if (!isfinite(src[e])) {
@@ -417,21 +534,76 @@ int cpk_curvature_op_apply(cpk_curvature_op *op, int64_t k, const double *in,
           break;
         }
       if (rc == CPK_OK)
-        flat_to_dtype(dt, ne, src, tang[t], v * ne);
+        flat_to_dtype(dt, ne, src, *out, base + v * ne);
     }
   }
-  if (rc == CPK_OK)
-    rc = product_block(op, k, tang, prods);
-  for (int t = 0; rc == CPK_OK && t < op->ntrain; t++)
-    for (int64_t v = 0; v < k; v++)
-      dtype_to_flat(dt, op->train[t].numel, prods[t], v * op->train[t].numel,
-                    out + v * op->dim + op->train[t].offset);
-  for (int t = 0; t < op->ntrain && tang && prods; t++) {
-    cpk_tensor_free(tang[t]);
-    cpk_tensor_free(prods[t]);
+  return rc;
+}
+
+/* Views [k, *S_t] of parameter t's block in a packed tensor. */
+static void param_views(const cpk_curvature_op *op, int64_t k,
+                        const cpk_tensor *all, cpk_tensor *views,
+                        cpk_tensor **ptrs) {
+  const size_t es = cpk_dtype_size(all->dtype);
+  for (int t = 0; t < op->ntrain; t++) {
+    const cpk__param *q = &op->train[t].layer->params[op->train[t].slot];
+    int64_t shape[CPK_MAX_DIMS + 1] = {k};
+    memcpy(shape + 1, q->shape, (size_t)q->ndim * sizeof *shape);
+    cpk__tensor_view(&views[t], all->dtype,
+                     (char *)all->data + (size_t)(k * op->train[t].offset) * es,
+                     q->ndim + 1, shape);
+    views[t].device = all->device;
+    ptrs[t] = &views[t];
   }
-  cpk__free(tang);
-  cpk__free(prods);
+}
+
+int cpk_curvature_op_apply(cpk_curvature_op *op, int64_t k, const double *in,
+                           double *out) {
+  const cpk_dtype dt = op->pass.model->dtype;
+  cpk_context *ctx = op->pass.ctx;
+  const size_t nt = (size_t)op->ntrain;
+  cpk_tensor *tang_h = NULL, *tang_d = NULL, *prods_d = NULL, *prods_h = NULL;
+  cpk_tensor *views = cpk__calloc(2 * nt * sizeof *views);
+  cpk_tensor **ptrs = cpk__calloc(2 * nt * sizeof *ptrs);
+  int rc = views && ptrs ? CPK_OK : CPK_ENOMEM;
+  if (k < 1 && rc == CPK_OK)
+    rc = cpk__fail(CPK_EINVAL, "curvature product of %lld vectors",
+                   (long long)k);
+  cpk__context_apply_threads(ctx);
+  if (rc == CPK_OK)
+    rc = pack_tangents(op, k, in, &tang_h);
+  /* on the device: one upload of the k tangents, one download of the k
+   * products */
+  if (rc == CPK_OK && op->device)
+    rc = cpk__tensor_to_device(ctx, tang_h, dt, &tang_d);
+  if (rc == CPK_OK)
+    rc = cpk__tensor_new_on(ctx, &prods_d, dt, 1, tang_h->shape);
+  if (rc == CPK_OK) {
+    param_views(op, k, op->device ? tang_d : tang_h, views, ptrs);
+    param_views(op, k, prods_d, views + nt, ptrs + nt);
+    if (op->device)
+      swap_params(op);
+    rc = product_block(op, k, ptrs, ptrs + nt);
+    if (op->device)
+      swap_params(op);
+  }
+  if (rc == CPK_OK && op->device && (rc = cpk__device_sync(ctx)) == CPK_OK)
+    rc = cpk__tensor_to_host(ctx, prods_d, &prods_h);
+  const cpk_tensor *prods = op->device ? prods_h : prods_d;
+  for (int t = 0; rc == CPK_OK && t < op->ntrain; t++) {
+    const int64_t ne = op->train[t].numel, base = k * op->train[t].offset;
+    for (int64_t v = 0; v < k; v++)
+      dtype_to_flat(dt, ne, prods, base + v * ne,
+                    out + v * op->dim + op->train[t].offset);
+  }
+  if (op->device && rc != CPK_OK)
+    (void)cpk__device_sync(ctx); /* the first failure is the one reported */
+  cpk_tensor_free(tang_h);
+  cpk_tensor_free(tang_d);
+  cpk_tensor_free(prods_d);
+  cpk_tensor_free(prods_h);
+  cpk__free(views);
+  cpk__free(ptrs);
   return rc;
 }
 

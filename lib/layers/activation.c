@@ -51,6 +51,14 @@ static int activation_forward(cpk__layer *l, cpk_context *ctx,
 static int activation_d1(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
                          const cpk_tensor *y, const cpk_tensor **d1) {
   activation *s = l->priv;
+  /* A cache another pass left on the other device, or for another batch
+   * size, is recomputed (never read across devices). */
+  if (s->d1 != NULL &&
+      (s->d1->device != (cpk__on_cuda(ctx) ? ctx->gpu : NULL) ||
+       cpk_tensor_numel(s->d1) != cpk_tensor_numel(x))) {
+    cpk_tensor_free(s->d1);
+    s->d1 = NULL;
+  }
   if (s->d1 == NULL) {
     int rc = cpk__tensor_new_on(ctx, &s->d1, x->dtype, x->ndim, x->shape);
     if (rc != CPK_OK)

@@ -82,16 +82,20 @@ static int maxpool_forward(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
   return CPK_OK;
 }
 
-/* The argmax of the forward that produced x. */
-static int maxpool_indices(const cpk__layer *l, const cpk_tensor *x,
-                           const int32_t **idx, int64_t *planes) {
+/* The argmax of the forward that produced x (on ctx's device: one that a
+ * pass on the other device left is refused, never read across). */
+static int maxpool_indices(const cpk__layer *l, const cpk_context *ctx,
+                           const cpk_tensor *x, const int32_t **idx,
+                           int64_t *planes) {
   const maxpool *s = l->priv;
   const int64_t planes_x = cpk_tensor_numel(x) / cpk__pool_in_plane(&s->geom);
   if (s->idx == NULL ||
-      cpk_tensor_numel(s->idx) != planes_x * cpk__pool_out_plane(&s->geom))
+      cpk_tensor_numel(s->idx) != planes_x * cpk__pool_out_plane(&s->geom) ||
+      s->idx->device != (cpk__on_cuda(ctx) ? ctx->gpu : NULL))
     return cpk__fail(CPK_EINVAL,
                      "%s: a derivative was asked for before the forward pass "
-                     "of this batch",
+                     "of this batch (or after another pass on this model "
+                     "replaced it)",
                      l->where);
   *idx = s->idx->data;
   *planes = planes_x;
@@ -104,7 +108,7 @@ static int maxpool_jac_mat(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
   const maxpool *s = l->priv;
   const int32_t *idx;
   int64_t ip;
-  int rc = maxpool_indices(l, x, &idx, &ip);
+  int rc = maxpool_indices(l, ctx, x, &idx, &ip);
   if (rc != CPK_OK)
     return rc;
   const int64_t in_plane = cpk__pool_in_plane(&s->geom);
@@ -121,7 +125,7 @@ static int maxpool_jac_t_mat(cpk__layer *l, cpk_context *ctx,
   const maxpool *s = l->priv;
   const int32_t *idx;
   int64_t ip;
-  int rc = maxpool_indices(l, x, &idx, &ip);
+  int rc = maxpool_indices(l, ctx, x, &idx, &ip);
   if (rc != CPK_OK)
     return rc;
   const int64_t out_plane = cpk__pool_out_plane(&s->geom);
