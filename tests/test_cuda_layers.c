@@ -385,7 +385,11 @@ static void compute_case(cpk_context *cpu, cpk_context *dev, size_t k,
     if (g == NULL)
       fail_msg("%s: missing on the device", msg);
     assert_null(g->device);
-    tu_assert_close(g, cpk_results_tensor(rc, i), rtol, rtol * 1e-3, msg);
+    /* float32: an absolute floor for entries that are rounding noise
+     * around 0 on both devices (a bias in front of a batch norm in
+     * training mode has gradient 0) */
+    tu_assert_close(g, cpk_results_tensor(rc, i), rtol,
+                    dt == CPK_F64 ? rtol * 1e-3 : 1e-5, msg);
   }
   check_params(mc, mg, rtol, what);
   cpk_results_free(rc);
