@@ -202,6 +202,8 @@ static void test_compute_on_device(void **state) {
                                         : CPK_REDUCTION_MEAN,
                               hessian_extensions, 0};
         cpk_results *rc, *rg;
+        print_message("# net %zu %s %s\n", k, cpk_dtype_name(dt),
+                      cpk_loss_name((cpk_loss_kind)loss));
         tu_ok(cpk_compute(cpu, m, &spec, x, y, &rc));
         tu_ok(cpk_compute(dev, m, &spec, x, y, &rg));
         assert_int_equal(cpk_results_count(rc), cpk_results_count(rg));
