@@ -589,6 +589,7 @@ int cmd_train(int argc, char **argv) {
        &o.c.seed, NULL},
       {"mc-samples", "M", "Monte Carlo samples of diag_ggn mc and kfac (1)",
        &o.c.mc_samples, NULL},
+      {"max-memory", "SIZE", CLI_MAX_MEMORY_HELP, &o.c.max_memory, NULL},
   };
   int rc = cli_parse("train", summary, argc, argv, opts,
                      (int)(sizeof opts / sizeof opts[0]));

@@ -96,7 +96,8 @@ void cpk__tensor_view(cpk_tensor *t, cpk_dtype dtype, void *data, int ndim,
   memset(t, 0, sizeof *t);
   t->dtype = dtype;
   t->ndim = ndim;
-  memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
+  if (ndim > 0) /* a 0-d tensor may come without a shape array */
+    memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
   cpk__tensor_contiguous_strides(t);
   t->data = data;
   t->owns_data = 0;
