@@ -48,6 +48,10 @@ int main(int argc, char **argv) {
     printf("curvpack %s\n", cpk_version());
     return CLI_EXIT_OK;
   }
+  /* Memory beyond what the machine has is an error that says how much was
+   * asked for, before the system would kill the process (--max-memory
+   * sets a smaller budget). */
+  cpk_memory_set_limit(cli_machine_memory());
   for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
     if (strcmp(cmd, commands[i].name) == 0)
       return commands[i].run(argc - 2, argv + 2);
