@@ -3,7 +3,8 @@
  * library's memory account: the --max-memory budget (and
  * cpk_memory_set_limit), requests larger than the machine, sizes that
  * overflow, values beyond float32's range, an output folder that cannot be
- * written (read only, full, a file size limit). Every failure must be one
+ * written (read only, full, a file size limit), standard output on
+ * /dev/full. Every failure must be one
  * line "curvpack: error: ..." naming what was wrong, exit 1 (2 for usage),
  * and leave the output folder as it was.
  */
@@ -337,6 +338,20 @@ static void test_full_disk(void **state) {
   assert_string_equal(text, "earlier.txt\nkeep\n");
 }
 
+/* Standard output on a full device (/dev/full): what the program prints
+ * does not arrive, and it says so instead of exiting 0. */
+static void test_stdout_full(void **state) {
+  (void)state;
+  static const char *const args[] = {"--version", "--help", "compute --help",
+                                     "train --help", NULL};
+  for (int i = 0; args[i] != NULL; i++) {
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "'%s' %s >/dev/full", BIN, args[i]);
+    assert_int_equal(tu_run(cmd, errbuf, sizeof errbuf), 1);
+    assert_error_line("standard output", "No space left on device", NULL);
+  }
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup_tmp, teardown_tmp)
 
 int main(void) {
@@ -348,6 +363,7 @@ int main(void) {
       T(test_read_only_output),
       T(test_file_size_limit),
       T(test_full_disk),
+      cmocka_unit_test(test_stdout_full),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
