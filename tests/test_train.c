@@ -672,7 +672,7 @@ static void test_kill_anywhere(void **state) {
     snprintf(cmd, sizeof cmd,
              "'%s' train --model '%s' --data '%s' --run '%s' %s %s "
              ">/dev/null 2>&1 & pid=$!; sleep %d.%03d; "
-             "kill -9 $pid 2>/dev/null && echo killed; wait $pid; exit 0",
+             "kill -9 $pid 2>/dev/null && echo killed; wait $pid 2>/dev/null; exit 0",
              BIN, model, data, run, args, have ? "--resume" : "", ms / 1000,
              ms % 1000);
     char out[64] = "";
