@@ -166,18 +166,24 @@ void *cpk__malloc(size_t bytes) {
   if (base != NULL) {
     size_t own;
     memcpy(&own, base, sizeof own); /* the block's own, maybe larger, size */
-    atomic_fetch_add(&in_use, own - total);
-    now += own - total;
-    total = own;
-  } else {
+    if (budget != 0 && now + (own - total) > budget) {
+      free(base); /* its extra bytes would pass the budget */
+      base = NULL;
+    } else {
+      atomic_fetch_add(&in_use, own - total);
+      now += own - total;
+      total = own;
+    }
+  }
+  if (base == NULL) {
     if (budget != 0 && now + cache_held() > budget)
       cpk_memory_trim(); /* held in the cache, but not in use */
     base = aligned_alloc(CPK__ALIGN, total);
-  }
-  if (base == NULL) {
-    atomic_fetch_sub(&in_use, total);
-    fail_alloc(bytes, now - total, budget, 0);
-    return NULL;
+    if (base == NULL) {
+      atomic_fetch_sub(&in_use, total);
+      fail_alloc(bytes, now - total, budget, 0);
+      return NULL;
+    }
   }
   memcpy(base, &total, sizeof total);
   note_peak(now);
