@@ -83,8 +83,7 @@ void cli_common_opts(cli_common *c, cli_opt *o) {
       {"model", "FILE", "model file (one layer per line)", &c->model, NULL},
       {"params", "DIR", "parameter directory (INDEX.NAME.npy)", &c->params,
        NULL},
-      {"input", "FILE", "input batch .npy, (N, *input_shape)", &c->input,
-       NULL},
+      {"input", "FILE", "input batch .npy, (N, *input_shape)", &c->input, NULL},
       {"target", "FILE",
        "targets .npy: class indices (N,) for cross_entropy, else floats of "
        "the output's shape",
@@ -108,8 +107,8 @@ int cli_parse_size(const char *name, const char *text, size_t *out) {
   static const struct {
     const char *suffix;
     int shift;
-  } units[] = {{"", 0},    {"B", 0},    {"K", 10},   {"KB", 10}, {"KiB", 10},
-               {"M", 20},  {"MB", 20},  {"MiB", 20}, {"G", 30},  {"GB", 30},
+  } units[] = {{"", 0},     {"B", 0},   {"K", 10},   {"KB", 10}, {"KiB", 10},
+               {"M", 20},   {"MB", 20}, {"MiB", 20}, {"G", 30},  {"GB", 30},
                {"GiB", 30}, {"T", 40},  {"TB", 40},  {"TiB", 40}};
   char *end;
   errno = 0;
@@ -118,17 +117,16 @@ int cli_parse_size(const char *name, const char *text, size_t *out) {
   for (size_t i = 0; end != text && i < sizeof units / sizeof units[0]; i++)
     if (strcmp(end, units[i].suffix) == 0)
       shift = units[i].shift;
-  if (errno != 0 || end == text || shift < 0 || !(v > 0.0) ||
-      text[0] == '+' || text[0] == ' ')
+  if (errno != 0 || end == text || shift < 0 || !(v > 0.0) || text[0] == '+' ||
+      text[0] == ' ')
     return cli_error(CPK_EUSAGE,
                      "--%s: expected a size such as 512M, 4G or a number of "
                      "bytes, got '%s'",
                      name, text);
   double bytes = ldexp(v, shift);
   if (bytes < 1.0 || bytes >= 0x1p63)
-    return cli_error(CPK_EUSAGE,
-                     "--%s: '%s' is out of range (1 byte to 8 EiB)", name,
-                     text);
+    return cli_error(CPK_EUSAGE, "--%s: '%s' is out of range (1 byte to 8 EiB)",
+                     name, text);
   *out = (size_t)bytes;
   return 0;
 }
@@ -218,8 +216,8 @@ int cli_common_setup(const cli_common *c, cli_setup *s) {
     s->ctx.mc_samples = (int)v;
   }
   size_t budget = cli_machine_memory();
-  if (c->max_memory && (rc = cli_parse_size("max-memory", c->max_memory,
-                                            &budget)) != 0)
+  if (c->max_memory &&
+      (rc = cli_parse_size("max-memory", c->max_memory, &budget)) != 0)
     return rc;
   cpk_memory_set_limit(budget);
   return 0;

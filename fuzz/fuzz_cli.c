@@ -38,10 +38,9 @@ int FUZZ_ENTRY(const uint8_t *data, size_t size) {
   opts[CLI_COMMON_NOPTS + 1] =
       (cli_opt){"repeat", "R", "repeats", &repeat, NULL};
   opts[CLI_COMMON_NOPTS + 2] = (cli_opt){"top", "K", "top", &top, NULL};
-  opts[CLI_COMMON_NOPTS + 3] =
-      (cli_opt){"resume", NULL, "a flag", NULL, &flag};
-  int rc = cli_parse("compute", "fuzzing", argc, argv, opts,
-                     CLI_COMMON_NOPTS + 4);
+  opts[CLI_COMMON_NOPTS + 3] = (cli_opt){"resume", NULL, "a flag", NULL, &flag};
+  int rc =
+      cli_parse("compute", "fuzzing", argc, argv, opts, CLI_COMMON_NOPTS + 4);
   if (rc == 0) {
     cli_setup s;
     int64_t v;

@@ -32,9 +32,8 @@ int FUZZ_ENTRY(const uint8_t *data, size_t size) {
   if (f == NULL || fwrite(data, 1, size, f) != size || fclose(f) != 0)
     abort();
   for (int pass = 0; pass < 2; pass++) {
-    int rc = pass == 0
-                 ? cpk_idx_read(fuzz_idx_path, CPK_F32, 1.0 / 255, 0, &t)
-                 : cpk_idx_read(fuzz_idx_path, CPK_I64, 1.0, 1, &t);
+    int rc = pass == 0 ? cpk_idx_read(fuzz_idx_path, CPK_F32, 1.0 / 255, 0, &t)
+                       : cpk_idx_read(fuzz_idx_path, CPK_I64, 1.0, 1, &t);
     if (rc != CPK_OK) {
       if (t != NULL || cpk_last_error()[0] == '\0')
         __builtin_trap();

@@ -1,9 +1,9 @@
 /* fuzz_modelfile.c: the model-file parser (cpk_model_parse) and what a
  * parsed model does next: build it for the first of six small sample shapes
- * it accepts (dtype and extensions picked from the input's last byte) and, when it builds to a small network, run one
- * forward and backward pass (MSE against zeros) with a few extensions, as
- * `curvpack compute` would. Shape inference, parameter shapes and the
- * layers' kernels all see the fuzzer's arguments. */
+ * it accepts (dtype and extensions picked from the input's last byte) and, when
+ * it builds to a small network, run one forward and backward pass (MSE against
+ * zeros) with a few extensions, as `curvpack compute` would. Shape inference,
+ * parameter shapes and the layers' kernels all see the fuzzer's arguments. */
 #include <stdlib.h>
 #include <string.h>
 

@@ -69,8 +69,7 @@ static int cache_put(unsigned char *base, size_t total) {
   size_t budget = atomic_load(&limit);
   /* Under a budget, blocks held for reuse count against it too. */
   if (cache_count < CACHE_SLOTS && cache_bytes + total <= CACHE_MAX_BYTES &&
-      (budget == 0 ||
-       atomic_load(&in_use) + cache_bytes + total <= budget)) {
+      (budget == 0 || atomic_load(&in_use) + cache_bytes + total <= budget)) {
     cache[cache_count].base = base;
     cache[cache_count++].total = total;
     cache_bytes += total;

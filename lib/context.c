@@ -39,8 +39,8 @@ int cpk_context_new(cpk_context **out, const cpk_context_options *opts) {
   /* Under a memory budget, chunked intermediates take an eighth of it. */
   const size_t budget = cpk_memory_limit();
   if (budget != 0 && budget / 8 < ctx->work_bytes)
-    ctx->work_bytes = budget / 8 > ((size_t)64 << 10) ? budget / 8
-                                                       : (size_t)64 << 10;
+    ctx->work_bytes =
+        budget / 8 > ((size_t)64 << 10) ? budget / 8 : (size_t)64 << 10;
   *out = ctx;
   return CPK_OK;
 }

@@ -433,7 +433,9 @@ int cpk_jvp(cpk_context *ctx, cpk_model *model, const cpk_tensor *input,
   if (v == 0)
     v = 1;
   if (input_tangent != NULL) {
-    CPK__TRY(rc, cpk__check_finite_in(input_tangent, model->dtype, "input tangent"), done);
+    CPK__TRY(rc,
+             cpk__check_finite_in(input_tangent, model->dtype, "input tangent"),
+             done);
     CPK__TRY(rc, cpk_tensor_convert(&it, input_tangent, model->dtype), done);
     if (it->ndim == model->in_ndim + 1 && it->ndim < CPK_MAX_DIMS) {
       int64_t shape[CPK_MAX_DIMS];
@@ -455,7 +457,8 @@ int cpk_jvp(cpk_context *ctx, cpk_model *model, const cpk_tensor *input,
       if (param_tangents[k] == NULL)
         continue;
       snprintf(what, sizeof what, "tangent of %s", model->params[k].name);
-      CPK__TRY(rc, cpk__check_finite_in(param_tangents[k], model->dtype, what), done);
+      CPK__TRY(rc, cpk__check_finite_in(param_tangents[k], model->dtype, what),
+               done);
       CPK__TRY(rc, cpk_tensor_convert(&pt[k], param_tangents[k], model->dtype),
                done);
     }

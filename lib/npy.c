@@ -584,9 +584,8 @@ static int expected_total(const unsigned char *b, size_t len, size_t *total) {
   cpk_dtype dtype;
   npy_header h;
   if (len < NPY_MAGIC_LEN + 4)
-    return memcmp(b, NPY_MAGIC, len < NPY_MAGIC_LEN ? len : NPY_MAGIC_LEN)
-               ? -1
-               : 0;
+    return memcmp(b, NPY_MAGIC, len < NPY_MAGIC_LEN ? len : NPY_MAGIC_LEN) ? -1
+                                                                           : 0;
   snprintf(saved, sizeof saved, "%s", cpk_last_error());
   if (b[6] == 1 || len >= NPY_MAGIC_LEN + 6) {
     if (parse_preamble(b, len, "", &major, &start, &hlen) != CPK_OK) {
@@ -601,8 +600,7 @@ static int expected_total(const unsigned char *b, size_t len, size_t *total) {
       memset(&h, 0, sizeof h);
       if (parse_dict(&lx, &h) == CPK_OK && h.ndim <= CPK_MAX_DIMS &&
           parse_dtype("", &h.descr, &dtype, &big) == CPK_OK &&
-          data_size("", &h, cpk_dtype_size(dtype), &numel, &nbytes) ==
-              CPK_OK &&
+          data_size("", &h, cpk_dtype_size(dtype), &numel, &nbytes) == CPK_OK &&
           nbytes <= SIZE_MAX - start - hlen) {
         *total = start + hlen + nbytes;
         rc = 1;
@@ -658,8 +656,8 @@ static int slurp(FILE *f, const char *path, unsigned char **buf, size_t *len) {
       break;
     if (n < cap || ferror(f) || cap > SIZE_MAX / 2)
       break;
-    cap = limit != SIZE_MAX && limit > cap && limit - cap < cap ? limit
-                                                                 : 2 * cap;
+    cap =
+        limit != SIZE_MAX && limit > cap && limit - cap < cap ? limit : 2 * cap;
   }
   if (ferror(f) || (n == cap && n < limit)) {
     int err = n == cap ? EFBIG : errno;

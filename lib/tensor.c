@@ -196,8 +196,7 @@ int cpk_tensor_convert(cpk_tensor **out, const cpk_tensor *src,
   return CPK_OK;
 }
 
-int cpk__check_finite_in(const cpk_tensor *t, cpk_dtype as,
-                         const char *what) {
+int cpk__check_finite_in(const cpk_tensor *t, cpk_dtype as, const char *what) {
   int rc = cpk__check_finite(t, what);
   if (rc != CPK_OK || t->dtype != CPK_F64 || as != CPK_F32)
     return rc;

@@ -233,14 +233,14 @@ static void test_beyond_float32(void **state) {
     cpk_tensor_set(t, 1, 1e300);
     tu_ok(cpk_npy_write(path, t));
     snprintf(extra, sizeof extra,
-             "--input '%s/input.npy' --params '%s/params' --dtype float32",
-             dir, dir);
+             "--input '%s/input.npy' --params '%s/params' --dtype float32", dir,
+             dir);
     assert_int_equal(compute_with("", in_tmp("f32"), extra), 1);
     assert_error_line(k == 0 ? "input:" : names[k], "float32", NULL);
     assert_int_equal(tu_count_entries(in_tmp("f32")) > 0 ? 1 : 0, 0);
     /* in float64 the same value is fine */
-    snprintf(extra, sizeof extra,
-             "--input '%s/input.npy' --params '%s/params'", dir, dir);
+    snprintf(extra, sizeof extra, "--input '%s/input.npy' --params '%s/params'",
+             dir, dir);
     assert_int_equal(compute_with("", in_tmp("f64"), extra), 0);
     tu_ok(cpk_npy_write(path, orig));
     cpk_tensor_free(t);
@@ -288,8 +288,7 @@ static void test_file_size_limit(void **state) {
   /* 512 bytes: the small outputs fit, the per-sample ones do not */
   snprintf(prefix, sizeof prefix, "trap '' XFSZ; ulimit -f 1;");
   assert_int_equal(
-      compute_with(prefix, out, "--ext batch_grad,diag_ggn_exact --seed 3"),
-      1);
+      compute_with(prefix, out, "--ext batch_grad,diag_ggn_exact --seed 3"), 1);
   assert_error_line(out, "File too large", ".npy'", NULL);
   if (strstr(errbuf, ".partial") != NULL || strstr(errbuf, ".tmp.") != NULL)
     fail_msg("the message names a temporary file: %s", errbuf);
@@ -306,8 +305,8 @@ static void test_file_size_limit(void **state) {
 static void test_full_disk(void **state) {
   (void)state;
   if (geteuid() != 0 ||
-      tu_run("unshare -m sh -c 'mount -t tmpfs -o size=64k tmpfs /mnt'",
-             errbuf, sizeof errbuf) != 0)
+      tu_run("unshare -m sh -c 'mount -t tmpfs -o size=64k tmpfs /mnt'", errbuf,
+             sizeof errbuf) != 0)
     skip();
   const char *mnt = in_tmp("full");
   mkdir(mnt, 0755);

@@ -69,8 +69,7 @@ static int replay_dir(const char *kind, const char *name, entry_fn fn) {
 static void replay(const char *name, entry_fn fn, int min_seeds) {
   int seeds = replay_dir("corpus", name, fn);
   int crashes = replay_dir("regressions", name, fn);
-  print_message("# %s: %d seeds, %d regression inputs\n", name, seeds,
-                crashes);
+  print_message("# %s: %d seeds, %d regression inputs\n", name, seeds, crashes);
   assert_true(seeds >= min_seeds);
 }
 

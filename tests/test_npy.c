@@ -770,8 +770,8 @@ static void test_endless_streams(void **state) {
   assert_int_equal(cpk_npy_write(head, small), CPK_OK);
   cpk_tensor_free(small);
   assert_int_equal(mkfifo(fifo, 0600), 0);
-  snprintf(cmd, sizeof cmd,
-           "(cat '%s'; cat /dev/zero) >'%s' 2>/dev/null &", head, fifo);
+  snprintf(cmd, sizeof cmd, "(cat '%s'; cat /dev/zero) >'%s' 2>/dev/null &",
+           head, fifo);
   assert_int_equal(system(cmd), 0);
   const size_t before = cpk_memory_in_use();
   assert_int_equal(cpk_npy_read(fifo, &t), CPK_EFORMAT);

@@ -65,8 +65,7 @@ static void same_pass(const net *nt) {
   cpk_model *m;
   cpk_tensor *x, *y;
   build(nt, &m, &x, &y);
-  cpk_pass_spec spec = {CPK_LOSS_CROSS_ENTROPY, CPK_REDUCTION_MEAN, all_ext,
-                        0};
+  cpk_pass_spec spec = {CPK_LOSS_CROSS_ENTROPY, CPK_REDUCTION_MEAN, all_ext, 0};
   cpk_results *r[2];
   for (int k = 0; k < 2; k++) {
     cpk_context *ctx = context(k + 1);

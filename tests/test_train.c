@@ -656,8 +656,8 @@ static void test_kill_anywhere(void **state) {
                        data, whole, args),
                    0);
   clock_gettime(CLOCK_MONOTONIC, &t1);
-  const double whole_ms =
-      1e3 * (double)(t1.tv_sec - t0.tv_sec) + 1e-6 * (double)(t1.tv_nsec - t0.tv_nsec);
+  const double whole_ms = 1e3 * (double)(t1.tv_sec - t0.tv_sec) +
+                          1e-6 * (double)(t1.tv_nsec - t0.tv_nsec);
   uint64_t s = 12345;
   int kills = 0, finished = 0;
   for (int round = 0; round < 40 && !finished; round++) {
@@ -672,7 +672,8 @@ static void test_kill_anywhere(void **state) {
     snprintf(cmd, sizeof cmd,
              "'%s' train --model '%s' --data '%s' --run '%s' %s %s "
              ">/dev/null 2>&1 & pid=$!; sleep %d.%03d; "
-             "kill -9 $pid 2>/dev/null && echo killed; wait $pid 2>/dev/null; exit 0",
+             "kill -9 $pid 2>/dev/null && echo killed; wait $pid 2>/dev/null; "
+             "exit 0",
              BIN, model, data, run, args, have ? "--resume" : "", ms / 1000,
              ms % 1000);
     char out[64] = "";
@@ -696,8 +697,8 @@ static void test_kill_anywhere(void **state) {
                          model, data, run, args),
                      0);
   else
-    assert_int_equal(cli("train --model '%s' --data '%s' --run '%s' %s",
-                         model, data, run, args),
+    assert_int_equal(cli("train --model '%s' --data '%s' --run '%s' %s", model,
+                         data, run, args),
                      0);
   same_params(whole, run);
   same_lines(in_dir(whole, "eval.jsonl"), in_dir(run, "eval.jsonl"));
