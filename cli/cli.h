@@ -39,8 +39,9 @@ int cli_parse(const char *command, const char *summary, int argc, char **argv,
 typedef struct cli_common {
   const char *model, *params, *input, *target, *out;
   const char *loss, *reduction, *dtype, *threads, *device, *seed, *mc_samples;
+  const char *max_memory;
 } cli_common;
-#define CLI_COMMON_NOPTS 12
+#define CLI_COMMON_NOPTS 13
 /* Fill opts[0..CLI_COMMON_NOPTS) with the common options bound to c. */
 void cli_common_opts(cli_common *c, cli_opt *opts);
 /* Say in --help that the options called `names` (NULL-terminated) are
@@ -59,6 +60,16 @@ typedef struct cli_setup {
 int cli_common_setup(const cli_common *c, cli_setup *s);
 /* Fail with exit 2 unless `value` was given. */
 int cli_require(const char *command, const char *name, const char *value);
+/* Parse a memory size ("4G", "512MiB", "1000000") of option `name`.
+ * Returns 0 or an exit status (2). */
+int cli_parse_size(const char *name, const char *text, size_t *out);
+/* The memory this process may use: physical memory, or less when a cgroup
+ * limit says so. 0 when unknown. */
+size_t cli_machine_memory(void);
+/* The help line of --max-memory. */
+#define CLI_MAX_MEMORY_HELP                                                    \
+  "memory budget of the library, e.g. 512M or 4G (default: the machine's "     \
+  "memory); a step that needs more fails, saying how much it asked for"
 /* Parse a non-negative integer option. Returns 0 or an exit status. */
 int cli_parse_int(const char *name, const char *text, int64_t min,
                   int64_t *out);

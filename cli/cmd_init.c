@@ -70,10 +70,19 @@ int cmd_init(int argc, char **argv) {
     st = cpk_model_init_params(model, (uint64_t)seed);
   if (st != CPK_OK) {
     rc = cli_lib_error(st);
-  } else if ((rc = cli_make_dir(out)) == 0) {
-    st = cpk_model_save_params(model, out);
-    if (st != CPK_OK)
-      rc = cli_lib_error(st);
+  } else {
+    /* All the files or none: through the results writer. */
+    cpk_results *res = NULL;
+    st = cpk_results_new(&res);
+    for (int i = 0; st == CPK_OK && i < cpk_model_num_params(model); i++) {
+      const char *name;
+      cpk_tensor *t, *copy = NULL;
+      if ((st = cpk_model_param(model, i, &name, &t)) == CPK_OK &&
+          (st = cpk_tensor_convert(&copy, t, t->dtype)) == CPK_OK)
+        st = cpk_results_add(res, name, copy);
+    }
+    rc = st != CPK_OK ? cli_lib_error(st) : cli_write_results(out, res);
+    cpk_results_free(res);
   }
   cpk_model_free(model);
   return rc;

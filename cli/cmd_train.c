@@ -54,7 +54,46 @@ typedef struct train_run {
   int64_t session_steps;            /* steps run by this session */
   double step_seconds;              /* their wall time (tracking included) */
   char *fallback_noted;             /* per parameter: kfac fallback said */
+  int64_t good_step;                /* step of the last checkpoint, -1: none */
 } train_run;
+
+/* Report a run that diverged: the library's message (it names the step),
+ * then where the last good state is. Returns the exit status. */
+static int diverged(const train_run *r, const char *run, const char *what) {
+  if (r->good_step < 0)
+    return cli_error(CPK_ENONFINITE,
+                     "%s; no checkpoint was written before it (start again "
+                     "with a lower --lr)",
+                     what);
+  return cli_error(CPK_ENONFINITE,
+                   "%s; the last good checkpoint is %s/checkpoint (step "
+                   "%lld: continue from it with --resume)",
+                   what, run, (long long)r->good_step);
+}
+
+/* Parameters that stopped being finite must not replace a good
+ * checkpoint. Returns 0 or an exit status. */
+static int check_params_finite(const train_run *r, const char *run) {
+  for (int i = 0; i < cpk_model_num_params(r->model); i++) {
+    const char *name;
+    cpk_tensor *t;
+    if (cpk_model_param(r->model, i, &name, &t) != CPK_OK)
+      continue;
+    const int64_t n = cpk_tensor_numel(t);
+    for (int64_t k = 0; k < n; k++) {
+      const double v = cpk_tensor_get(t, k);
+      if (!isfinite(v)) {
+        char what[256];
+        snprintf(what, sizeof what,
+                 "step %lld: parameter %s became non-finite (%g at flat "
+                 "index %lld): the training diverged",
+                 (long long)cpk_trainer_step(r->tr), name, v, (long long)k);
+        return diverged(r, run, what);
+      }
+    }
+  }
+  return 0;
+}
 
 static int parse_double(const char *name, const char *text, double min,
                         double *out) {
@@ -292,13 +331,16 @@ static int checkpoint(train_run *r, const char *run) {
   }
   rc = log_records(r, &rec, 1);
   cpk_results_free(rec);
-  if (rc != 0 || (rc = train_log_sizes(&r->log, r->state.sizes)) != 0)
+  if (rc != 0 || (rc = check_params_finite(r, run)) != 0 ||
+      (rc = train_log_sizes(&r->log, r->state.sizes)) != 0)
     return rc;
   train_state st2 = r->state;
   st2.elapsed = run_time(r);
   train_state_config(&st2, "epoch_loss", "%.17g", r->epoch_loss);
   train_state_config(&st2, "epoch_samples", "%.17g", r->epoch_samples);
-  return train_checkpoint_save(run, r->tr, &st2);
+  if ((rc = train_checkpoint_save(run, r->tr, &st2)) == 0)
+    r->good_step = cpk_trainer_step(r->tr);
+  return rc;
 }
 
 static int evaluate(train_run *r, double train_loss) {
@@ -366,6 +408,8 @@ static int train_loop(train_run *r, const char *run) {
     cpk_step_report rep;
     const double t0 = cli_now();
     int st = cpk_trainer_run_step(r->tr, &req, &rep);
+    if (st == CPK_ENONFINITE)
+      return diverged(r, run, cpk_last_error());
     if (st != CPK_OK)
       return cli_lib_error(st);
     rc = log_records(r, rep.records, 2);
@@ -433,6 +477,7 @@ static int start(train_run *r, const train_opts *o) {
     return rc;
   if ((st = cpk_trainer_load(r->tr, ckpt)) != CPK_OK)
     return cli_lib_error(st);
+  r->good_step = cpk_trainer_step(r->tr);
   for (int i = 0; i < saved.nconfig; i++) {
     if (strcmp(saved.config[i][0], "epoch_loss") == 0)
       r->epoch_loss = strtod(saved.config[i][1], NULL);
@@ -589,6 +634,7 @@ int cmd_train(int argc, char **argv) {
        &o.c.seed, NULL},
       {"mc-samples", "M", "Monte Carlo samples of diag_ggn mc and kfac (1)",
        &o.c.mc_samples, NULL},
+      {"max-memory", "SIZE", CLI_MAX_MEMORY_HELP, &o.c.max_memory, NULL},
   };
   int rc = cli_parse("train", summary, argc, argv, opts,
                      (int)(sizeof opts / sizeof opts[0]));
@@ -596,6 +642,7 @@ int cmd_train(int argc, char **argv) {
     return rc < 0 ? CLI_EXIT_OK : rc;
   train_run r = {0};
   int st;
+  r.good_step = -1;
   if ((rc = make_plan(&o, &r.plan)) != 0)
     return rc;
   if ((rc = load_model(&o, &r.plan, &r.model)) != 0)

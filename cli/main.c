@@ -1,4 +1,5 @@
 /* main.c: `curvpack COMMAND [options]`. */
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -37,20 +38,37 @@ static void usage(FILE *to) {
               "`curvpack --version` prints the version.\n");
 }
 
+/* What a command printed must have reached standard output (a full disk
+ * or a closed pipe behind it is an error, as for any other output). */
+static int finish(int rc) {
+  errno = 0;
+  if (fflush(stdout) != 0 || ferror(stdout)) {
+    const int err = errno;
+    if (rc == CLI_EXIT_OK)
+      rc = cli_error(CPK_EIO, "cannot write to standard output: %s",
+                     err ? strerror(err) : "write error");
+  }
+  return rc;
+}
+
 int main(int argc, char **argv) {
   if (argc < 2)
     return usage(stderr), CLI_EXIT_USAGE;
   const char *cmd = argv[1];
   if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 ||
       strcmp(cmd, "help") == 0)
-    return usage(stdout), CLI_EXIT_OK;
+    return usage(stdout), finish(CLI_EXIT_OK);
   if (strcmp(cmd, "--version") == 0) {
     printf("curvpack %s\n", cpk_version());
-    return CLI_EXIT_OK;
+    return finish(CLI_EXIT_OK);
   }
+  /* Memory beyond what the machine has is an error that says how much was
+   * asked for, before the system would kill the process (--max-memory
+   * sets a smaller budget). */
+  cpk_memory_set_limit(cli_machine_memory());
   for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
     if (strcmp(cmd, commands[i].name) == 0)
-      return commands[i].run(argc - 2, argv + 2);
+      return finish(commands[i].run(argc - 2, argv + 2));
   return cli_error(CPK_EUSAGE,
                    "unknown command '%s' (see curvpack --help)", cmd);
 }

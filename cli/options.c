@@ -1,9 +1,11 @@
 /* options.c: option parsing, the common options, and error reporting. */
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -81,8 +83,7 @@ void cli_common_opts(cli_common *c, cli_opt *o) {
       {"model", "FILE", "model file (one layer per line)", &c->model, NULL},
       {"params", "DIR", "parameter directory (INDEX.NAME.npy)", &c->params,
        NULL},
-      {"input", "FILE", "input batch .npy, (N, *input_shape)", &c->input,
-       NULL},
+      {"input", "FILE", "input batch .npy, (N, *input_shape)", &c->input, NULL},
       {"target", "FILE",
        "targets .npy: class indices (N,) for cross_entropy, else floats of "
        "the output's shape",
@@ -97,8 +98,55 @@ void cli_common_opts(cli_common *c, cli_opt *o) {
       {"seed", "S", "seed of every random draw (default 0)", &c->seed, NULL},
       {"mc-samples", "M", "Monte Carlo samples (default 1)", &c->mc_samples,
        NULL},
+      {"max-memory", "SIZE", CLI_MAX_MEMORY_HELP, &c->max_memory, NULL},
   };
   memcpy(o, common, sizeof common);
+}
+
+int cli_parse_size(const char *name, const char *text, size_t *out) {
+  static const struct {
+    const char *suffix;
+    int shift;
+  } units[] = {{"", 0},     {"B", 0},   {"K", 10},   {"KB", 10}, {"KiB", 10},
+               {"M", 20},   {"MB", 20}, {"MiB", 20}, {"G", 30},  {"GB", 30},
+               {"GiB", 30}, {"T", 40},  {"TB", 40},  {"TiB", 40}};
+  char *end;
+  errno = 0;
+  double v = strtod(text, &end);
+  int shift = -1;
+  for (size_t i = 0; end != text && i < sizeof units / sizeof units[0]; i++)
+    if (strcmp(end, units[i].suffix) == 0)
+      shift = units[i].shift;
+  if (errno != 0 || end == text || shift < 0 || !(v > 0.0) || text[0] == '+' ||
+      text[0] == ' ')
+    return cli_error(CPK_EUSAGE,
+                     "--%s: expected a size such as 512M, 4G or a number of "
+                     "bytes, got '%s'",
+                     name, text);
+  double bytes = ldexp(v, shift);
+  if (bytes < 1.0 || bytes >= 0x1p63)
+    return cli_error(CPK_EUSAGE, "--%s: '%s' is out of range (1 byte to 8 EiB)",
+                     name, text);
+  *out = (size_t)bytes;
+  return 0;
+}
+
+/* The smaller of physical memory and a cgroup (v2 or v1) memory limit. */
+size_t cli_machine_memory(void) {
+  long pages = sysconf(_SC_PHYS_PAGES), size = sysconf(_SC_PAGESIZE);
+  size_t mem = pages > 0 && size > 0 ? (size_t)pages * (size_t)size : 0;
+  const char *const files[] = {"/sys/fs/cgroup/memory.max",
+                               "/sys/fs/cgroup/memory/memory.limit_in_bytes"};
+  for (size_t i = 0; i < 2; i++) {
+    FILE *f = fopen(files[i], "r");
+    unsigned long long v;
+    if (f == NULL)
+      continue;
+    if (fscanf(f, "%llu", &v) == 1 && v > 0 && (mem == 0 || v < mem))
+      mem = (size_t)v;
+    fclose(f);
+  }
+  return mem;
 }
 
 int cli_parse_int(const char *name, const char *text, int64_t min,
@@ -167,6 +215,11 @@ int cli_common_setup(const cli_common *c, cli_setup *s) {
                        c->mc_samples);
     s->ctx.mc_samples = (int)v;
   }
+  size_t budget = cli_machine_memory();
+  if (c->max_memory &&
+      (rc = cli_parse_size("max-memory", c->max_memory, &budget)) != 0)
+    return rc;
+  cpk_memory_set_limit(budget);
   return 0;
 }
 

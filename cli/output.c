@@ -52,7 +52,15 @@ int cli_write_results(const char *out, const cpk_results *r) {
     temp_name(tmp, sizeof tmp, out, file);
     int st = cpk_npy_write(tmp, cpk_results_tensor(r, written));
     if (st != CPK_OK) {
-      rc = cli_lib_error(st);
+      /* Name the output, not its temporary: "cannot write 'OUT/x.npy':
+       * No space left on device". */
+      const char *msg = cpk_last_error(), *at = strstr(msg, tmp);
+      snprintf(dst, sizeof dst, "%s/%s", out, file);
+      if (at != NULL)
+        rc = cli_error(st, "%.*s%s%s", (int)(at - msg), msg, dst,
+                       at + strlen(tmp));
+      else
+        rc = cli_lib_error(st);
       break;
     }
   }

@@ -65,7 +65,8 @@ static int write_state(const char *path, const cpk_trainer *tr,
           st->sizes[0], st->sizes[1], st->sizes[2], st->sizes[3]);
   for (int i = 0; i < st->nconfig; i++)
     fprintf(f, "config.%s %s\n", st->config[i][0], st->config[i][1]);
-  if (fclose(f) != 0)
+  int bad = ferror(f);
+  if (fclose(f) != 0 || bad)
     return cli_error(CPK_EIO, "cannot write %s: %s", path, strerror(errno));
   return 0;
 }
@@ -82,11 +83,18 @@ int train_checkpoint_save(const char *run, const cpk_trainer *tr,
     return rc;
   if (mkdir(tmp, 0777) != 0)
     return cli_error(CPK_EIO, "cannot create %s: %s", tmp, strerror(errno));
+  /* A checkpoint that cannot be written whole (a full disk) leaves the
+   * last good one and no partial copy. */
   int s = cpk_trainer_save(tr, tmp);
-  if (s != CPK_OK)
-    return cli_lib_error(s);
-  if ((rc = write_state(state, tr, st)) != 0)
+  if (s != CPK_OK) {
+    rc = cli_lib_error(s);
+    train_remove_tree(tmp);
     return rc;
+  }
+  if ((rc = write_state(state, tr, st)) != 0) {
+    train_remove_tree(tmp);
+    return rc;
+  }
   struct stat sb;
   if ((rc = train_remove_tree(old)) != 0)
     return rc;

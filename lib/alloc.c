@@ -4,6 +4,8 @@
  * again for the same size: repeated passes (training steps, --repeat,
  * Lanczos products) then neither map nor fault in fresh pages each time. */
 #include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,6 +17,8 @@
 
 static atomic_size_t in_use;
 static atomic_size_t peak;
+/* The memory budget (0: none): bytes in use may not grow beyond it. */
+static atomic_size_t limit;
 
 /* The cache of freed large blocks (by their full size), under a spin lock. */
 #define CACHE_SLOTS 64
@@ -62,7 +66,10 @@ static int cache_put(unsigned char *base, size_t total) {
   if (total < CACHE_MIN_BYTES)
     return 0;
   lock();
-  if (cache_count < CACHE_SLOTS && cache_bytes + total <= CACHE_MAX_BYTES) {
+  size_t budget = atomic_load(&limit);
+  /* Under a budget, blocks held for reuse count against it too. */
+  if (cache_count < CACHE_SLOTS && cache_bytes + total <= CACHE_MAX_BYTES &&
+      (budget == 0 || atomic_load(&in_use) + cache_bytes + total <= budget)) {
     cache[cache_count].base = base;
     cache[cache_count++].total = total;
     cache_bytes += total;
@@ -70,6 +77,13 @@ static int cache_put(unsigned char *base, size_t total) {
   }
   unlock();
   return kept;
+}
+
+static size_t cache_held(void) {
+  lock();
+  size_t held = cache_bytes;
+  unlock();
+  return held;
 }
 
 void cpk_memory_trim(void) {
@@ -85,31 +99,93 @@ size_t cpk_memory_in_use(void) { return atomic_load(&in_use); }
 size_t cpk_memory_peak(void) { return atomic_load(&peak); }
 void cpk_memory_reset_peak(void) { atomic_store(&peak, atomic_load(&in_use)); }
 
-static void account(size_t bytes) {
-  size_t now = atomic_fetch_add(&in_use, bytes) + bytes;
+static void note_peak(size_t now) {
   size_t old = atomic_load(&peak);
   while (now > old && !atomic_compare_exchange_weak(&peak, &old, now)) {
   }
 }
 
+void cpk_memory_set_limit(size_t bytes) {
+  atomic_store(&limit, bytes);
+  if (bytes != 0)
+    cpk_memory_trim(); /* cached blocks are memory held, too */
+}
+size_t cpk_memory_limit(void) { return atomic_load(&limit); }
+
+/* "123456789 bytes (117.7 MiB)" */
+static const char *human(char *buf, size_t len, size_t bytes) {
+  static const char *const unit[] = {"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  double v = (double)bytes;
+  int u = -1;
+  while (v >= 1024.0 && u < 5) {
+    v /= 1024.0;
+    u++;
+  }
+  if (u < 0)
+    snprintf(buf, len, "%zu bytes", bytes);
+  else
+    snprintf(buf, len, "%zu bytes (%.1f %s)", bytes, v, unit[u]);
+  return buf;
+}
+
+/* Record the failure of an allocation of `bytes` (payload) with the state of
+ * the account: over the budget (`over`) or refused by the system. */
+static void fail_alloc(size_t bytes, size_t used, size_t budget, int over) {
+  char a[64], b[64], c[64];
+  if (over)
+    cpk__fail(CPK_ENOMEM,
+              "out of memory: %s asked for with %s in use, over the memory "
+              "budget of %s",
+              human(a, sizeof a, bytes), human(b, sizeof b, used),
+              human(c, sizeof c, budget));
+  else
+    cpk__fail(CPK_ENOMEM,
+              "out of memory: %s asked for with %s in use; the system has "
+              "no more to give",
+              human(a, sizeof a, bytes), human(b, sizeof b, used));
+}
+
 void *cpk__malloc(size_t bytes) {
-  size_t total;
-  if (bytes > SIZE_MAX - 2 * CPK__ALIGN) {
-    cpk__fail(CPK_ENOMEM, "out of memory: %zu bytes asked for", bytes);
+  size_t total, budget = atomic_load(&limit);
+  if (bytes > SIZE_MAX - 2 * CPK__ALIGN ||
+      bytes > (size_t)PTRDIFF_MAX - 2 * CPK__ALIGN) {
+    fail_alloc(bytes, atomic_load(&in_use), budget, 0);
     return NULL;
   }
   total = (bytes + CPK__HEADER + CPK__ALIGN - 1) / CPK__ALIGN * CPK__ALIGN;
-  unsigned char *base = cache_take(total);
-  if (base != NULL)
-    memcpy(&total, base, sizeof total); /* the block's own, maybe larger, size */
-  else
-    base = aligned_alloc(CPK__ALIGN, total);
-  if (base == NULL) {
-    cpk__fail(CPK_ENOMEM, "out of memory: %zu bytes asked for", bytes);
+  /* Reserve the bytes first, so that threads allocating at once cannot
+   * pass the budget together. */
+  size_t now = atomic_fetch_add(&in_use, total) + total;
+  if (budget != 0 && now > budget) {
+    atomic_fetch_sub(&in_use, total);
+    fail_alloc(bytes, now - total, budget, 1);
     return NULL;
   }
+  unsigned char *base = cache_take(total);
+  if (base != NULL) {
+    size_t own;
+    memcpy(&own, base, sizeof own); /* the block's own, maybe larger, size */
+    if (budget != 0 && now + (own - total) > budget) {
+      free(base); /* its extra bytes would pass the budget */
+      base = NULL;
+    } else {
+      atomic_fetch_add(&in_use, own - total);
+      now += own - total;
+      total = own;
+    }
+  }
+  if (base == NULL) {
+    if (budget != 0 && now + cache_held() > budget)
+      cpk_memory_trim(); /* held in the cache, but not in use */
+    base = aligned_alloc(CPK__ALIGN, total);
+    if (base == NULL) {
+      atomic_fetch_sub(&in_use, total);
+      fail_alloc(bytes, now - total, budget, 0);
+      return NULL;
+    }
+  }
   memcpy(base, &total, sizeof total);
-  account(total);
+  note_peak(now);
   return base + CPK__HEADER;
 }
 

@@ -40,6 +40,11 @@ int cpk_context_new(cpk_context **out, const cpk_context_options *opts) {
   ctx->mc_samples = opts->mc_samples > 0 ? opts->mc_samples : 1;
   cpk__rng_seed(&ctx->rng, ctx->seed);
   ctx->work_bytes = (size_t)64 << 20;
+  /* Under a memory budget, chunked intermediates take an eighth of it. */
+  const size_t budget = cpk_memory_limit();
+  if (budget != 0 && budget / 8 < ctx->work_bytes)
+    ctx->work_bytes =
+        budget / 8 > ((size_t)64 << 10) ? budget / 8 : (size_t)64 << 10;
 #ifdef CPK_HAVE_CUDA
   if (opts->device == CPK_DEVICE_CUDA) {
     char why[512];

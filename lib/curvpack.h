@@ -842,6 +842,18 @@ void cpk_memory_reset_peak(void);
 /* Large freed blocks are kept for reuse (at most 1 GiB): give them back to
  * the system. */
 void cpk_memory_trim(void);
+/* A budget for the library's memory, process-wide (`curvpack --max-memory`):
+ * while it is nonzero, an allocation that would bring the bytes in use
+ * (cpk_memory_in_use) above `bytes` fails, and the call that made it returns
+ * CPK_ENOMEM with a message stating the bytes asked for, those in use and
+ * the budget. Blocks kept for reuse count against it. Contexts created
+ * after the call size their chunked intermediates (per-sample gradients,
+ * Jacobian columns) to an eighth of it, so that large batches run in
+ * smaller pieces instead of failing. 0 (the default) removes the budget.
+ * Memory that OpenBLAS and the C library hold on their own is not
+ * counted. */
+void cpk_memory_set_limit(size_t bytes);
+size_t cpk_memory_limit(void);
 
 #ifdef __cplusplus
 }

@@ -57,7 +57,7 @@ int cpk__check_input(const cpk_model *m, const cpk_tensor *input) {
                      cpk_shape_str(want, sizeof want, m->in_ndim + 1, shape),
                      cpk_shape_str(got, sizeof got, input->ndim, input->shape));
   }
-  return cpk__check_finite(input, "input");
+  return cpk__check_finite_in(input, m->dtype, "input");
 }
 
 static int check_target(const cpk_model *m, const cpk__loss_def *loss,

@@ -523,7 +523,9 @@ int cpk_jvp(cpk_context *ctx, cpk_model *model, const cpk_tensor *input,
   if (v == 0)
     v = 1;
   if (input_tangent != NULL) {
-    CPK__TRY(rc, cpk__check_finite(input_tangent, "input tangent"), done);
+    CPK__TRY(rc,
+             cpk__check_finite_in(input_tangent, model->dtype, "input tangent"),
+             done);
     CPK__TRY(rc, cpk__tensor_to_device(ctx, input_tangent, model->dtype, &it),
              done);
     if (it->ndim == model->in_ndim + 1 && it->ndim < CPK_MAX_DIMS) {
@@ -547,7 +549,8 @@ int cpk_jvp(cpk_context *ctx, cpk_model *model, const cpk_tensor *input,
       if (param_tangents[k] == NULL)
         continue;
       snprintf(what, sizeof what, "tangent of %s", model->params[k].name);
-      CPK__TRY(rc, cpk__check_finite(param_tangents[k], what), done);
+      CPK__TRY(rc, cpk__check_finite_in(param_tangents[k], model->dtype, what),
+               done);
       CPK__TRY(rc,
                cpk__tensor_to_device(ctx, param_tangents[k], model->dtype,
                                      &pt[k]),
@@ -597,7 +600,7 @@ static int sigma_matrix(const cpk_model *m, int64_t n, const cpk_tensor *sigma,
         cpk_shape_str(want2, sizeof want2, m->in_ndim + 1, shape),
         cpk_shape_str(got, sizeof got, sigma->ndim, sigma->shape));
   }
-  int rc = cpk__check_finite(sigma, "sigma");
+  int rc = cpk__check_finite_in(sigma, m->dtype, "sigma");
   if (rc != CPK_OK)
     return rc;
   const int64_t count = cpk_tensor_numel(sigma);

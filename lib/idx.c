@@ -133,43 +133,63 @@ static void convert(cpk_tensor *t, int64_t at, const unsigned char *bytes,
   }
 }
 
-/* The elements after the header: `count` bytes into t, then (when the
- * whole file was asked for) nothing more. */
-static int read_data(gzFile f, const char *path, cpk_tensor *t, int64_t count,
-                     int whole, double scale) {
-  unsigned char *buf = cpk__malloc(IDX_CHUNK);
+/* The `count` bytes after the header into a tracked buffer, then (when the
+ * whole file was asked for) nothing more. The buffer grows with what
+ * arrives, so a header that announces more than the file holds fails as
+ * truncated after reading the file, without first taking the memory it
+ * announced. */
+static int read_data(gzFile f, const char *path, int64_t count, int whole,
+                     unsigned char **out) {
+  size_t cap = (size_t)count < IDX_CHUNK ? (size_t)count : IDX_CHUNK;
+  unsigned char *buf = cpk__malloc(cap);
   int rc = buf ? CPK_OK : CPK_ENOMEM;
-  int64_t done = 0;
-  while (rc == CPK_OK && done < count) {
-    size_t want =
-        (size_t)(count - done) < IDX_CHUNK ? (size_t)(count - done) : IDX_CHUNK;
-    size_t got;
-    if ((rc = read_bytes(f, path, buf, want, &got)) != CPK_OK)
+  size_t done = 0;
+  while (rc == CPK_OK && done < (size_t)count) {
+    if (done == cap) {
+      size_t grown = cap > (size_t)count / 2 ? (size_t)count : 2 * cap;
+      unsigned char *nb = cpk__malloc(grown);
+      if (nb == NULL) {
+        rc = CPK_ENOMEM;
+        break;
+      }
+      memcpy(nb, buf, done);
+      cpk__free(buf);
+      buf = nb;
+      cap = grown;
+    }
+    size_t want = cap - done, got;
+    if ((rc = read_bytes(f, path, buf + done, want, &got)) != CPK_OK)
       break;
-    convert(t, done, buf, got, scale);
-    done += (int64_t)got;
+    done += got;
     if (got < want)
       rc = cpk__fail(CPK_EFORMAT,
                      "%s: truncated IDX data: the header announces %lld "
-                     "bytes, the file holds %lld",
-                     path, (long long)count, (long long)done);
+                     "bytes, the file holds %zu",
+                     path, (long long)count, done);
   }
   if (rc == CPK_OK && whole) {
+    unsigned char extra_byte;
     size_t extra;
-    if ((rc = read_bytes(f, path, buf, 1, &extra)) == CPK_OK && extra != 0)
+    if ((rc = read_bytes(f, path, &extra_byte, 1, &extra)) == CPK_OK &&
+        extra != 0)
       rc = cpk__fail(CPK_EFORMAT,
                      "%s: data continues after the %lld bytes the IDX "
                      "header announces",
                      path, (long long)count);
   }
-  cpk__free(buf);
-  return rc;
+  if (rc != CPK_OK) {
+    cpk__free(buf);
+    return rc == CPK_ENOMEM ? cpk__fail_prefix(rc, "%s", path) : rc;
+  }
+  *out = buf;
+  return CPK_OK;
 }
 
 int cpk_idx_read(const char *path, cpk_dtype dtype, double scale,
                  int64_t max_items, cpk_tensor **out) {
   int ndim, rc;
   int64_t shape[CPK_MAX_DIMS], total;
+  unsigned char *bytes = NULL;
   *out = NULL;
   if (max_items < 0)
     return cpk__fail(CPK_EINVAL, "%s: max_items must be >= 0, got %lld", path,
@@ -187,12 +207,15 @@ int cpk_idx_read(const char *path, cpk_dtype dtype, double scale,
   const int whole = max_items == 0 || max_items >= shape[0];
   if (!whole)
     shape[0] = max_items;
+  CPK__TRY(rc, cpk__shape_numel(ndim, shape, &total, path), done);
+  CPK__TRY(rc, read_data(f, path, total, whole, &bytes), done);
   if ((rc = cpk_tensor_new(out, dtype, ndim, shape)) != CPK_OK) {
     rc = cpk__fail_prefix(rc, "%s", path);
     goto done;
   }
-  rc = read_data(f, path, *out, cpk_tensor_numel(*out), whole, scale);
+  convert(*out, 0, bytes, (size_t)total, scale);
 done:
+  cpk__free(bytes);
   gzclose(f);
   if (rc != CPK_OK) {
     cpk_tensor_free(*out);

@@ -56,6 +56,9 @@ void cpk__tensor_contiguous_strides(cpk_tensor *t);
 int cpk__is_float(cpk_dtype dtype);
 /* Fail with CPK_ENONFINITE naming `what` if any element is NaN or inf. */
 int cpk__check_finite(const cpk_tensor *t, const char *what);
+/* The same for an array about to be converted to `as`: float64 values beyond
+ * float32's range fail too when `as` is CPK_F32 (they would become inf). */
+int cpk__check_finite_in(const cpk_tensor *t, cpk_dtype as, const char *what);
 
 /* Duplicate a string through malloc (NULL on failure, with message). */
 char *cpk__strdup(const char *s);

@@ -572,11 +572,56 @@ int cpk_npy_parse(const void *bytes, size_t len, const char *name,
   return load_data(name, &h, b + start + hlen, len - start - hlen, out);
 }
 
+/* How many bytes a .npy image whose first `len` bytes are at `b` has in
+ * all, as its header says: 1 and *total set; 0 while more bytes are needed
+ * to tell; -1 when the bytes read so far are not a valid .npy start (the
+ * parse will say why). Nothing is recorded as the last error. */
+static int expected_total(const unsigned char *b, size_t len, size_t *total) {
+  char saved[1024];
+  int major = 0, rc = -1, big;
+  size_t start = 0, hlen = 0, nbytes = 0;
+  int64_t numel;
+  cpk_dtype dtype;
+  npy_header h;
+  if (len < NPY_MAGIC_LEN + 4)
+    return memcmp(b, NPY_MAGIC, len < NPY_MAGIC_LEN ? len : NPY_MAGIC_LEN) ? -1
+                                                                           : 0;
+  snprintf(saved, sizeof saved, "%s", cpk_last_error());
+  if (b[6] == 1 || len >= NPY_MAGIC_LEN + 6) {
+    if (parse_preamble(b, len, "", &major, &start, &hlen) != CPK_OK) {
+      /* only "the header goes past what was read" means: read on */
+      rc = len >= NPY_MAGIC_LEN + 6 && (b[6] == 1 || b[6] == 2 || b[6] == 3) &&
+                   b[7] == 0 && memcmp(b, NPY_MAGIC, NPY_MAGIC_LEN) == 0
+               ? 0
+               : -1;
+    } else {
+      lexer lx = {(const char *)b + start, (const char *)b + start + hlen, "",
+                  major < 3};
+      memset(&h, 0, sizeof h);
+      if (parse_dict(&lx, &h) == CPK_OK && h.ndim <= CPK_MAX_DIMS &&
+          parse_dtype("", &h.descr, &dtype, &big) == CPK_OK &&
+          data_size("", &h, cpk_dtype_size(dtype), &numel, &nbytes) == CPK_OK &&
+          nbytes <= SIZE_MAX - start - hlen) {
+        *total = start + hlen + nbytes;
+        rc = 1;
+      }
+    }
+  } else {
+    rc = 0;
+  }
+  cpk__fail(CPK_OK, "%s", saved); /* leave the last error as it was */
+  return rc;
+}
+
 /* Read the whole of an open file into a tracked buffer. Regular files are
- * read in one go; anything else (a pipe) through a growing buffer. */
+ * read in one go; anything else (a pipe) through a growing buffer that
+ * stops one byte after the size its .npy header announces, so that a
+ * stream which never ends (or is not a .npy file at all) is not read
+ * forever. */
 static int slurp(FILE *f, const char *path, unsigned char **buf, size_t *len) {
   struct stat st;
-  size_t cap = 1 << 16, n = 0;
+  size_t cap = 1 << 16, n = 0, limit = SIZE_MAX;
+  int known = 0;
   unsigned char *b = NULL;
   if (fstat(fileno(f), &st) == 0) {
     if (S_ISDIR(st.st_mode))
@@ -597,11 +642,24 @@ static int slurp(FILE *f, const char *path, unsigned char **buf, size_t *len) {
     b = nb;
     errno = 0;
     n += fread(b + n, 1, cap - n, f);
+    if (!known) {
+      size_t total;
+      const int e = expected_total(b, n, &total);
+      if (e != 0) {
+        known = 1;
+        /* Beyond total + 1 bytes the parse fails anyway ("bytes after
+         * the data"); an invalid start fails on what is there. */
+        limit = e > 0 && total < SIZE_MAX ? total + 1 : n;
+      }
+    }
+    if (n >= limit)
+      break;
     if (n < cap || ferror(f) || cap > SIZE_MAX / 2)
       break;
-    cap *= 2;
+    cap =
+        limit != SIZE_MAX && limit > cap && limit - cap < cap ? limit : 2 * cap;
   }
-  if (ferror(f) || n == cap) {
+  if (ferror(f) || (n == cap && n < limit)) {
     int err = n == cap ? EFBIG : errno;
     cpk__free(b);
     return cpk__fail(CPK_EIO, "cannot read '%s': %s", path,

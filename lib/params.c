@@ -56,7 +56,7 @@ static int load_one(cpk_model *m, int i, const char *dir) {
                    cpk_shape_str(want, sizeof want, p->ndim, p->shape),
                    cpk_shape_str(got, sizeof got, t->ndim, t->shape));
   else
-    rc = cpk__check_finite(t, path);
+    rc = cpk__check_finite_in(t, p->value->dtype, path);
   if (rc == CPK_OK) {
     int64_t n = cpk_tensor_numel(t);
     for (int64_t k = 0; k < n; k++)

@@ -1,4 +1,5 @@
 /* tensor.c: dense tensors, dtypes and overflow-checked shape arithmetic. */
+#include <float.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -97,7 +98,8 @@ void cpk__tensor_view(cpk_tensor *t, cpk_dtype dtype, void *data, int ndim,
   memset(t, 0, sizeof *t);
   t->dtype = dtype;
   t->ndim = ndim;
-  memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
+  if (ndim > 0) /* a 0-d tensor may come without a shape array */
+    memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
   cpk__tensor_contiguous_strides(t);
   t->data = data;
   t->owns_data = 0;
@@ -205,6 +207,22 @@ int cpk_tensor_convert(cpk_tensor **out, const cpk_tensor *src,
     for (int64_t i = 0; i < n; i++)
       cpk_tensor_set(*out, i, cpk_tensor_get(src, i));
   }
+  return CPK_OK;
+}
+
+int cpk__check_finite_in(const cpk_tensor *t, cpk_dtype as, const char *what) {
+  int rc = cpk__check_finite(t, what);
+  if (rc != CPK_OK || t->dtype != CPK_F64 || as != CPK_F32)
+    return rc;
+  /* Finite in float64 but beyond float32's range: inf after conversion. */
+  const double *x = t->data;
+  const int64_t n = cpk_tensor_numel(t);
+  for (int64_t i = 0; i < n; i++)
+    if (fabs(x[i]) > FLT_MAX)
+      return cpk__fail(CPK_ENONFINITE,
+                       "%s: value %g at flat index %lld is beyond float32's "
+                       "range (it would become inf in --dtype float32)",
+                       what, x[i], (long long)i);
   return CPK_OK;
 }
 

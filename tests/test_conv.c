@@ -119,7 +119,8 @@ static cpk_tensor *new_block(cpk_dtype dt, int nlead, const int64_t *lead,
                              int ndim, const int64_t *shape) {
   int64_t full[CPK_MAX_DIMS];
   cpk_tensor *t;
-  memcpy(full, lead, (size_t)nlead * sizeof *full);
+  if (nlead > 0)
+    memcpy(full, lead, (size_t)nlead * sizeof *full);
   memcpy(full + nlead, shape, (size_t)ndim * sizeof *full);
   tu_ok(cpk_tensor_new(&t, dt, nlead + ndim, full));
   return t;

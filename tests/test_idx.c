@@ -217,6 +217,29 @@ static void test_bad_files(void **state) {
   assert_null(t);
 }
 
+/* A header that announces far more than the file holds (3 x 2^30 bytes in a
+ * 20-byte file) fails as truncated, without taking the memory first: under
+ * a 64 MiB budget the read must end with CPK_EFORMAT, not CPK_ENOMEM. */
+static void test_lying_header(void **state) {
+  (void)state;
+  const uint32_t dims[2] = {3, 1u << 30};
+  unsigned char bad[64];
+  size_t len = make_idx(bad, 0x08, 2, dims, 4);
+  size_t before = cpk_memory_in_use();
+  cpk_memory_set_limit((size_t)64 << 20);
+  for (int gz = 0; gz < 2; gz++) {
+    const char *p = write_file(gz ? "lying.gz" : "lying", bad, len);
+    cpk_tensor *t = NULL;
+    assert_int_equal(cpk_idx_read(p, CPK_F32, 1.0, 0, &t), CPK_EFORMAT);
+    assert_non_null(strstr(cpk_last_error(), "truncated IDX data"));
+    assert_null(t);
+    /* Likewise the first item alone (2^30 bytes announced). */
+    assert_int_equal(cpk_idx_read(p, CPK_F32, 1.0, 1, &t), CPK_EFORMAT);
+  }
+  cpk_memory_set_limit(0);
+  assert_int_equal(cpk_memory_in_use(), before);
+}
+
 /* Fashion-MNIST as Debian ships it, when it is installed. */
 static void test_fashion_mnist(void **state) {
   (void)state;
@@ -246,6 +269,7 @@ int main(void) {
                                       teardown),
       cmocka_unit_test_setup_teardown(test_labels_int, setup, teardown),
       cmocka_unit_test_setup_teardown(test_bad_files, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_lying_header, setup, teardown),
       cmocka_unit_test(test_fashion_mnist),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -752,8 +752,37 @@ static int remove_tmpdir(void **state) {
 
 #define T(f) cmocka_unit_test_setup_teardown(f, before_each, after_each)
 
+/* Streams that never end: /dev/zero is not a .npy file (refused after
+ * the first block), and a valid header followed by endless data is read
+ * only to one byte past what the header announces. */
+static void test_endless_streams(void **state) {
+  (void)state;
+  cpk_tensor *t = NULL;
+  assert_int_equal(cpk_npy_read("/dev/zero", &t), CPK_EFORMAT);
+  assert_non_null(strstr(cpk_last_error(), "not a .npy file"));
+  assert_null(t);
+  char fifo[600], head[600], cmd[2048];
+  snprintf(fifo, sizeof fifo, "%s/endless.npy", tmpdir);
+  snprintf(head, sizeof head, "%s/head.npy", tmpdir);
+  const int64_t shape[1] = {4};
+  cpk_tensor *small = NULL;
+  assert_int_equal(cpk_tensor_new(&small, CPK_F64, 1, shape), CPK_OK);
+  assert_int_equal(cpk_npy_write(head, small), CPK_OK);
+  cpk_tensor_free(small);
+  assert_int_equal(mkfifo(fifo, 0600), 0);
+  snprintf(cmd, sizeof cmd, "(cat '%s'; cat /dev/zero) >'%s' 2>/dev/null &",
+           head, fifo);
+  assert_int_equal(system(cmd), 0);
+  const size_t before = cpk_memory_in_use();
+  assert_int_equal(cpk_npy_read(fifo, &t), CPK_EFORMAT);
+  assert_non_null(strstr(cpk_last_error(), "after the data"));
+  assert_null(t);
+  assert_int_equal(cpk_memory_in_use(), before);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      T(test_endless_streams),
       T(test_read_every_layout),
       T(test_read_versions),
       T(test_read_ranks),

@@ -20,6 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include "curvpack.h"
@@ -637,6 +639,144 @@ static void test_resume_after_kill(void **state) {
   free_lines(lb, nb);
 }
 
+/* Killed (SIGKILL) again and again at random moments, each time resumed
+ * (or, when no checkpoint was written yet, started again): every kill
+ * leaves a checkpoint that loads, and the end is the uninterrupted run's.
+ * The moments are drawn between 2% and 25% of the uninterrupted run's
+ * time, so that they fall anywhere in a step, a log line or a checkpoint,
+ * on a fast machine or a busy one. */
+static void test_kill_anywhere(void **state) {
+  (void)state;
+  const char *whole = run_dir("any_whole"), *run = run_dir("any_killed");
+  const char *args = "--epochs 6 --batch-size 8 --checkpoint-every 3 "
+                     "--track-every 4 --seed 6";
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  assert_int_equal(cli("train --model '%s' --data '%s' --run '%s' %s", model,
+                       data, whole, args),
+                   0);
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  const double whole_ms = 1e3 * (double)(t1.tv_sec - t0.tv_sec) +
+                          1e-6 * (double)(t1.tv_nsec - t0.tv_nsec);
+  uint64_t s = 12345;
+  int kills = 0, finished = 0;
+  for (int round = 0; round < 40 && !finished; round++) {
+    s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+    const double u = (double)(s >> 11) * 0x1.0p-53;
+    const int ms = 1 + (int)(whole_ms * (0.02 + 0.23 * u));
+    const int have = exists(in_dir(run, "checkpoint")) ||
+                     exists(in_dir(run, "checkpoint.old"));
+    if (!have)
+      tu_rmtree(run); /* nothing to resume: start again */
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd,
+             "'%s' train --model '%s' --data '%s' --run '%s' %s %s "
+             ">/dev/null 2>&1 & pid=$!; sleep %d.%03d; "
+             "kill -9 $pid 2>/dev/null && echo killed; wait $pid 2>/dev/null; "
+             "exit 0",
+             BIN, model, data, run, args, have ? "--resume" : "", ms / 1000,
+             ms % 1000);
+    char out[64] = "";
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    if (fgets(out, sizeof out, p) == NULL)
+      out[0] = '\0';
+    pclose(p);
+    if (strncmp(out, "killed", 6) == 0)
+      kills++;
+    else
+      finished = 1;
+  }
+  print_message("# %d kills (uninterrupted run %.0f ms)\n", kills, whole_ms);
+  assert_true(kills >= 3);
+  /* whatever was left: resume it (or start again) to the end */
+  if (exists(in_dir(run, "checkpoint")) ||
+      exists(in_dir(run, "checkpoint.old")))
+    assert_int_equal(cli("train --model '%s' --data '%s' --run '%s' %s "
+                         "--resume",
+                         model, data, run, args),
+                     0);
+  else
+    assert_int_equal(cli("train --model '%s' --data '%s' --run '%s' %s", model,
+                         data, run, args),
+                     0);
+  same_params(whole, run);
+  same_lines(in_dir(whole, "eval.jsonl"), in_dir(run, "eval.jsonl"));
+  same_lines(in_dir(whole, "metrics.jsonl"), in_dir(run, "metrics.jsonl"));
+}
+
+/* A learning rate that makes the loss non-finite: the run stops with one
+ * error line naming the step and the last good checkpoint, which holds
+ * finite parameters. */
+static void test_diverged(void **state) {
+  (void)state;
+  const char *run = run_dir("diverged");
+  assert_int_equal(cli("train --model '%s' --data '%s' --run '%s' "
+                       "--batch-size 16 --lr 1e12 --momentum 0 "
+                       "--checkpoint-every 1",
+                       model, data, run),
+                   1);
+  assert_error_line("step ", "diverged", "last good checkpoint", run,
+                    "--resume", NULL);
+  const char *const names[4] = {"1.weight.npy", "1.bias.npy", "3.weight.npy",
+                                "3.bias.npy"};
+  for (int k = 0; k < 4; k++) {
+    cpk_tensor *t = npy(in_dir(in_dir(run, "checkpoint"), names[k]));
+    for (int64_t i = 0; i < cpk_tensor_numel(t); i++)
+      assert_true(isfinite(cpk_tensor_get(t, i)));
+    cpk_tensor_free(t);
+  }
+  /* diverging before any checkpoint says so */
+  run = run_dir("diverged0");
+  assert_int_equal(cli("train --model '%s' --data '%s' --run '%s' "
+                       "--batch-size 16 --lr 1e30 --momentum 0",
+                       model, data, run),
+                   1);
+  assert_error_line("diverged", NULL);
+}
+
+/* The run folder on a full disk (a 512 KiB tmpfs: room for one
+ * checkpoint of the test's network, not two, in a private mount
+ * namespace; root only): the run stops with an error naming the file in
+ * the run, and what it wrote before (checkpoint, logs) still resumes to
+ * the uninterrupted run's end on a disk with room. */
+static void test_full_disk(void **state) {
+  (void)state;
+  char err[256];
+  if (geteuid() != 0 ||
+      tu_run("unshare -m sh -c 'mount -t tmpfs -o size=64k tmpfs /mnt'", err,
+             sizeof err) != 0)
+    skip();
+  const char *whole = run_dir("full_whole"), *mnt = run_dir("full_mnt"),
+             *saved = run_dir("full_saved");
+  const char *args = "--epochs 2 --batch-size 8 --checkpoint-every 2 "
+                     "--track-every 3 --seed 2";
+  assert_int_equal(cli("train --model '%s' --data '%s' --run '%s' %s", model,
+                       data, whole, args),
+                   0);
+  mkdir(mnt, 0755);
+  char cmd[4096];
+  snprintf(cmd, sizeof cmd,
+           "unshare -m sh -c 'mount -t tmpfs -o size=512k tmpfs \"%s\" || "
+           "exit 99; \"%s\" train --model \"%s\" --data \"%s\" --run "
+           "\"%s/run\" %s >/dev/null; rc=$?; cp -a \"%s/run\" \"%s\"; "
+           "exit $rc'",
+           mnt, BIN, model, data, mnt, args, mnt, saved);
+  assert_int_equal(tu_run(cmd, errbuf, sizeof errbuf), 1);
+  assert_error_line(mnt, "No space left on device", NULL);
+  if (!exists(in_dir(saved, "checkpoint")))
+    print_message("# %s", errbuf);
+  assert_true(exists(in_dir(saved, "checkpoint")) ||
+              exists(in_dir(saved, "checkpoint.old")));
+  assert_false(exists(in_dir(saved, ".checkpoint.tmp")));
+  assert_int_equal(cli("train --model '%s' --data '%s' --run '%s' %s "
+                       "--resume",
+                       model, data, saved, args),
+                   0);
+  same_params(whole, saved);
+  same_lines(in_dir(whole, "eval.jsonl"), in_dir(saved, "eval.jsonl"));
+}
+
 static void test_kfac_fallback_note(void **state) {
   (void)state;
   const char *run = run_dir("bn");
@@ -795,6 +935,9 @@ int main(void) {
       cmocka_unit_test(test_values_vs_dumps),
       cmocka_unit_test(test_resume),
       cmocka_unit_test(test_resume_after_kill),
+      cmocka_unit_test(test_kill_anywhere),
+      cmocka_unit_test(test_diverged),
+      cmocka_unit_test(test_full_disk),
       cmocka_unit_test(test_kfac_fallback_note),
       cmocka_unit_test(test_plot),
       cmocka_unit_test(test_errors),

@@ -61,5 +61,5 @@ int cpk__loss_check_float_target(const cpk__loss_def *def, const cpk_tensor *f,
                      "target: %s expects the model output's shape %s, got %s",
                      def->name, cpk_shape_str(a, sizeof a, f->ndim, f->shape),
                      cpk_shape_str(b, sizeof b, target->ndim, target->shape));
-  return cpk__check_finite(target, "target");
+  return cpk__check_finite_in(target, f->dtype, "target");
 }
