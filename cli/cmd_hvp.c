@@ -126,7 +126,7 @@ static int run_product(int argc, char **argv, const char *command,
   if ((rc = read_vector(vector, model, v)) != 0)
     goto done;
   cpk_pass_spec spec = {s.loss, s.reduction, NULL, 0};
-  if ((st = cpk_context_new(&ctx, &s.ctx)) != CPK_OK)
+  if ((st = cli_context_new(&ctx, &s.ctx)) != CPK_OK)
     goto fail;
   for (int64_t r = 0; r <= runs; r++) {
     size_t base = cpk_memory_in_use();

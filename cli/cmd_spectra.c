@@ -75,7 +75,7 @@ static int spectra_load(spectra *sp) {
                             &sp->target);
   if (rc != 0)
     return rc;
-  int st = cpk_context_new(&sp->ctx, &sp->s.ctx);
+  int st = cli_context_new(&sp->ctx, &sp->s.ctx);
   if (st == CPK_OK)
     st = cpk_curvature_op_new(&sp->op, sp->ctx, sp->model, &spec, sp->input,
                               sp->target, sp->kind);

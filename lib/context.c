@@ -36,11 +36,23 @@ int cpk_context_new(cpk_context **out, const cpk_context_options *opts) {
   ctx->mc_samples = opts->mc_samples > 0 ? opts->mc_samples : 1;
   cpk__rng_seed(&ctx->rng, ctx->seed);
   ctx->work_bytes = (size_t)64 << 20;
+  ctx->dist.size = 1;
   *out = ctx;
   return CPK_OK;
 }
 
-void cpk_context_free(cpk_context *ctx) { cpk__free(ctx); }
+void cpk_context_free(cpk_context *ctx) {
+  if (ctx == NULL)
+    return;
+  cpk__dist_free(ctx);
+  cpk__free(ctx);
+}
+
+void cpk__context_shard(const cpk_context *ctx, int64_t n, int64_t *first,
+                        int64_t *total) {
+  *first = ctx->shard_total > 0 ? ctx->shard_first : 0;
+  *total = ctx->shard_total > 0 ? ctx->shard_total : n;
+}
 
 void cpk__context_apply_threads(const cpk_context *ctx) {
   omp_set_num_threads(ctx->threads);

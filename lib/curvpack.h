@@ -198,6 +198,33 @@ void cpk_context_free(cpk_context *ctx);
 /* Whether this build of the library includes the CUDA path. */
 int cpk_have_cuda(void);
 
+/* ------------------------------------------------------- data parallelism
+ * A context can compute data-parallel over MPI ranks: give it a
+ * communicator with cpk_context_set_mpi_comm (curvpack_mpi.h, installed in
+ * builds with MPI). Every rank then calls the same functions in the same
+ * order with its own shard of the batch (rank r's samples follow rank
+ * r-1's, in rank order; at least one per rank), and gets the result one
+ * process computes on the whole batch: sums over the samples are summed
+ * over the ranks, means (reduction=mean, Kronecker input factors) divide by
+ * the whole batch's size, per-sample results are gathered in sample order,
+ * Monte Carlo draws of a sample do not depend on the shard layout. A
+ * failure on any rank makes the call fail on every rank with that rank's
+ * status and message ("rank R: ..."), so no rank waits for ever. */
+
+/* Whether this build includes the MPI path. */
+int cpk_have_mpi(void);
+/* This process's rank and the number of ranks (0 and 1 without a
+ * communicator). */
+int cpk_context_rank(const cpk_context *ctx);
+int cpk_context_ranks(const cpk_context *ctx);
+/* Collective: every rank passes its status (and, for a failure, a message;
+ * NULL keeps cpk_last_error()). Returns CPK_OK when every rank passed
+ * CPK_OK; otherwise the status of the lowest failing rank, whose message
+ * becomes cpk_last_error() on every rank. Without a communicator it returns
+ * `status`. A caller that fails between collective calls uses it to tell
+ * the other ranks, which would otherwise wait for ever. */
+int cpk_context_agree(cpk_context *ctx, int status, const char *message);
+
 /* A named collection of result tensors ("loss", "output", "0.weight.grad",
  * "0.weight.grad_batch", ...). The names are the contract's file stems. */
 typedef struct cpk_results cpk_results;
@@ -282,6 +309,13 @@ typedef struct cpk_pass_options {
    * factored form instead of to visit_grad_batch. */
   cpk_grad_factors_fn visit_grad_factors;
   void *visit_ud; /* the visitors' first argument */
+  /* > 0: run the (local) batch through in passes of at most max_batch
+   * samples and combine them into the results of one pass over all of it
+   * (memory of one sub-batch, besides per-sample results). kfra cannot be
+   * combined that way (its recursion averages over the whole batch at
+   * every layer): CPK_ENOTSUP when it would take more than one pass.
+   * Visitors need max_batch = 0. */
+  int64_t max_batch;
 } cpk_pass_options;
 
 /* cpk_compute with options (NULL: cpk_compute). */

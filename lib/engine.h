@@ -24,7 +24,8 @@ typedef struct cpk__pass {
   const cpk_pass_options *opts; /* cpk_compute_ex's (NULL: none) */
   const cpk__loss_def *loss;
   double scale;              /* c of the reduction: L = c * sum_n l_n */
-  int64_t n;                 /* batch size */
+  int64_t n;                 /* batch size (of this pass) */
+  int64_t n_total;           /* of the whole batch this pass is a shard of */
   cpk_tensor **acts;         /* nlayers + 1 activations */
   int owns_input;            /* acts[0] was converted (and is ours) */
   const cpk__extension_entry *ext[CPK__MAX_EXTENSIONS];

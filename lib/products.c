@@ -156,14 +156,26 @@ int cpk_curvature_op_new(cpk_curvature_op **out, cpk_context *ctx,
   cpk_pass_spec plain = *spec;
   plain.extensions = NULL;
   *out = NULL;
+  int64_t first = 0, total = 0;
+  int rc = CPK_OK;
+  cpk__dist_begin(ctx);
   if (kind < CPK_CURV_HESSIAN || kind > CPK_CURV_EMPIRICAL_FISHER)
-    return cpk__fail(CPK_EINVAL, "unknown curvature kind %d", (int)kind);
-  int rc = cpk_check_pass(model, &plain, input, target);
+    rc = cpk__fail(CPK_EINVAL, "unknown curvature kind %d", (int)kind);
+  if (rc == CPK_OK)
+    rc = cpk_check_pass(model, &plain, input, target);
+  /* With MPI ranks, this rank's batch is a shard of the whole: products
+   * are summed over the ranks (cpk_curvature_op_apply). */
+  rc = cpk__dist_sizes(ctx, rc, rc == CPK_OK ? input->shape[0] : 0, &first,
+                       &total);
   if (rc != CPK_OK)
     return rc;
   cpk_curvature_op *op = cpk__calloc(sizeof *op);
   if (op == NULL)
-    return CPK_ENOMEM;
+    return cpk__dist_agree(ctx, CPK_ENOMEM);
+  if (ctx->dist.size > 1) {
+    ctx->shard_first = first;
+    ctx->shard_total = total;
+  }
   cpk__context_apply_threads(ctx);
   op->kind = kind;
   op->pass.ctx = ctx;
@@ -173,17 +185,21 @@ int cpk_curvature_op_new(cpk_curvature_op **out, cpk_context *ctx,
   op->pass.loss = cpk__loss_get(spec->loss);
   CPK__TRY(rc, list_trainable(op), fail);
   CPK__TRY(rc, cpk__forward(&op->pass, input), fail);
-  op->pass.scale = cpk__loss_scale(op->pass.loss, spec->reduction,
-                                   op->pass.acts[model->nlayers]);
+  op->pass.scale = cpk__loss_scale_total(op->pass.loss, spec->reduction,
+                                         op->pass.acts[model->nlayers],
+                                         op->pass.n_total);
   if (kind == CPK_CURV_HESSIAN)
     CPK__TRY(rc, keep_gradients(op, target), fail);
   else if (kind != CPK_CURV_GGN)
     CPK__TRY(rc, fisher_root(op, target), fail);
+fail:
+  ctx->shard_first = ctx->shard_total = 0;
+  if ((rc = cpk__dist_agree(ctx, rc)) != CPK_OK) {
+    cpk_curvature_op_free(op);
+    return rc;
+  }
   *out = op;
   return CPK_OK;
-fail:
-  cpk_curvature_op_free(op);
-  return rc;
 }
 
 /* ------------------------------------------------------------- one product */
@@ -393,6 +409,7 @@ int cpk_curvature_op_apply(cpk_curvature_op *op, int64_t k, const double *in,
   cpk_tensor **tang = cpk__calloc((size_t)op->ntrain * sizeof *tang);
   cpk_tensor **prods = cpk__calloc((size_t)op->ntrain * sizeof *prods);
   int rc = tang && prods ? CPK_OK : CPK_ENOMEM;
+  cpk__dist_begin(op->pass.ctx);
   if (k < 1 && rc == CPK_OK)
     rc = cpk__fail(CPK_EINVAL, "curvature product of %lld vectors",
                    (long long)k);
@@ -423,6 +440,9 @@ int cpk_curvature_op_apply(cpk_curvature_op *op, int64_t k, const double *in,
     for (int64_t v = 0; v < k; v++)
       dtype_to_flat(dt, op->train[t].numel, prods[t], v * op->train[t].numel,
                     out + v * op->dim + op->train[t].offset);
+  /* MPI: each rank's product covers its shard; the whole batch's is the sum,
+   * the same bits on every rank (so iterative solvers stay in step). */
+  rc = cpk__dist_sum(op->pass.ctx, rc, CPK_F64, out, k * op->dim);
   for (int t = 0; t < op->ntrain && tang && prods; t++) {
     cpk_tensor_free(tang[t]);
     cpk_tensor_free(prods[t]);

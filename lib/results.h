@@ -11,4 +11,9 @@ int cpk__results_add(cpk_results *r, const char *name, cpk_tensor *t);
 int cpk__results_alloc(cpk_results *r, const char *name, cpk_dtype dtype,
                        int ndim, const int64_t *shape, cpk_tensor **t);
 
+/* Replace the tensor of item i (the old one is freed; takes ownership). */
+void cpk__results_set(cpk_results *r, int i, cpk_tensor *t);
+/* Remove the item called `name` (if any), freeing its tensor. */
+void cpk__results_drop(cpk_results *r, const char *name);
+
 #endif

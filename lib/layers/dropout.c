@@ -53,9 +53,15 @@ static int dropout_forward(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
   if (rc != CPK_OK)
     return rc;
   double keep = s->p < 1.0 ? 1.0 / (1.0 - s->p) : 0.0;
+  /* A shard of the batch skips the draws of the samples around it, so a
+   * sample's mask does not depend on how the batch is split. */
+  int64_t first, total;
+  cpk__context_shard(ctx, x->shape[0], &first, &total);
+  cpk__rng_skip(&ctx->rng, first * (n / x->shape[0]));
   for (int64_t i = 0; i < n; i++)
     cpk_tensor_set(s->scale, i,
                    cpk__rng_uniform(&ctx->rng) >= s->p ? keep : 0.0);
+  cpk__rng_skip(&ctx->rng, (total - first - x->shape[0]) * (n / x->shape[0]));
   cpk__mul_broadcast(ctx, x->dtype, 1, n, s->scale->data, x->data, y->data);
   return CPK_OK;
 }
