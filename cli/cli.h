@@ -108,6 +108,10 @@ int cli_sync(int exit_status);
 /* Replace a batch [N, ...] by this rank's rows: rank r gets N / K rows, one
  * more when r < N % K, after those of ranks below it. */
 int cli_shard(cpk_tensor **t);
+/* Report a library failure of a collective phase: agree on it with the
+ * other ranks first (see cpk_context_agree), then print it on rank 0.
+ * Not for failures after the last collective call (writing files). */
+int cli_lib_fail(cpk_context *ctx, int status);
 /* Remember the message of this rank's last error (for cli_sync). */
 void cli_note_error(const char *message);
 

@@ -85,25 +85,23 @@ int cmd_compute(int argc, char **argv) {
   int st;
   if ((rc = cli_load_problem(&c, &s, &model, &input, &target)) != 0)
     return rc;
-  if ((st = cli_context_new(&ctx, &s.ctx)) != CPK_OK) {
+  if ((st = cli_context_new(&ctx, &s.ctx)) != CPK_OK)
     rc = cli_lib_error(st);
-    goto done;
-  }
   times = calloc((size_t)(runs > 0 ? runs : 1), sizeof *times);
-  if (times == NULL) {
+  if (rc == 0 && times == NULL)
     rc = cli_error(CPK_ENOMEM, "out of memory for %lld timings",
                    (long long)runs);
+  if ((rc = cli_sync(rc)) != 0)
     goto done;
-  }
   if ((st = timed_pass(ctx, model, &spec, &po, input, target, &res, &times[0],
                        &peak)) != CPK_OK) {
-    rc = cli_lib_error(st);
+    rc = cli_lib_fail(ctx, st);
     goto done;
   }
   for (int64_t i = 0; i < runs; i++) {
     if ((st = timed_pass(ctx, model, &spec, &po, input, target, &res, &times[i],
                          &pass_peak)) != CPK_OK) {
-      rc = cli_lib_error(st);
+      rc = cli_lib_fail(ctx, st);
       goto done;
     }
     peak = pass_peak > peak ? pass_peak : peak;

@@ -118,16 +118,16 @@ static int run_product(int argc, char **argv, const char *command,
   v = calloc((size_t)dim, sizeof *v);
   hv = calloc((size_t)dim, sizeof *hv);
   times = calloc((size_t)(runs > 0 ? runs : 1), sizeof *times);
-  if (v == NULL || hv == NULL || times == NULL) {
+  if (v == NULL || hv == NULL || times == NULL)
     rc = cli_error(CPK_ENOMEM, "out of memory for vectors of %lld parameters",
                    (long long)dim);
-    goto done;
-  }
-  if ((rc = read_vector(vector, model, v)) != 0)
+  else
+    rc = read_vector(vector, model, v);
+  if (rc == 0 && (st = cli_context_new(&ctx, &s.ctx)) != CPK_OK)
+    rc = cli_lib_error(st);
+  if ((rc = cli_sync(rc)) != 0) /* every rank read the vector itself */
     goto done;
   cpk_pass_spec spec = {s.loss, s.reduction, NULL, 0};
-  if ((st = cli_context_new(&ctx, &s.ctx)) != CPK_OK)
-    goto fail;
   for (int64_t r = 0; r <= runs; r++) {
     size_t base = cpk_memory_in_use();
     cpk_memory_reset_peak();
@@ -149,7 +149,7 @@ static int run_product(int argc, char **argv, const char *command,
     rc = cli_write_timing(c.out, runs, times, peak);
   goto done;
 fail:
-  rc = cli_lib_error(st);
+  rc = cli_lib_fail(ctx, st);
 done:
   free(v);
   free(hv);

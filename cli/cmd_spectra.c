@@ -76,13 +76,14 @@ static int spectra_load(spectra *sp) {
   if (rc != 0)
     return rc;
   int st = cli_context_new(&sp->ctx, &sp->s.ctx);
-  if (st == CPK_OK)
-    st = cpk_curvature_op_new(&sp->op, sp->ctx, sp->model, &spec, sp->input,
+  if ((rc = cli_sync(st == CPK_OK ? 0 : cli_lib_error(st))) != 0)
+    return rc;
+  st = cpk_curvature_op_new(&sp->op, sp->ctx, sp->model, &spec, sp->input,
                               sp->target, sp->kind);
   if (st == CPK_OK)
     st = cpk_results_new(&sp->res);
   if (st != CPK_OK)
-    return cli_lib_error(st);
+    return cli_lib_fail(sp->ctx, st);
   cpk_curvature_op_as_operator(sp->op, &sp->lin);
   return 0;
 }
@@ -132,7 +133,22 @@ int cmd_eigen(int argc, char **argv) {
   int st = vals && vecs ? cpk_eigen_lanczos(&sp.lin, k, &o, vals, vecs, NULL)
                         : CPK_ENOMEM;
   if (st != CPK_OK)
-    rc = cli_lib_error(st);
+    rc = cli_lib_fail(sp.ctx, st);
+  /* An eigenvector's sign is arbitrary: make its largest entry (the first
+   * of those within 1e-6 of the largest magnitude) positive, so that runs
+   * whose rounding differs (other thread or rank counts) agree. */
+  for (int64_t j = 0; rc == 0 && j < k; j++) {
+    double *v = vecs + j * p, big = 0.0;
+    for (int64_t i = 0; i < p; i++)
+      big = fabs(v[i]) > big ? fabs(v[i]) : big;
+    for (int64_t i = 0; i < p; i++)
+      if (fabs(v[i]) >= big * (1.0 - 1e-6)) {
+        if (v[i] < 0.0)
+          for (int64_t e = 0; e < p; e++)
+            v[e] = -v[e];
+        break;
+      }
+  }
   if (rc == 0)
     rc = add_result(&sp, "eigenvalues", 1, &k, vals);
   /* P.eigenvectors [K, *S]: the slice of every eigenvector over P. */
@@ -178,7 +194,7 @@ static int exact_trace(spectra *sp, double *trace) {
   cpk_results *r;
   int st = cpk_compute(sp->ctx, sp->model, &spec, sp->input, sp->target, &r);
   if (st != CPK_OK)
-    return cli_lib_error(st);
+    return cli_lib_fail(sp->ctx, st);
   *trace = 0.0;
   for (int i = 0; i < cpk_model_num_params(sp->model); i++) {
     const char *name;
@@ -239,7 +255,7 @@ int cmd_trace(int argc, char **argv) {
   else
     st = cpk_trace_hutchpp(&sp.lin, s, &o, &trace, &err);
   if (st != CPK_OK)
-    rc = cli_lib_error(st);
+    rc = cli_lib_fail(sp.ctx, st);
   if (rc == 0)
     rc = add_result(&sp, "trace", 0, NULL, &trace);
   if (rc == 0 && mode != 0)
@@ -281,7 +297,7 @@ int cmd_density(int argc, char **argv) {
       .runs = r, .steps = l, .grid = g, .seed = sp.s.ctx.seed};
   int st = out ? cpk_spectral_density(&sp.lin, &o, out) : CPK_ENOMEM;
   if (st != CPK_OK)
-    rc = cli_lib_error(st);
+    rc = cli_lib_fail(sp.ctx, st);
   int64_t shape[2] = {2, g};
   if (rc == 0)
     rc = add_result(&sp, "density", 2, shape, out);

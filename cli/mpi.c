@@ -121,3 +121,11 @@ int cli_shard(cpk_tensor **t) {
   *t = mine;
   return 0;
 }
+
+int cli_lib_fail(cpk_context *ctx, int status) {
+  /* A failure seen by one rank reaches the others, waiting in a collective
+   * call (a no-op when the library already agreed on it). */
+  if (ctx != NULL && world_size > 1)
+    status = cpk_context_agree(ctx, status, NULL);
+  return cli_lib_error(status);
+}
