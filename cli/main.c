@@ -54,6 +54,9 @@ int main(int argc, char **argv) {
 }
 
 static int run(int argc, char **argv) {
+  /* Under MPI only rank 0 prints (errors reach it from the other ranks). */
+  if (cli_rank() != 0 && freopen("/dev/null", "w", stdout) == NULL)
+    return cli_error(CPK_EIO, "cannot silence rank %d's output", cli_rank());
   if (argc < 2)
     return usage(stderr), CLI_EXIT_USAGE;
   const char *cmd = argv[1];
