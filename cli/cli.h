@@ -108,6 +108,10 @@ int cli_sync(int exit_status);
 /* Replace a batch [N, ...] by this rank's rows: rank r gets N / K rows, one
  * more when r < N % K, after those of ranks below it. */
 int cli_shard(cpk_tensor **t);
+/* cli_sync over a context's ranks (once the context exists, every
+ * agreement goes through it, so that no rank waits on another
+ * communicator). */
+int cli_agree(cpk_context *ctx, int exit_status);
 /* Report a library failure of a collective phase: agree on it with the
  * other ranks first (see cpk_context_agree), then print it on rank 0.
  * Not for failures after the last collective call (writing files). */

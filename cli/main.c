@@ -24,7 +24,7 @@ static const struct {
     {"trace", cmd_trace, "trace of the curvature (exact or stochastic)", 1},
     {"density", cmd_density, "spectral density of the curvature (SLQ)", 1},
     {"train", cmd_train,
-     "train on (Fashion-)MNIST with diagnostics, checkpoints, --resume", 0},
+     "train on (Fashion-)MNIST with diagnostics, checkpoints, --resume", 1},
     {"plot", cmd_plot, "render a run's diagnostics as RUN/dashboard.png", 0},
 };
 

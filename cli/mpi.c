@@ -85,7 +85,7 @@ int cli_sync(int exit_status) {
     memcpy(what.msg, last_message, sizeof what.msg);
   MPI_Bcast(&what, (int)sizeof what, MPI_BYTE, lowest, MPI_COMM_WORLD);
   what.msg[sizeof what.msg - 1] = '\0';
-  if (world_rank == 0 && lowest != 0)
+  if (world_rank == 0 && exit_status == 0) /* else rank 0 said it already */
     fprintf(stderr, "curvpack: error: rank %d: %s\n", lowest, what.msg);
   return what.status;
 #else
@@ -128,4 +128,18 @@ int cli_lib_fail(cpk_context *ctx, int status) {
   if (ctx != NULL && world_size > 1)
     status = cpk_context_agree(ctx, status, NULL);
   return cli_lib_error(status);
+}
+
+int cli_agree(cpk_context *ctx, int exit_status) {
+  if (ctx == NULL || world_size <= 1)
+    return exit_status;
+  const int mine = exit_status == 0 ? CPK_OK
+                   : exit_status == CLI_EXIT_USAGE ? CPK_EUSAGE
+                                                   : CPK_EIO;
+  const int st = cpk_context_agree(ctx, mine, exit_status ? last_message : NULL);
+  if (st == CPK_OK)
+    return 0;
+  if (world_rank == 0 && exit_status == 0) /* else rank 0 said it already */
+    fprintf(stderr, "curvpack: error: %s\n", cpk_last_error());
+  return st == CPK_EUSAGE ? CLI_EXIT_USAGE : CLI_EXIT_FAILURE;
 }
