@@ -10,6 +10,7 @@
  * time limit (no hang). Skipped when the build has no MPI.
  */
 #include <dirent.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -286,6 +287,105 @@ static void test_data_pass(void **state) {
   assert_int_equal(tu_count_entries(many), -1);
 }
 
+/* Read a whole text file (static buffer). */
+static const char *slurp(const char *path) {
+  static char buf[1 << 20];
+  FILE *f = fopen(path, "r");
+  size_t got = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+  buf[got] = '\0';
+  if (f)
+    fclose(f);
+  return buf;
+}
+
+/* The numbers of a metrics file in order, each with the last JSON key
+ * before it (null as NaN); at most cap. */
+static int numbers(const char *s, double *out, char (*keys)[32], int cap) {
+  int n = 0;
+  char key[32] = "";
+  while (*s && n < cap) {
+    if (*s == '"') { /* a key (or string): remember it */
+      const char *end = strchr(s + 1, '"');
+      if (end == NULL)
+        break;
+      snprintf(key, sizeof key, "%.*s", (int)(end - s - 1), s + 1);
+      s = end + 1;
+    } else if ((*s >= '0' && *s <= '9') || *s == '-') {
+      char *end;
+      out[n] = strtod(s, &end);
+      memcpy(keys[n++], key, sizeof key);
+      s = end;
+    } else if (strncmp(s, "null", 4) == 0) {
+      out[n] = 0.0 / 0.0;
+      memcpy(keys[n++], key, sizeof key);
+      s += 4;
+    } else {
+      s++;
+    }
+  }
+  return n;
+}
+
+/* train with dropout, the full preset and kfac on 2 and 3 ranks against
+ * one process: every tracked number (times excepted) and the parameters
+ * of the final checkpoint. */
+static void test_train(void **state) {
+  const char *data = "/usr/share/datasets/fashion-mnist";
+  char model[512], cmd[4096], run1[512], runk[512], path[1024];
+  static double a[8192], b[8192];
+  static char ka[8192][32], kb[8192][32];
+  struct stat sb;
+  need_mpi();
+  if (stat(data, &sb) != 0) {
+    print_message("%s missing (Debian package dataset-fashion-mnist): "
+                  "skipped\n", data);
+    skip();
+  }
+  snprintf(model, sizeof model, "%s/train-model.txt", root);
+  write_text(model, "flatten\nlinear 784 12\ntanh\ndropout p=0.3\n"
+                    "linear 12 10\n");
+  const char *args = "train --subset 70 --test-subset 20 --batch-size 16 "
+                     "--epochs 1 --dtype float64 --threads 1 --seed 3 "
+                     "--preset full --track-every 2 --optimizer kfac "
+                     "--update-every 2 --checkpoint-every 3";
+  snprintf(run1, sizeof run1, "%s/train-1", root);
+  snprintf(cmd, sizeof cmd, "'%s' %s --model %s --data %s --run %s >/dev/null",
+           BIN, args, model, data, run1);
+  if (tu_run(cmd, errbuf, sizeof errbuf) != 0)
+    fail_msg("train, one process: %s", errbuf);
+  snprintf(path, sizeof path, "%s/metrics.jsonl", run1);
+  const int na = numbers(slurp(path), a, ka, 8192);
+  assert_true(na > 100 && na < 8192);
+  for (int k = 2; k <= 3; k++) {
+    char want[1024], got[1024], what[256];
+    snprintf(runk, sizeof runk, "%s/train-%d", root, k);
+    snprintf(cmd, sizeof cmd,
+             "%s -np %d '%s' %s --model %s --data %s --run %s >/dev/null",
+             MPIRUN, k, BIN, args, model, data, runk);
+    if (tu_run(cmd, errbuf, sizeof errbuf) != 0)
+      fail_msg("train, %d ranks: %s", k, errbuf);
+    snprintf(path, sizeof path, "%s/metrics.jsonl", runk);
+    assert_int_equal(numbers(slurp(path), b, kb, 8192), na);
+    int compared = 0;
+    for (int i = 0; i < na; i++) {
+      assert_string_equal(ka[i], kb[i]);
+      if (strcmp(ka[i], "time") == 0 || (a[i] != a[i] && b[i] != b[i]))
+        continue;
+      /* hess_max_ev: Lanczos to relative 1e-3, the rest to rounding */
+      const double rel = strcmp(ka[i], "hess_max_ev") == 0 ? 1e-9 : 1e-10;
+      if (!(fabs(a[i] - b[i]) <= rel * (fabs(a[i]) > 1e-3 ? fabs(a[i]) : 1e-3)))
+        fail_msg("train, %d ranks: %s is %.17g, one process %.17g", k, ka[i],
+                 b[i], a[i]);
+      compared++;
+    }
+    assert_true(compared > 100);
+    snprintf(want, sizeof want, "%s/checkpoint", run1);
+    snprintf(got, sizeof got, "%s/checkpoint", runk);
+    snprintf(what, sizeof what, "train checkpoint, %d ranks", k);
+    compare_dirs(want, got, what);
+  }
+}
+
 /* Count the lines of errbuf that start with "curvpack: error:". */
 static int error_lines(void) {
   int count = 0;
@@ -363,6 +463,7 @@ int main(void) {
       cmocka_unit_test(test_products),
       cmocka_unit_test(test_spectra),
       cmocka_unit_test(test_data_pass),
+      cmocka_unit_test(test_train),
       cmocka_unit_test(test_rank_fails_mid_run),
       cmocka_unit_test(test_usage_errors),
   };
