@@ -329,17 +329,44 @@ static int numbers(const char *s, double *out, char (*keys)[32], int cap) {
 /* train with dropout, the full preset and kfac on 2 and 3 ranks against
  * one process: every tracked number (times excepted) and the parameters
  * of the final checkpoint. */
+/* An IDX file of unsigned bytes (plain; the reader takes plain or gzip)
+ * with extents dims[0..ndim), filled by a fixed formula. */
+static void write_idx(const char *path, int ndim, const uint32_t *dims,
+                      unsigned mod, unsigned salt) {
+  FILE *f = fopen(path, "wb");
+  assert_non_null(f);
+  unsigned char head[4] = {0, 0, 8, (unsigned char)ndim};
+  fwrite(head, 1, 4, f);
+  size_t count = 1;
+  for (int i = 0; i < ndim; i++) {
+    unsigned char be[4] = {(unsigned char)(dims[i] >> 24),
+                           (unsigned char)(dims[i] >> 16),
+                           (unsigned char)(dims[i] >> 8),
+                           (unsigned char)dims[i]};
+    fwrite(be, 1, 4, f);
+    count *= dims[i];
+  }
+  for (size_t i = 0; i < count; i++)
+    fputc((int)((i * 2654435761u + salt) % 1000003u % mod), f);
+  fclose(f);
+}
+
 static void test_train(void **state) {
-  const char *data = "/usr/share/datasets/fashion-mnist";
-  char model[512], cmd[4096], run1[512], runk[512], path[1024];
+  char data[512], model[512], cmd[4096], run1[512], runk[512], path[1024];
   static double a[8192], b[8192];
   static char ka[8192][32], kb[8192][32];
-  struct stat sb;
   need_mpi();
-  if (stat(data, &sb) != 0) {
-    print_message("%s missing (Debian package dataset-fashion-mnist): "
-                  "skipped\n", data);
-    skip();
+  /* A small synthetic data set in the MNIST layout. */
+  snprintf(data, sizeof data, "%s/idx", root);
+  mkdir(data, 0777);
+  const char *const names[4] = {"train-images-idx3-ubyte",
+                                "train-labels-idx1-ubyte",
+                                "t10k-images-idx3-ubyte",
+                                "t10k-labels-idx1-ubyte"};
+  for (int i = 0; i < 4; i++) {
+    const uint32_t dims[3] = {i < 2 ? 70 : 20, 28, 28};
+    snprintf(path, sizeof path, "%s/%s", data, names[i]);
+    write_idx(path, i % 2 ? 1 : 3, dims, i % 2 ? 10 : 256, (unsigned)i);
   }
   snprintf(model, sizeof model, "%s/train-model.txt", root);
   write_text(model, "flatten\nlinear 784 12\ntanh\ndropout p=0.3\n"
@@ -371,8 +398,12 @@ static void test_train(void **state) {
       assert_string_equal(ka[i], kb[i]);
       if (strcmp(ka[i], "time") == 0 || (a[i] != a[i] && b[i] != b[i]))
         continue;
-      /* hess_max_ev: Lanczos to relative 1e-3, the rest to rounding */
-      const double rel = strcmp(ka[i], "hess_max_ev") == 0 ? 1e-9 : 1e-10;
+      /* Rounding only (the MPI sums add in another order), amplified in
+       * tic, which divides by diag_hessian + 1e-7 (entries near -1e-7
+       * occur), and in hess_max_ev (Lanczos stopped at relative 1e-3). */
+      const double rel = strcmp(ka[i], "tic") == 0           ? 1e-6
+                         : strcmp(ka[i], "hess_max_ev") == 0 ? 1e-9
+                                                             : 1e-10;
       if (!(fabs(a[i] - b[i]) <= rel * (fabs(a[i]) > 1e-3 ? fabs(a[i]) : 1e-3)))
         fail_msg("train, %d ranks: %s is %.17g, one process %.17g", k, ka[i],
                  b[i], a[i]);
@@ -455,6 +486,13 @@ static void test_usage_errors(void **state) {
 }
 
 int main(void) {
+  /* cmocka 1.1's TAP output marks a skipped test "not ok", which automake
+   * counts as a failure; a TAP plan of no tests reports the program as
+   * skipped instead. */
+  if (!cpk_have_mpi() || CPK_MPIRUN[0] == '\0') {
+    printf("1..0 # SKIP curvpack was built without MPI (--with-mpi)\n");
+    return 0;
+  }
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_compute_mlp),
       cmocka_unit_test(test_compute_conv),
