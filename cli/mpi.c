@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "cli.h"
@@ -58,7 +59,14 @@ void cli_mpi_finalize(void) {
 }
 
 int cli_context_new(cpk_context **ctx, const cpk_context_options *opts) {
-  int st = cpk_context_new(ctx, opts);
+  cpk_context_options o = *opts;
+  /* Without --threads, the ranks on one machine share its cores. */
+  const char *local = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+  if (o.threads == 0 && world_size > 1 && local != NULL && atoi(local) > 1) {
+    const long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    o.threads = cores / atoi(local) > 1 ? (int)(cores / atoi(local)) : 1;
+  }
+  int st = cpk_context_new(ctx, &o);
 #ifdef CPK_HAVE_MPI
   if (st == CPK_OK && world_size > 1 &&
       (st = cpk_context_set_mpi_comm(*ctx, MPI_COMM_WORLD)) != CPK_OK) {
