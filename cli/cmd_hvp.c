@@ -80,8 +80,8 @@ static int run_product(int argc, char **argv, const char *command,
                        cpk_curvature kind, const char *suffix,
                        const char *summary) {
   cli_common c = {0};
-  const char *vector = NULL, *repeat = NULL;
-  cli_opt opts[CLI_COMMON_NOPTS + 2];
+  const char *vector = NULL, *repeat = NULL, *data_pass = NULL;
+  cli_opt opts[CLI_COMMON_NOPTS + 3];
   cli_common_opts(&c, opts);
   opts[CLI_COMMON_NOPTS] = (cli_opt){
       "vector", "DIR", "the vector: P.npy per parameter (missing: zero)",
@@ -89,7 +89,12 @@ static int run_product(int argc, char **argv, const char *command,
   opts[CLI_COMMON_NOPTS + 1] = (cli_opt){
       "repeat", "R", "run the product R more times and write timing.json",
       &repeat, NULL};
-  int rc = cli_parse(command, summary, argc, argv, opts, CLI_COMMON_NOPTS + 2);
+  opts[CLI_COMMON_NOPTS + 2] = (cli_opt){
+      "data-pass", "B",
+      "treat --input as a whole data set and go through it (per MPI rank) "
+      "in passes of at most B samples, summing their products",
+      &data_pass, NULL};
+  int rc = cli_parse(command, summary, argc, argv, opts, CLI_COMMON_NOPTS + 3);
   if (rc != 0)
     return rc < 0 ? CLI_EXIT_OK : rc;
   if ((rc = cli_require(command, "model", c.model)) ||
@@ -100,9 +105,11 @@ static int run_product(int argc, char **argv, const char *command,
       (rc = cli_require(command, "out", c.out)))
     return rc;
   cli_setup s;
-  int64_t runs = 0;
+  int64_t runs = 0, max_batch = 0;
   if ((rc = cli_common_setup(&c, &s)) != 0 ||
-      (repeat && (rc = cli_parse_int("repeat", repeat, 0, &runs)) != 0))
+      (repeat && (rc = cli_parse_int("repeat", repeat, 0, &runs)) != 0) ||
+      (data_pass &&
+       (rc = cli_parse_int("data-pass", data_pass, 1, &max_batch)) != 0))
     return rc;
   cpk_model *model = NULL;
   cpk_tensor *input = NULL, *target = NULL;
@@ -134,8 +141,8 @@ static int run_product(int argc, char **argv, const char *command,
     double t0 = cli_now();
     cpk_curvature_op_free(op);
     op = NULL;
-    if ((st = cpk_curvature_op_new(&op, ctx, model, &spec, input, target,
-                                   kind)) != CPK_OK ||
+    if ((st = cpk_curvature_op_new_ex(&op, ctx, model, &spec, input, target,
+                                      kind, max_batch)) != CPK_OK ||
         (st = cpk_curvature_op_apply(op, 1, v, hv)) != CPK_OK)
       goto fail;
     times[r > 0 ? r - 1 : 0] = cli_now() - t0;

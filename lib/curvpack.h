@@ -411,6 +411,16 @@ int cpk_curvature_op_new(cpk_curvature_op **out, cpk_context *ctx,
                          cpk_model *model, const cpk_pass_spec *spec,
                          const cpk_tensor *input, const cpk_tensor *target,
                          cpk_curvature kind);
+/* The same over a whole data set (with MPI ranks: this rank's part of it)
+ * in passes of at most max_batch samples (0: one pass, as
+ * cpk_curvature_op_new). Nothing is kept between products: each product
+ * runs the passes again one after the other (forward, and backward for
+ * the Hessian) and sums them, so memory is that of one pass of max_batch
+ * samples. input and target are borrowed and must outlive the operator. */
+int cpk_curvature_op_new_ex(cpk_curvature_op **out, cpk_context *ctx,
+                            cpk_model *model, const cpk_pass_spec *spec,
+                            const cpk_tensor *input, const cpk_tensor *target,
+                            cpk_curvature kind, int64_t max_batch);
 void cpk_curvature_op_free(cpk_curvature_op *op);
 /* P, the number of trainable parameters. */
 int64_t cpk_curvature_op_dim(const cpk_curvature_op *op);

@@ -479,9 +479,8 @@ static int plan_shards(const char *requested, shard_plan *p) {
   return CPK_OK;
 }
 
-/* Rows [first, first + count) of t along axis 0, as a view. */
-static void rows_view(cpk_tensor *view, const cpk_tensor *t, int64_t first,
-                      int64_t count) {
+void cpk__rows_view(cpk_tensor *view, const cpk_tensor *t, int64_t first,
+                    int64_t count) {
   const int64_t per = cpk_tensor_numel(t) / t->shape[0];
   cpk__tensor_view(view, t->dtype,
                    (char *)t->data + (size_t)(first * per) * cpk_dtype_size(t->dtype),
@@ -658,8 +657,8 @@ int cpk_compute_ex(cpk_context *ctx, cpk_model *model,
   for (int64_t at = 0; rc == CPK_OK && at < n; at += step) {
     const int64_t count = n - at < step ? n - at : step;
     cpk_tensor xin, tin;
-    rows_view(&xin, input, at, count);
-    rows_view(&tin, target, at, count);
+    cpk__rows_view(&xin, input, at, count);
+    cpk__rows_view(&tin, target, at, count);
     ctx->shard_first = first + at;
     ctx->shard_total = total;
     rc = one_pass(ctx, model, &local, opts, &xin, &tin, &part);

@@ -46,6 +46,10 @@ int cpk__forward(cpk__pass *pass, const cpk_tensor *input);
 /* Release the activations. */
 void cpk__pass_release(cpk__pass *pass);
 
+/* Rows [first, first + count) of t along axis 0, as a view. */
+void cpk__rows_view(cpk_tensor *view, const cpk_tensor *t, int64_t first,
+                    int64_t count);
+
 /* Allocate a block [V, N, *shape] of the model's dtype. */
 int cpk__block_new(cpk_tensor **out, cpk_dtype dt, int64_t v, int64_t n,
                    int ndim, const int64_t *shape);

@@ -280,6 +280,26 @@ static void test_data_pass(void **state) {
     snprintf(what, sizeof what, "%s, %d ranks", dp, k);
     compare_dirs(one, many, what);
   }
+  /* products and spectra over passes (each product runs them again) */
+  static const char *const cmds[] = {
+      "hvp --vector %s/conv/vector", "ggnvp --vector %s/conv/vector",
+      "eigen --top 2 --curvature ggn", "trace",
+      "trace --method hutchinson --samples 8",
+      "density --runs 1 --steps 6 --grid 32"};
+  for (size_t c = 0; c < sizeof cmds / sizeof cmds[0]; c++) {
+    char base[512], what[1400];
+    snprintf(base, sizeof base, cmds[c], root);
+    snprintf(one, sizeof one, "%s/dp-plain-%zu", root, c);
+    assert_int_equal(run(p, 0, base, one), 0);
+    for (int i = 0; i < 2; i++) {
+      snprintf(args, sizeof args, "%s --data-pass %d", base, i ? 1 : 3);
+      snprintf(many, sizeof many, "%s/dp-%zu-%d", root, c, i);
+      if (run(p, i ? 3 : 0, args, many) != 0)
+        fail_msg("%s: %s", args, errbuf);
+      snprintf(what, sizeof what, "%s, %d ranks", args, i ? 3 : 1);
+      compare_dirs(one, many, what);
+    }
+  }
   /* kfra over more than one pass: a clear error, no output */
   snprintf(many, sizeof many, "%s/dp-kfra", root);
   assert_int_equal(run(p, 3, "compute --ext kfra --data-pass 1", many), 1);
