@@ -279,7 +279,8 @@ int cpk_compute(cpk_context *ctx, cpk_model *model, const cpk_pass_spec *spec,
  * per-sample gradients of parameter `param` ("1.weight"), as batch_grad
  * gives them (loss scale included: with `mean` they sum to the gradient).
  * Both are valid during the call only. Returns CPK_OK, or a status that
- * stops the pass (cpk_compute_ex returns it). */
+ * stops the pass (cpk_compute_ex returns it). With MPI ranks each rank
+ * visits its own samples only, `first` counting in the whole batch. */
 typedef int (*cpk_grad_batch_fn)(void *ud, const char *param, int64_t first,
                                  const cpk_tensor *chunk);
 
