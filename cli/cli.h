@@ -101,6 +101,35 @@ double cli_now(void);
 int cli_write_timing(const char *out, int64_t runs, double *times,
                      size_t peak);
 
+/* MPI (cli/mpi.c). Under mpirun (in a build with MPI) every rank runs the
+ * command on its shard of the batch; only rank 0 prints and writes files. */
+/* Start MPI when a launcher started this process; returns an exit status. */
+int cli_mpi_init(int *argc, char ***argv);
+void cli_mpi_finalize(void);
+/* This process's rank and the number of ranks (0 and 1 without MPI). */
+int cli_rank(void);
+int cli_ranks(void);
+/* cpk_context_new, with the world communicator when there are ranks. */
+int cli_context_new(cpk_context **ctx, const cpk_context_options *opts);
+/* Agree on the exit status of every rank (a no-op for one process): 0 when
+ * all passed 0, else the status of the lowest failing rank, whose message
+ * rank 0 prints. Call after work that may fail on some ranks only, before
+ * the next collective call. */
+int cli_sync(int exit_status);
+/* Replace a batch [N, ...] by this rank's rows: rank r gets N / K rows, one
+ * more when r < N % K, after those of ranks below it. */
+int cli_shard(cpk_tensor **t);
+/* cli_sync over a context's ranks (once the context exists, every
+ * agreement goes through it, so that no rank waits on another
+ * communicator). */
+int cli_agree(cpk_context *ctx, int exit_status);
+/* Report a library failure of a collective phase: agree on it with the
+ * other ranks first (see cpk_context_agree), then print it on rank 0.
+ * Not for failures after the last collective call (writing files). */
+int cli_lib_fail(cpk_context *ctx, int status);
+/* Remember the message of this rank's last error (for cli_sync). */
+void cli_note_error(const char *message);
+
 /* Commands. */
 int cmd_compute(int argc, char **argv);
 int cmd_init(int argc, char **argv);

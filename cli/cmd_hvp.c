@@ -80,8 +80,8 @@ static int run_product(int argc, char **argv, const char *command,
                        cpk_curvature kind, const char *suffix,
                        const char *summary) {
   cli_common c = {0};
-  const char *vector = NULL, *repeat = NULL;
-  cli_opt opts[CLI_COMMON_NOPTS + 2];
+  const char *vector = NULL, *repeat = NULL, *data_pass = NULL;
+  cli_opt opts[CLI_COMMON_NOPTS + 3];
   cli_common_opts(&c, opts);
   opts[CLI_COMMON_NOPTS] = (cli_opt){
       "vector", "DIR", "the vector: P.npy per parameter (missing: zero)",
@@ -89,7 +89,12 @@ static int run_product(int argc, char **argv, const char *command,
   opts[CLI_COMMON_NOPTS + 1] = (cli_opt){
       "repeat", "R", "run the product R more times and write timing.json",
       &repeat, NULL};
-  int rc = cli_parse(command, summary, argc, argv, opts, CLI_COMMON_NOPTS + 2);
+  opts[CLI_COMMON_NOPTS + 2] = (cli_opt){
+      "data-pass", "B",
+      "treat --input as a whole data set and go through it (per MPI rank) "
+      "in passes of at most B samples, summing their products",
+      &data_pass, NULL};
+  int rc = cli_parse(command, summary, argc, argv, opts, CLI_COMMON_NOPTS + 3);
   if (rc != 0)
     return rc < 0 ? CLI_EXIT_OK : rc;
   if ((rc = cli_require(command, "model", c.model)) ||
@@ -100,9 +105,11 @@ static int run_product(int argc, char **argv, const char *command,
       (rc = cli_require(command, "out", c.out)))
     return rc;
   cli_setup s;
-  int64_t runs = 0;
+  int64_t runs = 0, max_batch = 0;
   if ((rc = cli_common_setup(&c, &s)) != 0 ||
-      (repeat && (rc = cli_parse_int("repeat", repeat, 0, &runs)) != 0))
+      (repeat && (rc = cli_parse_int("repeat", repeat, 0, &runs)) != 0) ||
+      (data_pass &&
+       (rc = cli_parse_int("data-pass", data_pass, 1, &max_batch)) != 0))
     return rc;
   cpk_model *model = NULL;
   cpk_tensor *input = NULL, *target = NULL;
@@ -118,24 +125,24 @@ static int run_product(int argc, char **argv, const char *command,
   v = calloc((size_t)dim, sizeof *v);
   hv = calloc((size_t)dim, sizeof *hv);
   times = calloc((size_t)(runs > 0 ? runs : 1), sizeof *times);
-  if (v == NULL || hv == NULL || times == NULL) {
+  if (v == NULL || hv == NULL || times == NULL)
     rc = cli_error(CPK_ENOMEM, "out of memory for vectors of %lld parameters",
                    (long long)dim);
-    goto done;
-  }
-  if ((rc = read_vector(vector, model, v)) != 0)
+  else
+    rc = read_vector(vector, model, v);
+  if (rc == 0 && (st = cli_context_new(&ctx, &s.ctx)) != CPK_OK)
+    rc = cli_lib_error(st);
+  if ((rc = cli_sync(rc)) != 0) /* every rank read the vector itself */
     goto done;
   cpk_pass_spec spec = {s.loss, s.reduction, NULL, 0};
-  if ((st = cpk_context_new(&ctx, &s.ctx)) != CPK_OK)
-    goto fail;
   for (int64_t r = 0; r <= runs; r++) {
     size_t base = cpk_memory_in_use();
     cpk_memory_reset_peak();
     double t0 = cli_now();
     cpk_curvature_op_free(op);
     op = NULL;
-    if ((st = cpk_curvature_op_new(&op, ctx, model, &spec, input, target,
-                                   kind)) != CPK_OK ||
+    if ((st = cpk_curvature_op_new_ex(&op, ctx, model, &spec, input, target,
+                                      kind, max_batch)) != CPK_OK ||
         (st = cpk_curvature_op_apply(op, 1, v, hv)) != CPK_OK)
       goto fail;
     times[r > 0 ? r - 1 : 0] = cli_now() - t0;
@@ -149,7 +156,7 @@ static int run_product(int argc, char **argv, const char *command,
     rc = cli_write_timing(c.out, runs, times, peak);
   goto done;
 fail:
-  rc = cli_lib_error(st);
+  rc = cli_lib_fail(ctx, st);
 done:
   free(v);
   free(hv);

@@ -15,8 +15,9 @@
 typedef struct {
   cli_common c;
   cli_setup s;
-  const char *curvature;
+  const char *curvature, *data_pass;
   cpk_curvature kind;
+  int64_t max_batch; /* --data-pass */
   cpk_model *model;
   cpk_tensor *input, *target;
   cpk_context *ctx;
@@ -44,9 +45,14 @@ static int spectra_open(spectra *sp, const char *command, const char *summary,
   opts[CLI_COMMON_NOPTS] =
       (cli_opt){"curvature", "C", "hessian (default) or ggn", &sp->curvature,
                 NULL};
-  memcpy(opts + CLI_COMMON_NOPTS + 1, extra, (size_t)nextra * sizeof *extra);
+  opts[CLI_COMMON_NOPTS + 1] = (cli_opt){
+      "data-pass", "B",
+      "treat --input as a whole data set: every product goes through it "
+      "(per MPI rank) in passes of at most B samples, memory for one pass",
+      &sp->data_pass, NULL};
+  memcpy(opts + CLI_COMMON_NOPTS + 2, extra, (size_t)nextra * sizeof *extra);
   int rc = cli_parse(command, summary, argc, argv, opts,
-                     CLI_COMMON_NOPTS + 1 + nextra);
+                     CLI_COMMON_NOPTS + 2 + nextra);
   if (rc != 0)
     return rc < 0 ? -1 : rc;
   if ((rc = cli_require(command, "model", sp->c.model)) ||
@@ -55,6 +61,9 @@ static int spectra_open(spectra *sp, const char *command, const char *summary,
       (rc = cli_require(command, "target", sp->c.target)) ||
       (rc = cli_require(command, "out", sp->c.out)) ||
       (rc = cli_common_setup(&sp->c, &sp->s)))
+    return rc;
+  if (sp->data_pass &&
+      (rc = cli_parse_int("data-pass", sp->data_pass, 1, &sp->max_batch)) != 0)
     return rc;
   sp->kind = CPK_CURV_HESSIAN;
   if (sp->curvature != NULL) {
@@ -75,14 +84,15 @@ static int spectra_load(spectra *sp) {
                             &sp->target);
   if (rc != 0)
     return rc;
-  int st = cpk_context_new(&sp->ctx, &sp->s.ctx);
-  if (st == CPK_OK)
-    st = cpk_curvature_op_new(&sp->op, sp->ctx, sp->model, &spec, sp->input,
-                              sp->target, sp->kind);
+  int st = cli_context_new(&sp->ctx, &sp->s.ctx);
+  if ((rc = cli_sync(st == CPK_OK ? 0 : cli_lib_error(st))) != 0)
+    return rc;
+  st = cpk_curvature_op_new_ex(&sp->op, sp->ctx, sp->model, &spec, sp->input,
+                                 sp->target, sp->kind, sp->max_batch);
   if (st == CPK_OK)
     st = cpk_results_new(&sp->res);
   if (st != CPK_OK)
-    return cli_lib_error(st);
+    return cli_lib_fail(sp->ctx, st);
   cpk_curvature_op_as_operator(sp->op, &sp->lin);
   return 0;
 }
@@ -132,7 +142,22 @@ int cmd_eigen(int argc, char **argv) {
   int st = vals && vecs ? cpk_eigen_lanczos(&sp.lin, k, &o, vals, vecs, NULL)
                         : CPK_ENOMEM;
   if (st != CPK_OK)
-    rc = cli_lib_error(st);
+    rc = cli_lib_fail(sp.ctx, st);
+  /* An eigenvector's sign is arbitrary: make its largest entry (the first
+   * of those within 1e-6 of the largest magnitude) positive, so that runs
+   * whose rounding differs (other thread or rank counts) agree. */
+  for (int64_t j = 0; rc == 0 && j < k; j++) {
+    double *v = vecs + j * p, big = 0.0;
+    for (int64_t i = 0; i < p; i++)
+      big = fabs(v[i]) > big ? fabs(v[i]) : big;
+    for (int64_t i = 0; i < p; i++)
+      if (fabs(v[i]) >= big * (1.0 - 1e-6)) {
+        if (v[i] < 0.0)
+          for (int64_t e = 0; e < p; e++)
+            v[e] = -v[e];
+        break;
+      }
+  }
   if (rc == 0)
     rc = add_result(&sp, "eigenvalues", 1, &k, vals);
   /* P.eigenvectors [K, *S]: the slice of every eigenvector over P. */
@@ -176,9 +201,11 @@ static int exact_trace(spectra *sp, double *trace) {
                                                     : "diag_ggn_exact";
   cpk_pass_spec spec = {sp->s.loss, sp->s.reduction, ext, 0};
   cpk_results *r;
-  int st = cpk_compute(sp->ctx, sp->model, &spec, sp->input, sp->target, &r);
+  const cpk_pass_options po = {.max_batch = sp->max_batch};
+  int st = cpk_compute_ex(sp->ctx, sp->model, &spec, &po, sp->input,
+                          sp->target, &r);
   if (st != CPK_OK)
-    return cli_lib_error(st);
+    return cli_lib_fail(sp->ctx, st);
   *trace = 0.0;
   for (int i = 0; i < cpk_model_num_params(sp->model); i++) {
     const char *name;
@@ -239,7 +266,7 @@ int cmd_trace(int argc, char **argv) {
   else
     st = cpk_trace_hutchpp(&sp.lin, s, &o, &trace, &err);
   if (st != CPK_OK)
-    rc = cli_lib_error(st);
+    rc = cli_lib_fail(sp.ctx, st);
   if (rc == 0)
     rc = add_result(&sp, "trace", 0, NULL, &trace);
   if (rc == 0 && mode != 0)
@@ -281,7 +308,7 @@ int cmd_density(int argc, char **argv) {
       .runs = r, .steps = l, .grid = g, .seed = sp.s.ctx.seed};
   int st = out ? cpk_spectral_density(&sp.lin, &o, out) : CPK_ENOMEM;
   if (st != CPK_OK)
-    rc = cli_lib_error(st);
+    rc = cli_lib_fail(sp.ctx, st);
   int64_t shape[2] = {2, g};
   if (rc == 0)
     rc = add_result(&sp, "density", 2, shape, out);

@@ -411,7 +411,7 @@ static int train_loop(train_run *r, const char *run) {
     if (st == CPK_ENONFINITE)
       return diverged(r, run, cpk_last_error());
     if (st != CPK_OK)
-      return cli_lib_error(st);
+      return cli_lib_fail(r->ctx, st);
     rc = log_records(r, rep.records, 2);
     if (rc == 0 && rep.dump != NULL)
       rc = train_dump_write(&r->dump, run, step, rep.dump);
@@ -425,18 +425,21 @@ static int train_loop(train_run *r, const char *run) {
                   step + 1, rep.loss, rep.samples);
     cpk_step_report_clear(&rep);
     if (rc != 0)
-      return rc;
+      return cli_agree(r->ctx, rc);
     fresh_checkpoint = 0;
     if (batch == 0) { /* an epoch ended */
       if ((rc = evaluate(r, r->epoch_loss / r->epoch_samples)) != 0)
-        return rc;
+        return cli_agree(r->ctx, rc);
       r->epoch_loss = r->epoch_samples = 0.0;
     }
     if (batch == 0 || (p->ckpt_every && (step + 1) % p->ckpt_every == 0)) {
       if ((rc = checkpoint(r, run)) != 0)
-        return rc;
+        return cli_agree(r->ctx, rc);
       fresh_checkpoint = 1;
     }
+    /* Under MPI rank 0 writes the logs: its failures reach the others. */
+    if ((rc = cli_agree(r->ctx, rc)) != 0)
+      return rc;
   }
   return fresh_checkpoint ? 0 : checkpoint(r, run);
 }
@@ -462,7 +465,7 @@ static int start(train_run *r, const train_opts *o) {
   char ckpt[4096];
   train_state saved;
   int rc, st;
-  if ((rc = cli_make_dir(o->run)) != 0)
+  if (cli_rank() == 0 && (rc = cli_make_dir(o->run)) != 0)
     return rc;
   describe(o, p, &r->state);
   if (!o->resume) {
@@ -645,36 +648,40 @@ int cmd_train(int argc, char **argv) {
   r.good_step = -1;
   if ((rc = make_plan(&o, &r.plan)) != 0)
     return rc;
+  /* Every rank reads the files itself: agree before any collective. */
   if ((rc = load_model(&o, &r.plan, &r.model)) != 0)
-    goto done;
+    goto loaded;
   if ((o.dump || o.dump_ext) &&
       (rc = train_dump_setup(&r.dump, r.model, o.dump, o.dump_ext)) != 0)
-    goto done;
+    goto loaded;
   r.dumping = o.dump || o.dump_ext;
   if (r.dumping && r.plan.track == 0) {
     rc = cli_error(CPK_EUSAGE, "train: --dump and --dump-ext write tracked "
                                "steps; add --track-every K or --track log");
-    goto done;
+    goto loaded;
   }
   r.fallback_noted = calloc((size_t)cpk_model_num_params(r.model) + 1, 1);
   if (r.fallback_noted == NULL) {
     rc = cli_error(CPK_ENOMEM, "out of memory");
-    goto done;
+    goto loaded;
   }
   if ((rc = train_data_load(r.plan.data, r.plan.s.dtype, r.plan.subset,
                             r.plan.test_subset, &r.data)) != 0)
-    goto done;
-  if ((st = cpk_context_new(&r.ctx, &r.plan.s.ctx)) != CPK_OK ||
+    goto loaded;
+  if ((st = cli_context_new(&r.ctx, &r.plan.s.ctx)) != CPK_OK ||
       (st = cpk_optim_new(&r.opt, &r.plan.optim, r.model)) != CPK_OK ||
       (st = cpk_trainer_new(&r.tr, r.ctx, r.model, r.opt, r.data.train_x,
                             r.data.train_y, r.plan.batch_size,
-                            r.plan.s.ctx.seed)) != CPK_OK) {
+                            r.plan.s.ctx.seed)) != CPK_OK)
     rc = cli_lib_error(st);
+loaded:
+  if ((rc = cli_sync(rc)) != 0)
     goto done;
-  }
   progress_init(&r.prog, 0, 1);
-  if ((rc = start(&r, &o)) != 0 || (rc = train_loop(&r, o.run)) != 0 ||
-      (rc = write_summary(&r, o.run)) != 0)
+  /* Under MPI every rank loaded the data and (on --resume) the checkpoint
+   * itself; rank 0 writes. */
+  if ((rc = cli_agree(r.ctx, start(&r, &o))) != 0 ||
+      (rc = train_loop(&r, o.run)) != 0 || (rc = write_summary(&r, o.run)) != 0)
     goto done;
   char took[32];
   format_duration(took, sizeof took, run_time(&r));

@@ -10,12 +10,16 @@
 #include "cli.h"
 
 int cli_error(int status, const char *fmt, ...) {
+  char msg[1536];
   va_list ap;
-  fputs("curvpack: error: ", stderr);
   va_start(ap, fmt);
-  vfprintf(stderr, fmt, ap);
+  vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
-  fputc('\n', stderr);
+  cli_note_error(msg);
+  /* Under MPI only rank 0 prints; another rank's failure reaches it through
+   * cli_sync or the library's agreement. */
+  if (cli_rank() == 0)
+    fprintf(stderr, "curvpack: error: %s\n", msg);
   return status == CPK_EUSAGE ? CLI_EXIT_USAGE : CLI_EXIT_FAILURE;
 }
 
@@ -267,15 +271,20 @@ int cli_load_problem(const cli_common *c, const cli_setup *s,
                      cpk_model **model, cpk_tensor **input,
                      cpk_tensor **target) {
   cpk_pass_spec spec = {s->loss, s->reduction, NULL, 0};
-  int st, rc = cli_load_model(c, s->dtype, model, input);
+  int st = CPK_OK, rc = cli_load_model(c, s->dtype, model, input);
   *target = NULL;
-  if (rc != 0)
-    return rc;
-  if ((st = cpk_npy_read(c->target, target)) == CPK_OK)
-    st = cpk_check_pass(*model, &spec, *input, *target);
-  if (st == CPK_OK)
+  if (rc == 0) {
+    if ((st = cpk_npy_read(c->target, target)) == CPK_OK)
+      st = cpk_check_pass(*model, &spec, *input, *target);
+    if (st != CPK_OK)
+      rc = cli_lib_error(st);
+  }
+  /* Under MPI each rank keeps its shard of the batch. */
+  if (rc == 0 && (rc = cli_shard(input)) == 0)
+    rc = cli_shard(target);
+  /* Every rank loaded the files itself: agree before any collective. */
+  if ((rc = cli_sync(rc)) == 0)
     return 0;
-  rc = cli_lib_error(st);
   cpk_tensor_free(*target);
   cpk_tensor_free(*input);
   cpk_model_free(*model);

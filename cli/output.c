@@ -45,6 +45,8 @@ static void temp_name(char *buf, size_t len, const char *out, const char *name) 
 int cli_write_results(const char *out, const cpk_results *r) {
   char tmp[PATH_MAX], dst[PATH_MAX], file[128];
   int n = cpk_results_count(r), written = 0, rc = 0;
+  if (cli_rank() != 0) /* under MPI rank 0 writes */
+    return 0;
   if ((rc = cli_make_dir(out)) != 0)
     return rc;
   for (; written < n; written++) {
@@ -83,6 +85,8 @@ int cli_write_results(const char *out, const cpk_results *r) {
 
 int cli_write_text(const char *out, const char *name, const char *text) {
   char tmp[PATH_MAX], dst[PATH_MAX];
+  if (cli_rank() != 0) /* under MPI rank 0 writes */
+    return 0;
   temp_name(tmp, sizeof tmp, out, name);
   snprintf(dst, sizeof dst, "%s/%s", out, name);
   FILE *f = fopen(tmp, "w");

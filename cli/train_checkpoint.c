@@ -73,6 +73,8 @@ static int write_state(const char *path, const cpk_trainer *tr,
 
 int train_checkpoint_save(const char *run, const cpk_trainer *tr,
                           const train_state *st) {
+  if (cli_rank() != 0) /* under MPI rank 0 writes the run */
+    return 0;
   char tmp[PATH_MAX], dst[PATH_MAX], old[PATH_MAX], state[PATH_MAX];
   int rc;
   if ((rc = train_path(tmp, sizeof tmp, "%s/.checkpoint.tmp", run)) ||

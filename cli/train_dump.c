@@ -128,6 +128,8 @@ static int write_one(const char *dir, const char *file, const cpk_tensor *t) {
 
 int train_dump_write(const train_dump *d, const char *run, int64_t step,
                      const cpk_results *dump) {
+  if (cli_rank() != 0) /* under MPI rank 0 writes the run */
+    return 0;
   char top[PATH_MAX], tmp[PATH_MAX], dst[PATH_MAX], file[160], key[128];
   int rc;
   if ((rc = train_path(top, sizeof top, "%s/dumps", run)) ||

@@ -35,6 +35,8 @@ static char *first_line(FILE *f) {
 
 int train_log_open(train_log *l, const char *run, int resume,
                    const long *sizes) {
+  if (cli_rank() != 0) /* under MPI rank 0 writes the run */
+    return 0;
   char path[PATH_MAX];
   memset(l, 0, sizeof *l);
   l->run = run;
@@ -187,6 +189,8 @@ static char *csv_header(const cpk_results *r) {
 }
 
 int train_log_record(train_log *l, const cpk_results *r, double time) {
+  if (cli_rank() != 0) /* under MPI rank 0 writes the run */
+    return 0;
   char *header = csv_header(r);
   if (header == NULL)
     return cli_error(CPK_ENOMEM, "out of memory for the metrics header");
@@ -225,6 +229,8 @@ int train_log_record(train_log *l, const cpk_results *r, double time) {
 
 int train_log_eval(train_log *l, int64_t epoch, int64_t step, double time,
                    double train_loss, double test_loss, double test_acc) {
+  if (cli_rank() != 0) /* under MPI rank 0 writes the run */
+    return 0;
   fprintf(l->eval_jsonl,
           "{\"epoch\": %lld, \"step\": %lld, \"time\": %.6f, "
           "\"train_loss\": ",
@@ -244,6 +250,8 @@ int train_log_eval(train_log *l, int64_t epoch, int64_t step, double time,
 }
 
 int train_log_sizes(train_log *l, long *sizes) {
+  if (cli_rank() != 0) /* under MPI rank 0 writes the run */
+    return 0;
   for (int i = 0; i < 4; i++) {
     FILE *f = *slot(l, i);
     if (fflush(f) != 0 || fseek(f, 0, SEEK_END) != 0 ||

@@ -23,7 +23,11 @@ typedef struct cpk__param_site {
   cpk__layer *layer;
   int p;                  /* slot in layer->params */
   const char *name;       /* "1.weight" */
-  int64_t n;              /* batch size */
+  int64_t n;              /* batch size (of this pass) */
+  /* Size of the whole batch means run over (Kronecker input factors): n,
+   * or more when the pass is a shard of a batch split over MPI ranks or
+   * over passes (context.h). */
+  int64_t n_mean;
   const cpk_tensor *x;    /* layer input [N, *in] */
   const cpk_tensor *g;    /* dL/dy as a block [1, N, *out] */
   const cpk_tensor *grad; /* the summed gradient, shape S */

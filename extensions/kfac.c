@@ -2,7 +2,8 @@
  * kfac.c: Kronecker factors of the GGN from the backpropagated square root
  * (BackPACK's KFAC with the Monte Carlo root, KFLR with the exact one).
  * Linear on [N, IN], weight [OUT, IN]: P.kfac.0 = G = sum_{v,n} s s^T
- * (OUT x OUT, carries the loss scale c), P.kfac.1 = A = (1/N) X^T X
+ * (OUT x OUT, carries the loss scale c), P.kfac.1 = A = (1/N) X^T X (N the whole batch's size when
+ * this pass is a shard of it: shards then simply add up)
  * (IN x IN); the GGN block is approximated by G (x) A in the row-major order
  * of the flattened weight. Bias: P.kfac.0 = G alone.
  * KFRA (P.kfra.0, P.kfra.1) takes G = Gbar, the averaged GGN propagated
@@ -109,7 +110,7 @@ static int conv_input_factor(cpk__param_site *s, const char *name) {
   const size_t es = cpk_dtype_size(u->dtype);
   for (int64_t g = 0; rc == CPK_OK && g < groups; g++)
     for (int64_t j = 0; j < s->n; j++)
-      cpk__gemm(s->ctx, u->dtype, 0, 1, r, r, l, 1.0 / (double)s->n,
+      cpk__gemm(s->ctx, u->dtype, 0, 1, r, r, l, 1.0 / (double)s->n_mean,
                 (char *)u->data + (size_t)((j * groups + g) * r * l) * es, l,
                 (char *)u->data + (size_t)((j * groups + g) * r * l) * es, l,
                 j == 0 ? 0.0 : 1.0, (char *)out->data + (size_t)(g * r * r) * es,
@@ -144,7 +145,7 @@ static int kron_factors(cpk__param_site *s, const cpk_tensor *S,
     return rc;
   if ((rc = cpk__site_result(s, name1, 2, ashape, &a)) != CPK_OK)
     return rc;
-  cpk__gemm(s->ctx, s->x->dtype, 1, 0, fi, fi, s->n, 1.0 / (double)s->n,
+  cpk__gemm(s->ctx, s->x->dtype, 1, 0, fi, fi, s->n, 1.0 / (double)s->n_mean,
             s->x->data, fi, s->x->data, fi, 0.0, a->data, fi);
   return CPK_OK;
 }

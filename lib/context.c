@@ -40,6 +40,7 @@ int cpk_context_new(cpk_context **out, const cpk_context_options *opts) {
   ctx->mc_samples = opts->mc_samples > 0 ? opts->mc_samples : 1;
   cpk__rng_seed(&ctx->rng, ctx->seed);
   ctx->work_bytes = (size_t)64 << 20;
+  ctx->dist.size = 1;
   /* Under a memory budget, chunked intermediates take an eighth of it. */
   const size_t budget = cpk_memory_limit();
   if (budget != 0 && budget / 8 < ctx->work_bytes)
@@ -72,12 +73,28 @@ int cpk_context_new(cpk_context **out, const cpk_context_options *opts) {
 void cpk_context_free(cpk_context *ctx) {
   if (ctx == NULL)
     return;
+  cpk__dist_free(ctx);
 #ifdef CPK_HAVE_CUDA
   if (ctx->gpu != NULL)
     cpk__gpu_close(ctx->gpu);
 #endif
   cpk__free(ctx->host);
   cpk__free(ctx);
+}
+
+cpk_context *cpk__context_host(cpk_context *ctx) {
+  cpk_context *h = ctx->host;
+  *h = *ctx; /* this pass's seed, shard and ranks */
+  h->device = CPK_DEVICE_CPU;
+  h->gpu = NULL;
+  h->host = NULL;
+  return h;
+}
+
+void cpk__context_shard(const cpk_context *ctx, int64_t n, int64_t *first,
+                        int64_t *total) {
+  *first = ctx->shard_total > 0 ? ctx->shard_first : 0;
+  *total = ctx->shard_total > 0 ? ctx->shard_total : n;
 }
 
 void cpk__context_apply_threads(const cpk_context *ctx) {

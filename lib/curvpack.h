@@ -201,6 +201,33 @@ void cpk_context_free(cpk_context *ctx);
 /* Whether this build of the library includes the CUDA path. */
 int cpk_have_cuda(void);
 
+/* ------------------------------------------------------- data parallelism
+ * A context can compute data-parallel over MPI ranks: give it a
+ * communicator with cpk_context_set_mpi_comm (curvpack_mpi.h, installed in
+ * builds with MPI). Every rank then calls the same functions in the same
+ * order with its own shard of the batch (rank r's samples follow rank
+ * r-1's, in rank order; at least one per rank), and gets the result one
+ * process computes on the whole batch: sums over the samples are summed
+ * over the ranks, means (reduction=mean, Kronecker input factors) divide by
+ * the whole batch's size, per-sample results are gathered in sample order,
+ * Monte Carlo draws of a sample do not depend on the shard layout. A
+ * failure on any rank makes the call fail on every rank with that rank's
+ * status and message ("rank R: ..."), so no rank waits for ever. */
+
+/* Whether this build includes the MPI path. */
+int cpk_have_mpi(void);
+/* This process's rank and the number of ranks (0 and 1 without a
+ * communicator). */
+int cpk_context_rank(const cpk_context *ctx);
+int cpk_context_ranks(const cpk_context *ctx);
+/* Collective: every rank passes its status (and, for a failure, a message;
+ * NULL keeps cpk_last_error()). Returns CPK_OK when every rank passed
+ * CPK_OK; otherwise the status of the lowest failing rank, whose message
+ * becomes cpk_last_error() on every rank. Without a communicator it returns
+ * `status`. A caller that fails between collective calls uses it to tell
+ * the other ranks, which would otherwise wait for ever. */
+int cpk_context_agree(cpk_context *ctx, int status, const char *message);
+
 /* A named collection of result tensors ("loss", "output", "0.weight.grad",
  * "0.weight.grad_batch", ...). The names are the contract's file stems. */
 typedef struct cpk_results cpk_results;
@@ -255,7 +282,8 @@ int cpk_compute(cpk_context *ctx, cpk_model *model, const cpk_pass_spec *spec,
  * per-sample gradients of parameter `param` ("1.weight"), as batch_grad
  * gives them (loss scale included: with `mean` they sum to the gradient).
  * Both are valid during the call only. Returns CPK_OK, or a status that
- * stops the pass (cpk_compute_ex returns it). */
+ * stops the pass (cpk_compute_ex returns it). With MPI ranks each rank
+ * visits its own samples only, `first` counting in the whole batch. */
 typedef int (*cpk_grad_batch_fn)(void *ud, const char *param, int64_t first,
                                  const cpk_tensor *chunk);
 
@@ -285,6 +313,13 @@ typedef struct cpk_pass_options {
    * factored form instead of to visit_grad_batch. */
   cpk_grad_factors_fn visit_grad_factors;
   void *visit_ud; /* the visitors' first argument */
+  /* > 0: run the (local) batch through in passes of at most max_batch
+   * samples and combine them into the results of one pass over all of it
+   * (memory of one sub-batch, besides per-sample results). kfra cannot be
+   * combined that way (its recursion averages over the whole batch at
+   * every layer): CPK_ENOTSUP when it would take more than one pass.
+   * Visitors need max_batch = 0. */
+  int64_t max_batch;
 } cpk_pass_options;
 
 /* cpk_compute with options (NULL: cpk_compute). */
@@ -386,6 +421,16 @@ int cpk_curvature_op_new(cpk_curvature_op **out, cpk_context *ctx,
                          cpk_model *model, const cpk_pass_spec *spec,
                          const cpk_tensor *input, const cpk_tensor *target,
                          cpk_curvature kind);
+/* The same over a whole data set (with MPI ranks: this rank's part of it)
+ * in passes of at most max_batch samples (0: one pass, as
+ * cpk_curvature_op_new). Nothing is kept between products: each product
+ * runs the passes again one after the other (forward, and backward for
+ * the Hessian) and sums them, so memory is that of one pass of max_batch
+ * samples. input and target are borrowed and must outlive the operator. */
+int cpk_curvature_op_new_ex(cpk_curvature_op **out, cpk_context *ctx,
+                            cpk_model *model, const cpk_pass_spec *spec,
+                            const cpk_tensor *input, const cpk_tensor *target,
+                            cpk_curvature kind, int64_t max_batch);
 void cpk_curvature_op_free(cpk_curvature_op *op);
 /* P, the number of trainable parameters. */
 int64_t cpk_curvature_op_dim(const cpk_curvature_op *op);

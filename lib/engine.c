@@ -105,6 +105,8 @@ int cpk__forward(cpk__pass *pass, const cpk_tensor *input) {
   if (pass->acts == NULL)
     return CPK_ENOMEM;
   pass->n = input->shape[0];
+  int64_t first;
+  cpk__context_shard(pass->ctx, pass->n, &first, &pass->n_total);
   if (cpk__on_cuda(pass->ctx)) { /* the one upload of the input */
     if ((rc = cpk__tensor_to_device(pass->ctx, input, m->dtype,
                                     &pass->acts[0])) != CPK_OK)
@@ -147,7 +149,8 @@ static int visit_factors(const cpk__param_site *site) {
 static int visit_chunk(void *ud, int64_t first, const cpk_tensor *chunk) {
   const cpk__param_site *site = ud;
   const cpk_pass_options *opts = site->visit_opts;
-  return opts->visit_grad_batch(opts->visit_ud, site->name, first, chunk);
+  return opts->visit_grad_batch(opts->visit_ud, site->name,
+                                site->ctx->shard_first + first, chunk);
 }
 
 /* Every requested extension at parameter p of layer l, whose input is
@@ -167,6 +170,7 @@ static int run_extensions(cpk__pass *pass, cpk__layer *l, int p,
                           .p = p,
                           .name = name,
                           .n = pass->n,
+                          .n_mean = pass->n_total,
                           .x = pass->acts[l->index],
                           .g = pass->blocks[CPK__BLOCK_GRAD],
                           .grad = grad,
@@ -237,6 +241,17 @@ static int propagate_blocks(cpk__pass *pass, int i) {
                              pass->blocks[CPK__BLOCK_GRAD]);
   if (rc == CPK_OK && pass->kfra != NULL)
     rc = cpk__kfra_through(&pass->kfra, l, pass->ctx, x, y);
+  if (pass->kfra != NULL) {
+    /* Gbar_in = (1/N) sum_n J_n^T Gbar J_n over the whole batch: each
+     * shard's mean weighted by its share, summed over the ranks (a
+     * collective at every layer; a rank that failed still takes part). */
+    if (rc == CPK_OK && pass->n_total != pass->n)
+      cpk__scale(pass->ctx, pass->kfra->dtype, cpk_tensor_numel(pass->kfra),
+                 (double)pass->n / (double)pass->n_total, pass->kfra->data);
+    rc = cpk__dist_sum(pass->ctx, rc, pass->kfra->dtype,
+                       rc == CPK_OK ? pass->kfra->data : NULL,
+                       rc == CPK_OK ? cpk_tensor_numel(pass->kfra) : 0);
+  }
   if (rc != CPK_OK)
     return rc;
   for (int b = 0; b < CPK__NBLOCKS; b++) {
@@ -284,7 +299,7 @@ static int loss_step(cpk__pass *pass, enum loss_step step, const cpk_tensor *f,
   if (cpk__on_cuda(ctx)) {
     if ((rc = cpk__tensor_to_host(ctx, f, &f_host)) == CPK_OK)
       rc = cpk_tensor_new(&out_host, out->dtype, out->ndim, out->shape);
-    ctx = ctx->host;
+    ctx = cpk__context_host(ctx);
     f = f_host;
   }
   cpk_tensor *o = out_host != NULL ? out_host : out;
@@ -323,8 +338,13 @@ static int start_from_exact_root(cpk__pass *pass, const cpk_tensor *target) {
     else
       rc = cpk__hterms_start(pass->hterms, pass->ctx, root);
   }
-  if (rc == CPK_OK && (pass->needs & CPK__NEED_KFRA))
+  if (rc == CPK_OK && (pass->needs & CPK__NEED_KFRA)) {
+    /* Gbar = c sum_n d^2 l_n / df_n^2: summed over the ranks */
     rc = cpk__kfra_start(pass->ctx, root, &pass->kfra);
+    if (rc == CPK_OK)
+      rc = cpk__dist_sum(pass->ctx, rc, pass->kfra->dtype, pass->kfra->data,
+                         cpk_tensor_numel(pass->kfra));
+  }
   cpk_tensor_free(own);
   return rc;
 }
@@ -367,7 +387,8 @@ static int loss_and_grad(cpk__pass *pass, const cpk_tensor *target) {
   cpk_tensor *loss, *output, **g = &pass->blocks[CPK__BLOCK_GRAD];
   double value;
   int rc;
-  pass->scale = cpk__loss_scale(pass->loss, pass->spec->reduction, f);
+  pass->scale = cpk__loss_scale_total(pass->loss, pass->spec->reduction, f,
+                                      pass->n_total);
   if ((rc = cpk__block_new_on(pass->ctx, g, f->dtype, 1, pass->n,
                               last->out_ndim, last->out_shape)) != CPK_OK)
     return rc;
@@ -405,15 +426,14 @@ int cpk_compute(cpk_context *ctx, cpk_model *model, const cpk_pass_spec *spec,
   return cpk_compute_ex(ctx, model, spec, NULL, input, target, out);
 }
 
-int cpk_compute_ex(cpk_context *ctx, cpk_model *model,
-                   const cpk_pass_spec *spec, const cpk_pass_options *opts,
-                   const cpk_tensor *input, const cpk_tensor *target,
-                   cpk_results **out) {
+/* One forward and backward pass over `input` (checked by the caller). */
+static int one_pass(cpk_context *ctx, cpk_model *model,
+                    const cpk_pass_spec *spec, const cpk_pass_options *opts,
+                    const cpk_tensor *input, const cpk_tensor *target,
+                    cpk_results **out) {
   cpk__pass pass = {.opts = opts};
   int rc, device = 0;
   *out = NULL;
-  if ((rc = cpk_check_pass(model, spec, input, target)) != CPK_OK)
-    return rc;
   cpk__context_apply_threads(ctx);
   pass.ctx = ctx;
   pass.model = model;
@@ -447,5 +467,280 @@ done:
     cpk_results_free(pass.results);
   else
     *out = pass.results;
+  return rc;
+}
+
+/* ------------------------------------------- a batch in shards (MPI, passes)
+ * Each pass covers a shard [first, first + n) of the whole batch of `total`
+ * samples (context.h): the loss scale and Kronecker means use `total`, Monte
+ * Carlo draws skip those of the other samples. Its results then combine by
+ * name: sums over samples add, per-sample results are concatenated in
+ * sample order, KFRA's output factor is already the whole batch's (summed
+ * over ranks at every layer). Variance and pairwise dot products are not
+ * combinable from the shards' own values; they are computed at the end from
+ * the combined second moment and gradient, and from the gathered per-sample
+ * gradients. */
+
+enum { COMB_SUM, COMB_CAT0, COMB_CAT1, COMB_SAME };
+
+static int combine_kind(const char *name, int *kind) {
+  static const struct {
+    const char *suffix;
+    int kind;
+  } table[] = {
+      {"grad", COMB_SUM},           {"grad_batch", COMB_CAT0},
+      {"batch_l2", COMB_CAT0},      {"sum_grad_squared", COMB_SUM},
+      {"diag_ggn_exact", COMB_SUM}, {"diag_ggn_mc", COMB_SUM},
+      {"diag_h", COMB_SUM},         {"diag_ggn_exact_batch", COMB_CAT0},
+      {"diag_ggn_mc_batch", COMB_CAT0}, {"diag_h_batch", COMB_CAT0},
+      {"kfac.0", COMB_SUM},         {"kfac.1", COMB_SUM},
+      {"kflr.0", COMB_SUM},         {"kflr.1", COMB_SUM},
+      {"kfra.0", COMB_SAME},        {"kfra.1", COMB_SUM},
+      {"sqrt_ggn_exact", COMB_CAT1}, {"sqrt_ggn_mc", COMB_CAT1},
+  };
+  if (strcmp(name, "loss") == 0)
+    return *kind = COMB_SUM, CPK_OK;
+  if (strcmp(name, "output") == 0)
+    return *kind = COMB_CAT0, CPK_OK;
+  const char *dot = strchr(name, '.');
+  dot = dot ? strchr(dot + 1, '.') : NULL;
+  for (size_t i = 0; dot && i < sizeof table / sizeof table[0]; i++)
+    if (strcmp(dot + 1, table[i].suffix) == 0)
+      return *kind = table[i].kind, CPK_OK;
+  return cpk__fail(CPK_ENOTSUP, "result %s: no rule to combine it over shards",
+                   name);
+}
+
+/* What the shards compute for the requested extensions: variance needs the
+ * second moment, batch_dot_grad the per-sample gradients. */
+typedef struct {
+  int variance, batch_dot, has_sgs, has_batch_grad, kfra;
+  char list[512];
+} shard_plan;
+
+static int plan_shards(const char *requested, shard_plan *p) {
+  const cpk__extension_entry *ext[CPK__MAX_EXTENSIONS];
+  int next, rc;
+  memset(p, 0, sizeof *p);
+  if ((rc = cpk__extensions_parse(requested, ext, &next)) != CPK_OK)
+    return rc;
+  size_t at = 0;
+  for (int e = 0; e < next; e++) {
+    const char *name = ext[e]->name;
+    p->variance |= strcmp(name, "variance") == 0;
+    p->batch_dot |= strcmp(name, "batch_dot_grad") == 0;
+    p->has_sgs |= strcmp(name, "sum_grad_squared") == 0;
+    p->has_batch_grad |= strcmp(name, "batch_grad") == 0;
+    p->kfra |= strcmp(name, "kfra") == 0;
+    if (strcmp(name, "variance") && strcmp(name, "batch_dot_grad"))
+      at += (size_t)snprintf(p->list + at, sizeof p->list - at, "%s%s",
+                             at ? "," : "", name);
+  }
+  if (p->variance && !p->has_sgs)
+    at += (size_t)snprintf(p->list + at, sizeof p->list - at, "%s%s",
+                           at ? "," : "", "sum_grad_squared");
+  if (p->batch_dot && !p->has_batch_grad)
+    snprintf(p->list + at, sizeof p->list - at, "%s%s", at ? "," : "",
+             "batch_grad");
+  return CPK_OK;
+}
+
+void cpk__rows_view(cpk_tensor *view, const cpk_tensor *t, int64_t first,
+                    int64_t count) {
+  const int64_t per = cpk_tensor_numel(t) / t->shape[0];
+  cpk__tensor_view(view, t->dtype,
+                   (char *)t->data + (size_t)(first * per) * cpk_dtype_size(t->dtype),
+                   t->ndim, t->shape);
+  view->shape[0] = count;
+  cpk__tensor_contiguous_strides(view);
+}
+
+/* Copy part (axis `axis` of length count) into acc at position `at`. */
+static void place(cpk_tensor *acc, const cpk_tensor *part, int axis,
+                  int64_t at) {
+  const int64_t lead = axis == 1 ? part->shape[0] : 1;
+  const int64_t cnt = part->shape[axis], all = acc->shape[axis];
+  const int64_t per = cpk_tensor_numel(part) / (lead * cnt);
+  const size_t es = cpk_dtype_size(part->dtype);
+  for (int64_t v = 0; v < lead; v++)
+    memcpy((char *)acc->data + (size_t)((v * all + at) * per) * es,
+           (const char *)part->data + (size_t)(v * cnt * per) * es,
+           (size_t)(cnt * per) * es);
+}
+
+/* Add the results of the pass over local samples [at, at + count) to acc
+ * (created at the first pass, per-sample results sized for nlocal). */
+static int accumulate(cpk_context *ctx, cpk_results **acc, cpk_results *part,
+                      int64_t at, int64_t nlocal) {
+  int rc = CPK_OK, kind;
+  if (*acc == NULL && (rc = cpk__results_new(acc)) != CPK_OK)
+    return rc;
+  const int fresh = cpk_results_count(*acc) == 0;
+  if (!fresh && cpk_results_count(*acc) != cpk_results_count(part))
+    return cpk__fail(CPK_EINVAL, "passes gave different results");
+  for (int i = 0; rc == CPK_OK && i < cpk_results_count(part); i++) {
+    const char *name = cpk_results_name(part, i);
+    const cpk_tensor *t = cpk_results_tensor(part, i);
+    cpk_tensor *a;
+    if ((rc = combine_kind(name, &kind)) != CPK_OK)
+      break;
+    if (fresh) {
+      int64_t shape[CPK_MAX_DIMS];
+      memcpy(shape, t->shape, sizeof shape);
+      if (kind == COMB_CAT0 || kind == COMB_CAT1)
+        shape[kind == COMB_CAT0 ? 0 : 1] = nlocal;
+      if ((rc = cpk__results_alloc(*acc, name, t->dtype, t->ndim, shape, &a)) !=
+          CPK_OK)
+        break;
+    } else {
+      a = (cpk_tensor *)cpk_results_tensor(*acc, i);
+    }
+    if (kind == COMB_CAT0 || kind == COMB_CAT1)
+      place(a, t, kind == COMB_CAT0 ? 0 : 1, at);
+    else if (kind == COMB_SUM)
+      cpk__axpy(ctx, t->dtype, cpk_tensor_numel(t), 1.0, t->data, a->data);
+    else if (fresh)
+      memcpy(a->data, t->data,
+             (size_t)cpk_tensor_numel(t) * cpk_dtype_size(t->dtype));
+  }
+  return rc;
+}
+
+/* Combine the ranks' results (collective; rc is this rank's status). */
+static int combine_ranks(cpk_context *ctx, int rc, cpk_results *r) {
+  int kind;
+  if ((rc = cpk__dist_agree(ctx, rc)) != CPK_OK || ctx->dist.size <= 1)
+    return rc;
+  for (int i = 0; rc == CPK_OK && i < cpk_results_count(r); i++) {
+    cpk_tensor *t = (cpk_tensor *)cpk_results_tensor(r, i), *all = NULL;
+    int lrc = combine_kind(cpk_results_name(r, i), &kind);
+    if (lrc == CPK_OK && kind == COMB_SAME)
+      continue;
+    if (lrc == CPK_OK && kind == COMB_SUM) {
+      rc = cpk__dist_sum(ctx, lrc, t->dtype, t->data, cpk_tensor_numel(t));
+    } else {
+      rc = cpk__dist_gather(ctx, lrc, t, kind == COMB_CAT1 ? 1 : 0, &all);
+      if (rc == CPK_OK)
+        cpk__results_set(r, i, all);
+    }
+  }
+  return rc;
+}
+
+/* variance = (sgs - grad^2 / N) / N and batch_dot = B B^T from the combined
+ * results; then drop what only they needed. */
+static int finish_shards(cpk_context *ctx, const shard_plan *p, int64_t total,
+                         cpk_results *r) {
+  char name[96], base[64];
+  int rc = CPK_OK;
+  const int count = cpk_results_count(r);
+  for (int i = 0; rc == CPK_OK && i < count; i++) {
+    const char *full = cpk_results_name(r, i);
+    const size_t len = strlen(full);
+    const cpk_tensor *t = cpk_results_tensor(r, i);
+    cpk_tensor *out;
+    if (p->variance && len > 17 &&
+        strcmp(full + len - 17, ".sum_grad_squared") == 0) {
+      snprintf(base, sizeof base, "%.*s", (int)(len - 17), full);
+      snprintf(name, sizeof name, "%s.grad", base);
+      const cpk_tensor *grad = cpk_results_find(r, name);
+      snprintf(name, sizeof name, "%s.variance", base);
+      if (grad == NULL)
+        return cpk__fail(CPK_EINVAL, "%s: no gradient for the variance", base);
+      if ((rc = cpk__results_alloc(r, name, t->dtype, t->ndim, t->shape,
+                                   &out)) != CPK_OK)
+        break;
+      t = cpk_results_find(r, full); /* the list may have moved */
+      const int64_t k = cpk_tensor_numel(t);
+      cpk__mul_broadcast(ctx, out->dtype, 1, k, grad->data, grad->data,
+                         out->data);
+      cpk__scale(ctx, out->dtype, k, -1.0 / (double)total, out->data);
+      cpk__axpy(ctx, out->dtype, k, 1.0, t->data, out->data);
+      cpk__scale(ctx, out->dtype, k, 1.0 / (double)total, out->data);
+    } else if (p->batch_dot && len > 11 &&
+               strcmp(full + len - 11, ".grad_batch") == 0) {
+      snprintf(base, sizeof base, "%.*s", (int)(len - 11), full);
+      snprintf(name, sizeof name, "%s.batch_dot", base);
+      int64_t shape[2] = {total, total};
+      if ((rc = cpk__results_alloc(r, name, t->dtype, 2, shape, &out)) !=
+          CPK_OK)
+        break;
+      t = cpk_results_find(r, full);
+      const int64_t per = cpk_tensor_numel(t) / total;
+      cpk__gemm(ctx, t->dtype, 0, 1, total, total, per, 1.0, t->data, per,
+                t->data, per, 0.0, out->data, total);
+    }
+  }
+  for (int i = cpk_results_count(r) - 1; rc == CPK_OK && i >= 0; i--) {
+    const char *full = cpk_results_name(r, i);
+    const size_t len = strlen(full);
+    if (((p->variance && !p->has_sgs && len > 17 &&
+          strcmp(full + len - 17, ".sum_grad_squared") == 0) ||
+         (p->batch_dot && !p->has_batch_grad && len > 11 &&
+          strcmp(full + len - 11, ".grad_batch") == 0))) {
+      snprintf(name, sizeof name, "%s", full);
+      cpk__results_drop(r, name);
+    }
+  }
+  return rc;
+}
+
+int cpk_compute_ex(cpk_context *ctx, cpk_model *model,
+                   const cpk_pass_spec *spec, const cpk_pass_options *opts,
+                   const cpk_tensor *input, const cpk_tensor *target,
+                   cpk_results **out) {
+  int64_t n = 0, first = 0, total = 0;
+  int rc;
+  *out = NULL;
+  cpk__dist_begin(ctx);
+  rc = cpk_check_pass(model, spec, input, target);
+  if (rc == CPK_OK)
+    n = input->shape[0];
+  const int64_t step = opts != NULL && opts->max_batch > 0 ? opts->max_batch : n;
+  if (rc == CPK_OK && opts != NULL && opts->max_batch < 0)
+    rc = cpk__fail(CPK_EINVAL, "max_batch must be positive, got %lld",
+                   (long long)opts->max_batch);
+  if (rc == CPK_OK && step < n && opts->visit_grad_batch != NULL)
+    rc = cpk__fail(CPK_EINVAL, "per-sample gradient visitors need one pass "
+                               "over the batch (max_batch = 0)");
+  if (ctx->dist.size <= 1 && (rc != CPK_OK || step >= n))
+    return rc != CPK_OK ? rc : one_pass(ctx, model, spec, opts, input, target, out);
+
+  /* Shards: this rank's samples, in passes of at most `step`. */
+  shard_plan plan;
+  cpk_pass_spec local = *spec;
+  cpk_results *acc = NULL, *part = NULL;
+  if ((rc = cpk__dist_sizes(ctx, rc, n, &first, &total)) != CPK_OK)
+    return rc;
+  if ((rc = plan_shards(spec->extensions, &plan)) == CPK_OK && plan.kfra &&
+      step < n)
+    rc = cpk__fail(CPK_ENOTSUP,
+                   "kfra cannot be combined over passes of %lld of %lld "
+                   "samples: its recursion averages over the whole batch at "
+                   "every layer; compute it in one pass per rank",
+                   (long long)step, (long long)n);
+  local.extensions = plan.list;
+  for (int64_t at = 0; rc == CPK_OK && at < n; at += step) {
+    const int64_t count = n - at < step ? n - at : step;
+    cpk_tensor xin, tin;
+    cpk__rows_view(&xin, input, at, count);
+    cpk__rows_view(&tin, target, at, count);
+    ctx->shard_first = first + at;
+    ctx->shard_total = total;
+    rc = one_pass(ctx, model, &local, opts, &xin, &tin, &part);
+    ctx->shard_first = ctx->shard_total = 0;
+    if (rc == CPK_OK)
+      rc = accumulate(ctx, &acc, part, at, n);
+    cpk_results_free(part);
+    part = NULL;
+  }
+  rc = combine_ranks(ctx, rc, acc);
+  if (rc == CPK_OK)
+    rc = finish_shards(ctx, &plan, total, acc);
+  rc = cpk__dist_agree(ctx, rc); /* every rank returns the same status */
+  if (rc != CPK_OK)
+    cpk_results_free(acc);
+  else
+    *out = acc;
   return rc;
 }

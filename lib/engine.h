@@ -24,7 +24,8 @@ typedef struct cpk__pass {
   const cpk_pass_options *opts; /* cpk_compute_ex's (NULL: none) */
   const cpk__loss_def *loss;
   double scale;              /* c of the reduction: L = c * sum_n l_n */
-  int64_t n;                 /* batch size */
+  int64_t n;                 /* batch size (of this pass) */
+  int64_t n_total;           /* of the whole batch this pass is a shard of */
   cpk_tensor **acts;         /* nlayers + 1 activations */
   int owns_input;            /* acts[0] was converted (and is ours) */
   const cpk__extension_entry *ext[CPK__MAX_EXTENSIONS];
@@ -44,6 +45,10 @@ int cpk__check_input(const cpk_model *m, const cpk_tensor *input);
 int cpk__forward(cpk__pass *pass, const cpk_tensor *input);
 /* Release the activations. */
 void cpk__pass_release(cpk__pass *pass);
+
+/* Rows [first, first + count) of t along axis 0, as a view. */
+void cpk__rows_view(cpk_tensor *view, const cpk_tensor *t, int64_t first,
+                    int64_t count);
 
 /* Allocate a block [V, N, *shape] on the host, or on the context's device
  * (cpk__block_new_on). */

@@ -60,6 +60,11 @@ struct cpk_curvature_op {
   int ntrain;
   trainable *train;
   int64_t dim;
+  /* Passes over a data set (cpk_curvature_op_new_ex, max_batch): nothing
+   * is kept; every product runs the passes over the borrowed batch again
+   * (samples [first, first + nlocal) of total) and sums them. */
+  int64_t max_batch, nlocal, first, total;
+  const cpk_tensor *input, *target;
 };
 
 int cpk_curvature_parse(const char *name, cpk_curvature *out) {
@@ -128,7 +133,7 @@ enum loss_step { STEP_GRAD, STEP_SQRT_MC };
 static int host_loss_step(cpk_curvature_op *op, enum loss_step step,
                           const cpk_tensor *target, cpk_tensor *out) {
   cpk__pass *pass = &op->pass;
-  cpk_context *ctx = op->device ? pass->ctx->host : pass->ctx;
+  cpk_context *ctx = op->device ? cpk__context_host(pass->ctx) : pass->ctx;
   const cpk_tensor *f =
       op->device ? op->f_host : pass->acts[pass->model->nlayers];
   cpk_tensor *o = out;
@@ -225,61 +230,118 @@ static int fisher_root(cpk_curvature_op *op, const cpk_tensor *target) {
                         target, op->root);
 }
 
-int cpk_curvature_op_new(cpk_curvature_op **out, cpk_context *ctx,
-                         cpk_model *model, const cpk_pass_spec *spec,
-                         const cpk_tensor *input, const cpk_tensor *target,
-                         cpk_curvature kind) {
-  cpk_pass_spec plain = *spec;
-  plain.extensions = NULL;
-  *out = NULL;
-  if (kind < CPK_CURV_HESSIAN || kind > CPK_CURV_EMPIRICAL_FISHER)
-    return cpk__fail(CPK_EINVAL, "unknown curvature kind %d", (int)kind);
-  int rc = cpk_check_pass(model, &plain, input, target);
-  if (rc == CPK_OK)
-    rc = cpk__device_covers(ctx, model, 0, NULL);
-  if (rc != CPK_OK)
-    return rc;
-  cpk_curvature_op *op = cpk__calloc(sizeof *op);
-  if (op == NULL)
-    return CPK_ENOMEM;
+/* Run the pass that products need on samples [first, first + n) of a
+ * batch of `total` (the loss scale and Monte Carlo draws follow them). On
+ * a CUDA context the operator takes its own device copies of the
+ * parameters here. */
+static int op_prepare(cpk_curvature_op *op, cpk_context *ctx, cpk_model *model,
+                      const cpk_pass_spec *plain, const cpk_tensor *input,
+                      const cpk_tensor *target, cpk_curvature kind,
+                      int64_t first, int64_t total) {
+  int rc;
   cpk__context_apply_threads(ctx);
   op->kind = kind;
   op->pass.ctx = ctx;
   op->pass.model = model;
-  op->spec = plain;
+  op->spec = *plain;
   op->pass.spec = &op->spec;
-  op->pass.loss = cpk__loss_get(spec->loss);
+  op->pass.loss = cpk__loss_get(plain->loss);
   op->device = cpk__on_cuda(ctx);
-  CPK__TRY(rc, list_trainable(op), fail);
+  ctx->shard_first = first;
+  ctx->shard_total = total;
+  CPK__TRY(rc, list_trainable(op), done);
   if (op->device) { /* the operator's own parameter copies, in place */
     op->pdev = cpk__calloc((size_t)model->nlayers * CPK__MAX_PARAMS *
                            sizeof *op->pdev);
     if (op->pdev == NULL) {
       rc = CPK_ENOMEM;
-      goto fail;
+      goto done;
     }
     swap_params(op); /* the pass's copies (none) aside */
-    CPK__TRY(rc, cpk__model_to_device(ctx, model), fail);
+    CPK__TRY(rc, cpk__model_to_device(ctx, model), done);
   }
-  CPK__TRY(rc, cpk__forward(&op->pass, input), fail);
-  op->pass.scale = cpk__loss_scale(op->pass.loss, spec->reduction,
-                                   op->pass.acts[model->nlayers]);
+  CPK__TRY(rc, cpk__forward(&op->pass, input), done);
+  op->pass.scale = cpk__loss_scale_total(op->pass.loss, plain->reduction,
+                                         op->pass.acts[model->nlayers],
+                                         op->pass.n_total);
   if (op->device && (rc = cpk__device_sync(ctx)) == CPK_OK)
     rc = cpk__tensor_to_host(ctx, op->pass.acts[model->nlayers], &op->f_host);
   if (rc != CPK_OK)
-    goto fail;
+    goto done;
   if (kind == CPK_CURV_HESSIAN)
-    CPK__TRY(rc, keep_gradients(op, target), fail);
+    rc = keep_gradients(op, target);
   else if (kind != CPK_CURV_GGN)
-    CPK__TRY(rc, fisher_root(op, target), fail);
-  CPK__TRY(rc, cpk__device_sync(ctx), fail);
-  if (op->device)
+    rc = fisher_root(op, target);
+  if (rc == CPK_OK)
+    rc = cpk__device_sync(ctx);
+  if (rc == CPK_OK && op->device)
     swap_params(op); /* the copies into the operator, until apply */
+done:
+  ctx->shard_first = ctx->shard_total = 0;
+  return rc;
+}
+
+int cpk_curvature_op_new(cpk_curvature_op **out, cpk_context *ctx,
+                         cpk_model *model, const cpk_pass_spec *spec,
+                         const cpk_tensor *input, const cpk_tensor *target,
+                         cpk_curvature kind) {
+  return cpk_curvature_op_new_ex(out, ctx, model, spec, input, target, kind,
+                                 0);
+}
+
+int cpk_curvature_op_new_ex(cpk_curvature_op **out, cpk_context *ctx,
+                            cpk_model *model, const cpk_pass_spec *spec,
+                            const cpk_tensor *input, const cpk_tensor *target,
+                            cpk_curvature kind, int64_t max_batch) {
+  cpk_pass_spec plain = *spec;
+  plain.extensions = NULL;
+  *out = NULL;
+  int64_t first = 0, total = 0, n = 0;
+  int rc = CPK_OK;
+  cpk__dist_begin(ctx);
+  if (kind < CPK_CURV_HESSIAN || kind > CPK_CURV_EMPIRICAL_FISHER)
+    rc = cpk__fail(CPK_EINVAL, "unknown curvature kind %d", (int)kind);
+  if (rc == CPK_OK && max_batch < 0)
+    rc = cpk__fail(CPK_EINVAL, "max_batch must be positive, got %lld",
+                   (long long)max_batch);
+  if (rc == CPK_OK)
+    rc = cpk_check_pass(model, &plain, input, target);
+  if (rc == CPK_OK)
+    rc = cpk__device_covers(ctx, model, 0, NULL);
+  if (rc == CPK_OK)
+    n = input->shape[0];
+  /* With MPI ranks, this rank's batch is a shard of the whole: products
+   * are summed over the ranks (cpk_curvature_op_apply). */
+  rc = cpk__dist_sizes(ctx, rc, n, &first, &total);
+  if (rc != CPK_OK)
+    return rc;
+  cpk_curvature_op *op = cpk__calloc(sizeof *op);
+  if (op == NULL)
+    return cpk__dist_agree(ctx, CPK_ENOMEM);
+  if (max_batch > 0 && max_batch < n) { /* passes at every product */
+    op->kind = kind;
+    op->pass.ctx = ctx;
+    op->pass.model = model;
+    op->spec = plain;
+    op->pass.spec = &op->spec;
+    op->max_batch = max_batch;
+    op->nlocal = n;
+    op->first = first;
+    op->total = total;
+    op->input = input;
+    op->target = target;
+    rc = list_trainable(op);
+  } else {
+    rc = op_prepare(op, ctx, model, &plain, input, target, kind,
+                    ctx->dist.size > 1 ? first : 0,
+                    ctx->dist.size > 1 ? total : 0);
+  }
+  if ((rc = cpk__dist_agree(ctx, rc)) != CPK_OK) {
+    cpk_curvature_op_free(op);
+    return rc;
+  }
   *out = op;
   return CPK_OK;
-fail:
-  cpk_curvature_op_free(op);
-  return rc;
 }
 
 /* ------------------------------------------------------------- one product */
@@ -339,7 +401,8 @@ static int output_curvature(cpk_curvature_op *op, const cpk_tensor *u,
   if (rc == CPK_OK)
     rc = cpk_tensor_new(&wh, w->dtype, w->ndim, w->shape);
   if (rc == CPK_OK)
-    rc = output_curvature_host(op, pass->ctx->host, op->f_host, uh, wh);
+    rc = output_curvature_host(op, cpk__context_host(pass->ctx), op->f_host,
+                               uh, wh);
   if (rc == CPK_OK)
     rc = cpk__tensor_fill_from_host(pass->ctx, w, wh);
   cpk_tensor_free(uh);
@@ -557,8 +620,9 @@ static void param_views(const cpk_curvature_op *op, int64_t k,
   }
 }
 
-int cpk_curvature_op_apply(cpk_curvature_op *op, int64_t k, const double *in,
-                           double *out) {
+/* This rank's product (one pass): out[j] := C in[j]. */
+static int apply_local(cpk_curvature_op *op, int64_t k, const double *in,
+                       double *out) {
   const cpk_dtype dt = op->pass.model->dtype;
   cpk_context *ctx = op->pass.ctx;
   const size_t nt = (size_t)op->ntrain;
@@ -605,6 +669,47 @@ int cpk_curvature_op_apply(cpk_curvature_op *op, int64_t k, const double *in,
   cpk__free(views);
   cpk__free(ptrs);
   return rc;
+}
+
+/* The passes over the data set, one after the other: out := sum of their
+ * products. */
+static int apply_passes(cpk_curvature_op *op, int64_t k, const double *in,
+                        double *out) {
+  cpk_context *ctx = op->pass.ctx;
+  double *part = cpk__malloc((size_t)(k * op->dim) * sizeof *part);
+  int rc = part != NULL ? CPK_OK : CPK_ENOMEM;
+  memset(out, 0, (size_t)(k * op->dim) * sizeof *out);
+  for (int64_t at = 0; rc == CPK_OK && at < op->nlocal; at += op->max_batch) {
+    const int64_t count =
+        op->nlocal - at < op->max_batch ? op->nlocal - at : op->max_batch;
+    cpk_tensor x, y;
+    cpk_curvature_op *one = cpk__calloc(sizeof *one);
+    if (one == NULL) {
+      rc = CPK_ENOMEM;
+      break;
+    }
+    cpk__rows_view(&x, op->input, at, count);
+    cpk__rows_view(&y, op->target, at, count);
+    rc = op_prepare(one, ctx, op->pass.model, &op->spec, &x, &y, op->kind,
+                    op->first + at, op->total);
+    if (rc == CPK_OK)
+      rc = apply_local(one, k, in, part);
+    for (int64_t i = 0; rc == CPK_OK && i < k * op->dim; i++)
+      out[i] += part[i];
+    cpk_curvature_op_free(one);
+  }
+  cpk__free(part);
+  return rc;
+}
+
+int cpk_curvature_op_apply(cpk_curvature_op *op, int64_t k, const double *in,
+                           double *out) {
+  cpk__dist_begin(op->pass.ctx);
+  int rc = op->max_batch > 0 ? apply_passes(op, k, in, out)
+                             : apply_local(op, k, in, out);
+  /* MPI: each rank's product covers its shard; the whole batch's is the sum,
+   * the same bits on every rank (so iterative solvers stay in step). */
+  return cpk__dist_sum(op->pass.ctx, rc, CPK_F64, out, k * op->dim);
 }
 
 static int apply_as_matvec(void *ud, int64_t k, const double *in,

@@ -98,3 +98,19 @@ int cpk_results_new(cpk_results **out) { return cpk__results_new(out); }
 int cpk_results_add(cpk_results *r, const char *name, cpk_tensor *t) {
   return cpk__results_add(r, name, t);
 }
+
+void cpk__results_set(cpk_results *r, int i, cpk_tensor *t) {
+  cpk_tensor_free(r->items[i].t);
+  r->items[i].t = t;
+}
+
+void cpk__results_drop(cpk_results *r, const char *name) {
+  for (int i = 0; i < r->count; i++)
+    if (strcmp(r->items[i].name, name) == 0) {
+      cpk_tensor_free(r->items[i].t);
+      memmove(r->items + i, r->items + i + 1,
+              (size_t)(r->count - i - 1) * sizeof *r->items);
+      r->count--;
+      return;
+    }
+}

@@ -16,5 +16,9 @@ int cpk__results_alloc(cpk_results *r, const char *name, cpk_dtype dtype,
  * download each); after that the results are host tensors again. */
 void cpk__results_on(cpk_results *r, const cpk_context *ctx);
 int cpk__results_to_host(cpk_results *r);
+/* Replace the tensor of item i (the old one is freed; takes ownership). */
+void cpk__results_set(cpk_results *r, int i, cpk_tensor *t);
+/* Remove the item called `name` (if any), freeing its tensor. */
+void cpk__results_drop(cpk_results *r, const char *name);
 
 #endif

@@ -43,3 +43,8 @@ double cpk__rng_normal(cpk__rng *r) {
   double u2 = cpk__rng_uniform(r);
   return sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
 }
+
+void cpk__rng_skip(cpk__rng *r, int64_t count) {
+  for (int64_t i = 0; i < count; i++)
+    (void)cpk__rng_next(r);
+}

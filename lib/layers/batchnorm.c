@@ -325,6 +325,14 @@ static int bn_forward(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
   const int64_t n = x->shape[0], f = s->features, pos = bn_positions(l);
   s->ready = 0;
   s->batch_stats = training || !s->track;
+  if (s->batch_stats && ctx->shard_total > 0 && ctx->shard_total != n)
+    return cpk__fail(CPK_ENOTSUP,
+                     "%s: batch norm with batch statistics (training, or "
+                     "track_running_stats=false) couples the samples of the "
+                     "whole batch; it cannot run on a shard of %lld of %lld "
+                     "samples (MPI ranks or passes in batches): use one "
+                     "process and one pass",
+                     l->where, (long long)n, (long long)ctx->shard_total);
 #ifdef CPK_HAVE_CUDA
   if (cpk__on_cuda(ctx))
     return bn_forward_cuda(l, ctx, x, y);

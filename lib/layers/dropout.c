@@ -60,8 +60,14 @@ static int dropout_forward(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
   if (rc != CPK_OK)
     return rc;
   double keep = s->p < 1.0 ? 1.0 / (1.0 - s->p) : 0.0;
+  /* A shard of the batch skips the draws of the samples around it, so a
+   * sample's mask does not depend on how the batch is split. */
+  int64_t first, total;
+  cpk__context_shard(ctx, x->shape[0], &first, &total);
+  cpk__rng_skip(&ctx->rng, first * (n / x->shape[0]));
   for (int64_t i = 0; i < n; i++)
     cpk_tensor_set(mask, i, cpk__rng_uniform(&ctx->rng) >= s->p ? keep : 0.0);
+  cpk__rng_skip(&ctx->rng, (total - first - x->shape[0]) * (n / x->shape[0]));
   if (cpk__on_cuda(ctx)) { /* the mask goes up once */
     rc = cpk__tensor_to_device(ctx, mask, x->dtype, &s->scale);
     cpk_tensor_free(mask);

@@ -7,6 +7,7 @@
 #include <math.h>
 
 #include "loss.h"
+#include "../context.h"
 
 static int64_t bce_mean_count(const cpk_tensor *f) {
   return cpk_tensor_numel(f);
@@ -58,14 +59,21 @@ static int bce_sqrt_hessian(cpk_context *ctx, double c, const cpk_tensor *f,
  * sqrt(c / M). */
 static int bce_sqrt_hessian_mc(cpk_context *ctx, double c, const cpk_tensor *f,
                                int64_t m, cpk__rng *rng, cpk_tensor *out) {
-  const int64_t total = cpk_tensor_numel(f);
+  const int64_t total = cpk_tensor_numel(f), per = total / f->shape[0];
   const double scale = sqrt(c / (double)m);
-  for (int64_t v = 0; v < m; v++)
+  int64_t first, all;
+  /* Draw-major over the whole batch: a shard skips the uniforms of the
+   * samples before and after it in every draw. */
+  cpk__context_shard(ctx, f->shape[0], &first, &all);
+  for (int64_t v = 0; v < m; v++) {
+    cpk__rng_skip(rng, first * per);
     for (int64_t i = 0; i < total; i++) {
       double s = sigmoid(cpk_tensor_get(f, i));
       double y = cpk__rng_uniform(rng) < s ? 1.0 : 0.0;
       cpk_tensor_set(out, v * total + i, scale * (s - y));
     }
+    cpk__rng_skip(rng, (all - first - f->shape[0]) * per);
+  }
   return CPK_OK;
 }
 

@@ -7,6 +7,7 @@
 #include <math.h>
 
 #include "loss.h"
+#include "../context.h"
 
 /* Positions per sample: the product of the spatial axes. */
 static int64_t spatial(const cpk_tensor *f) {
@@ -129,9 +130,14 @@ static int ce_sqrt_hessian_mc(cpk_context *ctx, double c, const cpk_tensor *f,
   const int64_t n = f->shape[0], classes = f->shape[1], s = spatial(f);
   const int64_t per = classes * s;
   const double scale = sqrt(c / (double)m);
+  int64_t first, total;
   double *p = cpk__malloc((size_t)classes * sizeof *p);
   if (p == NULL)
     return CPK_ENOMEM;
+  /* One uniform per (sample, position, draw), sample-major: a shard skips
+   * those of the samples before it. */
+  cpk__context_shard(ctx, n, &first, &total);
+  cpk__rng_skip(rng, first * s * m);
   for (int64_t i = 0; i < n; i++)
     for (int64_t pos = 0; pos < s; pos++) {
       softmax_at(f, i * per + pos, classes, s, p);

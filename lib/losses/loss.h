@@ -43,6 +43,10 @@ typedef struct cpk__loss_def {
 
 const cpk__loss_def *cpk__loss_get(cpk_loss_kind kind);
 /* c of the reduction for this output. */
+/* The scale c of a shard f [n, ...] of a batch of `total` samples: that of
+ * the whole batch (mean: 1 / (count per sample * total)). */
+double cpk__loss_scale_total(const cpk__loss_def *def, cpk_reduction red,
+                             const cpk_tensor *f, int64_t total);
 double cpk__loss_scale(const cpk__loss_def *def, cpk_reduction red,
                        const cpk_tensor *f);
 /* Shared check: a float target of exactly f's shape, all finite. */

@@ -46,6 +46,15 @@ double cpk__loss_scale(const cpk__loss_def *def, cpk_reduction red,
   return red == CPK_REDUCTION_SUM ? 1.0 : 1.0 / (double)def->mean_count(f);
 }
 
+double cpk__loss_scale_total(const cpk__loss_def *def, cpk_reduction red,
+                             const cpk_tensor *f, int64_t total) {
+  if (red == CPK_REDUCTION_SUM)
+    return 1.0;
+  /* mean_count is the batch size times a count per sample */
+  const int64_t per = def->mean_count(f) / f->shape[0];
+  return 1.0 / (double)(per * total);
+}
+
 int cpk__loss_check_float_target(const cpk__loss_def *def, const cpk_tensor *f,
                                  const cpk_tensor *target) {
   char a[128], b[128];

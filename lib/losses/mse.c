@@ -5,6 +5,7 @@
 #include <math.h>
 
 #include "loss.h"
+#include "../context.h"
 
 static int64_t mse_mean_count(const cpk_tensor *f) {
   return cpk_tensor_numel(f);
@@ -46,11 +47,18 @@ static int mse_sqrt_hessian(cpk_context *ctx, double c, const cpk_tensor *f,
  * -sqrt(2) z (z standard normal) has second moment 2 I, times sqrt(c / M). */
 static int mse_sqrt_hessian_mc(cpk_context *ctx, double c, const cpk_tensor *f,
                                int64_t m, cpk__rng *rng, cpk_tensor *out) {
-  const int64_t total = cpk_tensor_numel(f);
+  const int64_t total = cpk_tensor_numel(f), per = total / f->shape[0];
   const double scale = sqrt(2.0 * c / (double)m);
-  for (int64_t v = 0; v < m; v++)
+  int64_t first, all;
+  /* Draw-major over the whole batch: a shard skips the normals (two
+   * uniforms each) of the samples before and after it in every draw. */
+  cpk__context_shard(ctx, f->shape[0], &first, &all);
+  for (int64_t v = 0; v < m; v++) {
+    cpk__rng_skip(rng, 2 * first * per);
     for (int64_t i = 0; i < total; i++)
       cpk_tensor_set(out, v * total + i, -scale * cpk__rng_normal(rng));
+    cpk__rng_skip(rng, 2 * (all - first - f->shape[0]) * per);
+  }
   return CPK_OK;
 }
 

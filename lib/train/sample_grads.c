@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "ops.h"
+#include "context.h"
 #include "train.h"
 
 void cpk__sample_grads_reset(cpk__sample_grads *sg) {
@@ -273,7 +274,7 @@ static int factor_project(cpk__sample_grads *sg, const cpk_tensor *u,
     double sum = 0.0;
     for (int64_t i = 0; i < out; i++)
       sum += cpk_tensor_get(u, s * out + i) * y[s * out + i];
-    sg->dots[s] += sum;
+    sg->dots[sg->ctx->shard_first + s] += sum; /* index in the whole batch */
   }
   cpk__free(xd);
   cpk__free(y);

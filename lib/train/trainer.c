@@ -240,6 +240,33 @@ static void seed_step(cpk_trainer *tr) {
 
 /* ----------------------------------------------------------- the passes */
 
+/* With MPI ranks, each computes on its rows of the batch (rank r gets
+ * count / K rows, one more when r < count % K, after the lower ranks'),
+ * and the passes combine them into the whole batch's results. */
+static int shard(const cpk_trainer *tr, cpk_tensor *x, cpk_tensor *y) {
+  const int64_t count = tr->x->shape[0], k = tr->ctx->dist.size;
+  const int64_t r = tr->ctx->dist.rank, base = count / k, extra = count % k;
+  const int64_t first = r * base + (r < extra ? r : extra);
+  const int64_t rows = base + (r < extra);
+  if (count < k)
+    return cpk__fail(CPK_ESHAPE,
+                     "step %lld: a batch of %lld samples cannot be split over "
+                     "%lld MPI ranks (every rank needs one): choose a batch "
+                     "size (and data set size) for which every batch has at "
+                     "least %lld samples",
+                     (long long)tr->step, (long long)count, (long long)k,
+                     (long long)k);
+  const int64_t per = cpk_tensor_numel(tr->x) / count;
+  cpk__tensor_view(x, tr->x->dtype,
+                   (char *)tr->x->data +
+                       (size_t)(first * per) * cpk_dtype_size(tr->x->dtype),
+                   tr->x->ndim, tr->x->shape);
+  x->shape[0] = rows;
+  cpk__tensor_contiguous_strides(x);
+  cpk__tensor_view(y, tr->y->dtype, (int64_t *)tr->y->data + first, 1, &rows);
+  return CPK_OK;
+}
+
 /* A pass at the current parameters in training mode. */
 static int pass(cpk_trainer *tr, const char *ext, int visit,
                 cpk_results **res) {
@@ -250,9 +277,26 @@ static int pass(cpk_trainer *tr, const char *ext, int visit,
       .visit_grad_batch = visit ? cpk__sample_grads_visit : NULL,
       .visit_grad_factors = visit ? cpk__sample_grads_visit_factors : NULL,
       .visit_ud = &tr->sg};
+  cpk_tensor x, y;
+  int rc = shard(tr, &x, &y);
+  if (rc != CPK_OK)
+    return rc;
   seed_step(tr);
   cpk__sample_grads_reset(&tr->sg);
-  return cpk_compute_ex(tr->ctx, tr->model, &spec, &opts, tr->x, tr->y, res);
+  rc = cpk_compute_ex(tr->ctx, tr->model, &spec, &opts, &x, &y, res);
+  if (visit && tr->ctx->dist.size > 1) {
+    /* each rank saw its own samples: histogram counts and projections
+     * (zero at the other ranks' samples) add up */
+    rc = cpk__dist_sum(tr->ctx, rc, CPK_F64, tr->sg.h1, CPK__HIST1D_BINS);
+    rc = cpk__dist_sum(tr->ctx, rc, CPK_F64, tr->sg.h2,
+                       CPK__HIST2D_X * CPK__HIST2D_Y);
+    rc = cpk__dist_sum(tr->ctx, rc, CPK_F64, tr->sg.dots, tr->x->shape[0]);
+    if (rc != CPK_OK) {
+      cpk_results_free(*res);
+      *res = NULL;
+    }
+  }
+  return rc;
 }
 
 /* The top Hessian eigenvalue at the current batch (Cockpit's HessMaxEV:
@@ -268,9 +312,12 @@ static int top_eigenvalue(cpk_trainer *tr, cpk_step_report *rep,
                          .tol = 1e-3,
                          .seed = derive(tr->seed, 3, tr->step),
                          .no_restart_check = 1};
+  cpk_tensor x, y;
+  int rc = shard(tr, &x, &y);
   seed_step(tr);
-  int rc = cpk_curvature_op_new(&op, tr->ctx, tr->model, &spec, tr->x, tr->y,
-                                CPK_CURV_HESSIAN);
+  if (rc == CPK_OK)
+    rc = cpk_curvature_op_new(&op, tr->ctx, tr->model, &spec, &x, &y,
+                              CPK_CURV_HESSIAN);
   if (rc == CPK_OK) {
     cpk_curvature_op_as_operator(op, &lin);
     rc = cpk_eigen_lanczos(&lin, 1, &o, value, NULL, NULL);
