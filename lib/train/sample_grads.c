@@ -119,21 +119,28 @@ static void share(int64_t n, int j, int threads, int64_t *lo, int64_t *hi) {
 CHUNK_HIST(float)
 CHUNK_HIST(double)
 
-/* dots[n] += g_n . d over the items [lo, hi) of one chunk [count, per] of
- * type T (a SIMD reduction: the order of the sums is the compiler's). */
+/* dots[n] += g_n . d for the rows of one chunk g [count, per] of type T,
+ * the same bits whatever the threads: each row is cut into blocks of
+ * PROJ_BLOCK items whose sums (partial [count, blocks per row]) any thread
+ * may compute, then added up per row in block order. */
+#define PROJ_BLOCK 4096
 #define PROJECT(T)                                                             \
   static void project_##T(double *dots, const T *g, const double *d,           \
-                          int64_t per, int64_t lo, int64_t hi) {               \
-    for (int64_t at = lo; at < hi;) {                                          \
-      const int64_t n = at / per, k0 = at % per;                               \
-      const int64_t k1 = (n + 1) * per < hi ? per : hi - n * per;              \
+                          int64_t count, int64_t per, double *partial) {       \
+    const int64_t bpr = (per + PROJ_BLOCK - 1) / PROJ_BLOCK;                   \
+    _Pragma("omp parallel for schedule(static)") for (int64_t b = 0;           \
+                                                      b < count * bpr; b++) {  \
+      const int64_t n = b / bpr, k0 = (b % bpr) * PROJ_BLOCK;                  \
+      const int64_t k1 = k0 + PROJ_BLOCK < per ? k0 + PROJ_BLOCK : per;        \
       const T *row = g + n * per;                                              \
       double sum = 0.0;                                                        \
-      _Pragma("omp simd reduction(+ : sum)") for (int64_t k = k0; k < k1; k++) \
-          sum += (double)row[k] * d[k];                                        \
-      _Pragma("omp atomic") dots[n] += sum;                                    \
-      at = n * per + k1;                                                       \
+      for (int64_t k = k0; k < k1; k++)                                        \
+        sum += (double)row[k] * d[k];                                          \
+      partial[b] = sum;                                                        \
     }                                                                          \
+    for (int64_t n = 0; n < count; n++)                                        \
+      for (int64_t b = 0; b < bpr; b++)                                        \
+        dots[n] += partial[n * bpr + b];                                       \
   }
 PROJECT(float)
 PROJECT(double)
@@ -178,7 +185,7 @@ int cpk__sample_grads_visit(void *ud, const char *param, int64_t first,
   if (hist && (rc = scratch_new(&s)) != CPK_OK)
     return rc;
     /* Threads over the chunk's elements (a chunk may hold one sample). */
-#pragma omp parallel num_threads(hist ? s.threads : omp_get_max_threads())
+#pragma omp parallel if (hist) num_threads(hist ? s.threads : 1)
   {
     int64_t lo, hi;
     const int j = omp_get_thread_num();
@@ -188,13 +195,20 @@ int cpk__sample_grads_visit(void *ud, const char *param, int64_t first,
       chunk_hist_float(sg, chunk->data, theta->data, per, lo, hi, lanes);
     else if (hist)
       chunk_hist_double(sg, chunk->data, theta->data, per, lo, hi, lanes);
-    if (d != NULL && f32)
-      project_float(sg->dots + first, chunk->data, d, per, lo, hi);
-    else if (d != NULL)
-      project_double(sg->dots + first, chunk->data, d, per, lo, hi);
   }
   if (hist)
     scratch_sum(&s, sg);
+  if (d != NULL) {
+    const int64_t blocks = count * ((per + PROJ_BLOCK - 1) / PROJ_BLOCK);
+    double *partial = cpk__malloc((size_t)blocks * sizeof *partial);
+    if (partial == NULL)
+      return CPK_ENOMEM;
+    if (f32)
+      project_float(sg->dots + first, chunk->data, d, count, per, partial);
+    else
+      project_double(sg->dots + first, chunk->data, d, count, per, partial);
+    cpk__free(partial);
+  }
   return CPK_OK;
 }
 
