@@ -469,7 +469,9 @@ static int start(train_run *r, const train_opts *o) {
     return rc;
   describe(o, p, &r->state);
   if (!o->resume) {
-    if ((rc = check_fresh(o->run)) != 0 ||
+    /* Under MPI rank 0 alone looks (and then writes): the others would see
+     * its new logs; the agreement after start() tells them. */
+    if ((cli_rank() == 0 && (rc = check_fresh(o->run)) != 0) ||
         (rc = train_log_open(&r->log, o->run, 0, NULL)) != 0)
       return rc;
     r->session_start = cli_now();
