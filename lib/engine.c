@@ -230,6 +230,24 @@ static int first_trained_layer(const cpk_model *m) {
   return m->nlayers;
 }
 
+/* KFRA's matrix summed over the MPI ranks (a collective: a rank whose rc
+ * failed still takes part). On a device pass it goes through host memory,
+ * so the ranks' MPI need not be CUDA-aware. */
+static int kfra_sum_ranks(cpk__pass *pass, int rc) {
+  cpk_tensor *k = pass->kfra, *host = NULL;
+  if (pass->ctx->dist.size <= 1)
+    return rc;
+  if (rc == CPK_OK && k->device != NULL)
+    rc = cpk__tensor_to_host(pass->ctx, k, &host);
+  const cpk_tensor *t = host != NULL ? host : k;
+  rc = cpk__dist_sum(pass->ctx, rc, k->dtype, rc == CPK_OK ? t->data : NULL,
+                     rc == CPK_OK ? cpk_tensor_numel(t) : 0);
+  if (rc == CPK_OK && host != NULL)
+    rc = cpk__tensor_fill_from_host(pass->ctx, k, host);
+  cpk_tensor_free(host);
+  return rc;
+}
+
 /* Every block B at the output of layer i becomes J^T B at its input, and
  * so do the Hessian terms and KFRA's matrix. */
 static int propagate_blocks(cpk__pass *pass, int i) {
@@ -248,9 +266,7 @@ static int propagate_blocks(cpk__pass *pass, int i) {
     if (rc == CPK_OK && pass->n_total != pass->n)
       cpk__scale(pass->ctx, pass->kfra->dtype, cpk_tensor_numel(pass->kfra),
                  (double)pass->n / (double)pass->n_total, pass->kfra->data);
-    rc = cpk__dist_sum(pass->ctx, rc, pass->kfra->dtype,
-                       rc == CPK_OK ? pass->kfra->data : NULL,
-                       rc == CPK_OK ? cpk_tensor_numel(pass->kfra) : 0);
+    rc = kfra_sum_ranks(pass, rc);
   }
   if (rc != CPK_OK)
     return rc;
@@ -342,8 +358,7 @@ static int start_from_exact_root(cpk__pass *pass, const cpk_tensor *target) {
     /* Gbar = c sum_n d^2 l_n / df_n^2: summed over the ranks */
     rc = cpk__kfra_start(pass->ctx, root, &pass->kfra);
     if (rc == CPK_OK)
-      rc = cpk__dist_sum(pass->ctx, rc, pass->kfra->dtype, pass->kfra->data,
-                         cpk_tensor_numel(pass->kfra));
+      rc = kfra_sum_ranks(pass, rc);
   }
   cpk_tensor_free(own);
   return rc;
