@@ -44,17 +44,8 @@
 
 #ifdef CPK_HAVE_CUDA
 #include "products_cuda.h"
-/* On a CUDA context, run `call` (the CUDA twin) and return. */
-#define ON_CUDA(ctx, call)                                                     \
-  do {                                                                         \
-    if (cpk__on_cuda(ctx)) {                                                   \
-      call;                                                                    \
-      return;                                                                  \
-    }                                                                          \
-  } while (0)
-#else
-#define ON_CUDA(ctx, call) (void)(ctx)
 #endif
+#include "ops_dispatch.h"
 
 /* ------------------------------------------- forward-mode operations */
 

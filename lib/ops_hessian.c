@@ -9,18 +9,8 @@
 #include "ops_hessian.h"
 #ifdef CPK_HAVE_CUDA
 #include "hessian_cuda.h"
-/* On a CUDA context, run `call` (the CUDA twin) and return. */
-#define ON_CUDA(ctx, call)                                                     \
-  do {                                                                         \
-    if ((ctx) != NULL && (ctx)->device == CPK_DEVICE_CUDA) {                   \
-      call;                                                                    \
-      return;                                                                  \
-    }                                                                          \
-  } while (0)
-#define F64(dt) ((dt) == CPK_F64)
-#else
-#define ON_CUDA(ctx, call) (void)(ctx)
 #endif
+#include "ops_dispatch.h"
 
 #define CPK_T float
 #define CPK_SFX f32
