@@ -13,7 +13,7 @@
 #include "layers/conv_common.h"
 #include "model.h"
 #include "ops.h"
-#include "testutil.h"
+#include "devtest.h"
 
 /* ------------------------------------------------ batched core on the CPU */
 
@@ -37,15 +37,6 @@ static const conv_case conv_cases[] = {
      {4, 3}},
 };
 
-static cpk_model *build(const char *text, int ndim, const int64_t *shape,
-                        cpk_dtype dt) {
-  cpk_model *m;
-  tu_ok(cpk_model_parse(&m, text, "net"));
-  tu_ok(cpk_model_build(m, ndim, shape, dt));
-  tu_ok(cpk_model_init_params(m, 11));
-  return m;
-}
-
 /* Sizes of one case's core: images of X and Y, and the weight. */
 static void core_sizes(const cpk__conv *s, int64_t *xsz, int64_t *ysz,
                        int64_t *wsz) {
@@ -62,7 +53,7 @@ static void check_batched_case(const conv_case *c, size_t work_bytes) {
   cpk_context *ctx;
   tu_ok(cpk_context_new(&ctx, NULL));
   ctx->work_bytes = work_bytes;
-  cpk_model *m = build(c->line, c->ndim, c->shape, CPK_F64);
+  cpk_model *m = dt_build(c->line, c->ndim, c->shape, CPK_F64);
   const cpk__conv *s = cpk__conv_of(m->layers[0]);
   const void *w = m->layers[0]->params[0].value->data;
   const void *b = s->bias ? m->layers[0]->params[1].value->data : NULL;

@@ -17,78 +17,8 @@
 #include "layers/conv_common.h"
 #include "model.h"
 #include "ops.h"
-#include "testutil.h"
+#include "devtest.h"
 
-static cpk_model *build(const char *text, int ndim, const int64_t *shape,
-                        cpk_dtype dt) {
-  cpk_model *m;
-  tu_ok(cpk_model_parse(&m, text, "net"));
-  tu_ok(cpk_model_build(m, ndim, shape, dt));
-  tu_ok(cpk_model_init_params(m, 11));
-  return m;
-}
-
-
-/* A CUDA context, or NULL (the test is then skipped). */
-static cpk_context *cuda_context(int mc_samples) {
-  cpk_context_options o = {.device = CPK_DEVICE_CUDA, .seed = 7,
-                           .mc_samples = mc_samples};
-  cpk_context *ctx = NULL;
-  if (cpk_context_new(&ctx, &o) != CPK_OK) {
-    print_message("no CUDA device: %s\n", cpk_last_error());
-    return NULL;
-  }
-  return ctx;
-}
-
-static cpk_tensor *up(cpk_context *ctx, const cpk_tensor *t) {
-  cpk_tensor *d;
-  tu_ok(cpk__tensor_to_device(ctx, t, t->dtype, &d));
-  return d;
-}
-
-/* Bring device tensor d down and compare it with the CPU's c. */
-static void check_down(cpk_context *ctx, const cpk_tensor *d,
-                       const cpk_tensor *c, const char *what) {
-  cpk_tensor *h;
-  tu_ok(cpk__device_sync(ctx));
-  tu_ok(cpk__tensor_to_host(ctx, d, &h));
-  const double rtol = c->dtype == CPK_F64 ? 1e-12 : 1e-5;
-  tu_assert_close(h, c, rtol, rtol * 1e-2, what);
-  cpk_tensor_free(h);
-}
-
-/* An operation run on host tensors (cpu context) and on their device
- * copies (cuda context): every array it writes is compared. */
-typedef void (*op_fn)(const cpk_context *ctx, cpk_dtype dt, void **a);
-
-static void run_op(cpk_context *cuda, const char *name, cpk_dtype dt,
-                   int nargs, const int64_t *sizes, int nout, op_fn fn,
-                   double lo) {
-  cpk_context *cpu;
-  tu_ok(cpk_context_new(&cpu, NULL));
-  cpk_tensor *h[8], *d[8];
-  void *hp[8], *dp[8];
-  for (int i = 0; i < nargs; i++) {
-    h[i] = tu_random(dt, 1, &sizes[i], lo, 1, 100 + (uint64_t)i);
-    d[i] = up(cuda, h[i]);
-    hp[i] = h[i]->data;
-    dp[i] = d[i]->data;
-  }
-  fn(cpu, dt, hp);
-  fn(cuda, dt, dp);
-  for (int i = nargs - nout; i < nargs; i++) {
-    char what[96];
-    snprintf(what, sizeof what, "%s (%s), output %d", name,
-             cpk_dtype_name(dt), i);
-    check_down(cuda, d[i], h[i], what);
-  }
-  for (int i = 0; i < nargs; i++) {
-    cpk_tensor_free(h[i]);
-    cpk_tensor_free(d[i]);
-  }
-  cpk_context_free(cpu);
-}
 
 /* The operations with fixed small shapes (a: inputs, then outputs). */
 static void op_gemm_nn(const cpk_context *c, cpk_dtype dt, void **a) {
@@ -175,35 +105,36 @@ static void act_all(const cpk_context *c, cpk_dtype dt, void **a) {
 
 static void test_ops_on_device(void **state) {
   (void)state;
-  cpk_context *cuda = cuda_context(1);
+  cpk_context *cuda = dt_context(dt_device(), 1);
   if (cuda == NULL)
     skip();
   for (int f = 0; f < 2; f++) {
     const cpk_dtype dt = f ? CPK_F64 : CPK_F32;
-    run_op(cuda, "gemm nn", dt, 3, (int64_t[]){63, 45, 35}, 1, op_gemm_nn, -1);
-    run_op(cuda, "gemm tn", dt, 3, (int64_t[]){63, 45, 35}, 1, op_gemm_tn, -1);
-    run_op(cuda, "gemm nt", dt, 3, (int64_t[]){63, 45, 35}, 1, op_gemm_nt, -1);
-    run_op(cuda, "gemm tt", dt, 3, (int64_t[]){63, 45, 35}, 1, op_gemm_tt, -1);
-    run_op(cuda, "gemm strided", dt, 3, (int64_t[]){18, 60, 120}, 1,
-           op_gemm_strided, -1);
-    run_op(cuda, "copy/axpy/scale", dt, 3, (int64_t[]){100, 100, 100}, 2,
-           op_copy_axpy_scale, -1);
-    run_op(cuda, "sum_rows", dt, 3, (int64_t[]){840, 21, 21}, 2, op_sum_rows,
-           -1);
-    run_op(cuda, "mul_broadcast", dt, 3, (int64_t[]){30, 120, 120}, 1,
-           op_mul_broadcast, -1);
-    run_op(cuda, "outer_batch", dt, 3, (int64_t[]){40, 30, 240}, 1,
-           op_outer_batch, -1);
-    run_op(cuda, "sq_accumulate", dt, 4, (int64_t[]){120, 15, 40, 8}, 2,
-           op_sq_accumulate, -1);
-    run_op(cuda, "row_sq_norms", dt, 3, (int64_t[]){297, 9, 9}, 2,
-           op_row_sq_norms, -1);
-    run_op(cuda, "channel_bias/sum", dt, 4, (int64_t[]){4, 120, 120, 4}, 2,
-           op_channel, -1);
-    run_op(cuda, "im2col/col2im", dt, 6,
-           (int64_t[]){252, 864, 144, 864, 252, 1512}, 3, op_im2col, -1);
-    run_op(cuda, "activations", dt, 3, (int64_t[]){50, 1, 1500}, 1, act_all,
-           0.05); /* log needs x > 0 */
+    const double rtol = f ? 1e-12 : 1e-5;
+    dt_run_op(cuda, "gemm nn", dt, 3, (int64_t[]){63, 45, 35}, 1, op_gemm_nn, -1, 100, rtol);
+    dt_run_op(cuda, "gemm tn", dt, 3, (int64_t[]){63, 45, 35}, 1, op_gemm_tn, -1, 100, rtol);
+    dt_run_op(cuda, "gemm nt", dt, 3, (int64_t[]){63, 45, 35}, 1, op_gemm_nt, -1, 100, rtol);
+    dt_run_op(cuda, "gemm tt", dt, 3, (int64_t[]){63, 45, 35}, 1, op_gemm_tt, -1, 100, rtol);
+    dt_run_op(cuda, "gemm strided", dt, 3, (int64_t[]){18, 60, 120}, 1,
+           op_gemm_strided, -1, 100, rtol);
+    dt_run_op(cuda, "copy/axpy/scale", dt, 3, (int64_t[]){100, 100, 100}, 2,
+           op_copy_axpy_scale, -1, 100, rtol);
+    dt_run_op(cuda, "sum_rows", dt, 3, (int64_t[]){840, 21, 21}, 2, op_sum_rows,
+              -1, 100, rtol);
+    dt_run_op(cuda, "mul_broadcast", dt, 3, (int64_t[]){30, 120, 120}, 1,
+           op_mul_broadcast, -1, 100, rtol);
+    dt_run_op(cuda, "outer_batch", dt, 3, (int64_t[]){40, 30, 240}, 1,
+           op_outer_batch, -1, 100, rtol);
+    dt_run_op(cuda, "sq_accumulate", dt, 4, (int64_t[]){120, 15, 40, 8}, 2,
+           op_sq_accumulate, -1, 100, rtol);
+    dt_run_op(cuda, "row_sq_norms", dt, 3, (int64_t[]){297, 9, 9}, 2,
+           op_row_sq_norms, -1, 100, rtol);
+    dt_run_op(cuda, "channel_bias/sum", dt, 4, (int64_t[]){4, 120, 120, 4}, 2,
+           op_channel, -1, 100, rtol);
+    dt_run_op(cuda, "im2col/col2im", dt, 6,
+           (int64_t[]){252, 864, 144, 864, 252, 1512}, 3, op_im2col, -1, 100, rtol);
+    dt_run_op(cuda, "activations", dt, 3, (int64_t[]){50, 1, 1500}, 1, act_all,
+              0.05, 100, rtol); /* log needs x > 0 */
   }
   cpk_context_free(cuda);
 }
@@ -247,36 +178,23 @@ static const char *device_extensions =
     "diag_ggn_exact,diag_ggn_mc,batch_diag_ggn_exact,batch_diag_ggn_mc,"
     "sqrt_ggn_exact,sqrt_ggn_mc,kfac,kflr";
 
-static cpk_tensor *target(cpk_loss_kind loss, int64_t n) {
-  int64_t s2[2] = {n, 3};
-  if (loss != CPK_LOSS_CROSS_ENTROPY)
-    return tu_random(CPK_F64, 2, s2, 0, 1, 9);
-  cpk_tensor *t;
-  tu_ok(cpk_tensor_new(&t, CPK_I64, 1, &n));
-  for (int64_t i = 0; i < n; i++)
-    cpk_tensor_set(t, i, (double)((i * 5 + 1) % 3));
-  return t;
-}
-
 static void test_compute_on_device(void **state) {
   (void)state;
-  cpk_context *cuda = cuda_context(3);
+  cpk_context *cuda = dt_context(dt_device(), 3);
   if (cuda == NULL)
     skip();
-  cpk_context *cpu;
-  cpk_context_options o = {.seed = 7, .mc_samples = 3};
-  tu_ok(cpk_context_new(&cpu, &o));
+  cpk_context *cpu = dt_context(CPK_DEVICE_CPU, 3);
   const int64_t n = 6;
   for (size_t k = 0; k < sizeof nets / sizeof nets[0]; k++)
     for (int f = 0; f < 2; f++)
       for (int loss = 0; loss < 3; loss++) {
         const cpk_dtype dt = f ? CPK_F64 : CPK_F32;
         const double rtol = f ? 1e-10 : 1e-4;
-        cpk_model *m = build(nets[k].text, nets[k].ndim, nets[k].shape, dt);
+        cpk_model *m = dt_build(nets[k].text, nets[k].ndim, nets[k].shape, dt);
         int64_t xs[5] = {n};
         memcpy(xs + 1, nets[k].shape, sizeof nets[k].shape);
         cpk_tensor *x = tu_random(dt, nets[k].ndim + 1, xs, -1, 1, 3);
-        cpk_tensor *y = target((cpk_loss_kind)loss, n);
+        cpk_tensor *y = dt_target((cpk_loss_kind)loss, n);
         cpk_pass_spec spec = {(cpk_loss_kind)loss,
                               loss == 1 ? CPK_REDUCTION_SUM
                                         : CPK_REDUCTION_MEAN,
@@ -319,14 +237,14 @@ static int visit_nothing(void *ud, const char *name, int64_t first,
 /* What the device path does not cover yet is a clear error, not a crash. */
 static void test_device_refusals(void **state) {
   (void)state;
-  cpk_context *cuda = cuda_context(1);
+  cpk_context *cuda = dt_context(dt_device(), 1);
   if (cuda == NULL)
     skip();
   const int64_t shape[1] = {4};
-  cpk_model *m = build("linear 4 3\nsigmoid\nlinear 3 3\n", 1, shape, CPK_F64);
+  cpk_model *m = dt_build("linear 4 3\nsigmoid\nlinear 3 3\n", 1, shape, CPK_F64);
   int64_t xs[2] = {5, 4};
   cpk_tensor *x = tu_random(CPK_F64, 2, xs, -1, 1, 1);
-  cpk_tensor *y = target(CPK_LOSS_CROSS_ENTROPY, 5);
+  cpk_tensor *y = dt_target(CPK_LOSS_CROSS_ENTROPY, 5);
   /* (every layer and extension runs on the device: tests/test_cuda_layers,
    * tests/test_cuda_hessian; visitors of per-sample gradients do not) */
   cpk_pass_spec spec = {CPK_LOSS_CROSS_ENTROPY, CPK_REDUCTION_MEAN, NULL, 0};
@@ -348,12 +266,7 @@ int main(void) {
       cmocka_unit_test(test_compute_on_device),
       cmocka_unit_test(test_device_refusals),
   };
-  cpk_context_options o = {.device = CPK_DEVICE_CUDA};
-  cpk_context *ctx;
-  if (cpk_context_new(&ctx, &o) != CPK_OK) {
-    printf("1..0 # SKIP %s\n", cpk_last_error());
+  if (dt_skip_program())
     return 0;
-  }
-  cpk_context_free(ctx);
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -8,8 +8,8 @@
  *    selu, logsigmoid, exp, log on positive inputs), flatten, conv2d,
  *    maxpool2d and zeropad2d, the three losses and both float types
  *    (float64 to 1e-10 relative, float32 to 1e-4).
- * Built with -DCPK_TEST_CPU_AS_DEVICE the "device" is a second CPU context,
- * which checks the test itself on a machine without a GPU.
+ * With CPK_TEST_DEVICE_AS_CPU=1 the "device" is a second CPU context, which
+ * checks the test itself on a machine without a GPU (tests/devtest.h).
  */
 #include <math.h>
 #include <stdio.h>
@@ -20,81 +20,7 @@
 #include "model.h"
 #include "ops.h"
 #include "ops_hessian.h"
-#include "testutil.h"
-
-static cpk_model *build(const char *text, int ndim, const int64_t *shape,
-                        cpk_dtype dt) {
-  cpk_model *m;
-  tu_ok(cpk_model_parse(&m, text, "net"));
-  tu_ok(cpk_model_build(m, ndim, shape, dt));
-  tu_ok(cpk_model_init_params(m, 11));
-  return m;
-}
-
-/* The context under test (a CUDA one), or NULL. */
-static cpk_context *device_context(void) {
-#ifdef CPK_TEST_CPU_AS_DEVICE
-  cpk_context_options o = {.seed = 7, .mc_samples = 1};
-#else
-  cpk_context_options o = {
-      .device = CPK_DEVICE_CUDA, .seed = 7, .mc_samples = 1};
-#endif
-  cpk_context *ctx = NULL;
-  if (cpk_context_new(&ctx, &o) != CPK_OK) {
-    print_message("no CUDA device: %s\n", cpk_last_error());
-    return NULL;
-  }
-  return ctx;
-}
-
-static cpk_tensor *up(cpk_context *ctx, const cpk_tensor *t) {
-  cpk_tensor *d;
-  tu_ok(cpk__tensor_to_device(ctx, t, t->dtype, &d));
-  return d;
-}
-
-/* Bring device tensor d down and compare it with the CPU's c (these
- * operations have no reductions: equal up to the last bits). */
-static void check_down(cpk_context *ctx, const cpk_tensor *d,
-                       const cpk_tensor *c, const char *what) {
-  cpk_tensor *h;
-  tu_ok(cpk__device_sync(ctx));
-  tu_ok(cpk__tensor_to_host(ctx, d, &h));
-  const double rtol = c->dtype == CPK_F64 ? 1e-14 : 1e-6;
-  tu_assert_close(h, c, rtol, rtol * 1e-2, what);
-  cpk_tensor_free(h);
-}
-
-typedef void (*op_fn)(const cpk_context *ctx, cpk_dtype dt, void **a);
-
-/* fn on host tensors (cpu context) and on their device copies: every
- * output (the last nout arrays) is compared. */
-static void run_op(cpk_context *dev, const char *name, cpk_dtype dt, int nargs,
-                   const int64_t *sizes, int nout, op_fn fn) {
-  cpk_context *cpu;
-  tu_ok(cpk_context_new(&cpu, NULL));
-  cpk_tensor *h[8], *d[8];
-  void *hp[8], *dp[8];
-  for (int i = 0; i < nargs; i++) {
-    h[i] = tu_random(dt, 1, &sizes[i], -1, 1, 200 + (uint64_t)i);
-    d[i] = up(dev, h[i]);
-    hp[i] = h[i]->data;
-    dp[i] = d[i]->data;
-  }
-  fn(cpu, dt, hp);
-  fn(dev, dt, dp);
-  for (int i = nargs - nout; i < nargs; i++) {
-    char what[96];
-    snprintf(what, sizeof what, "%s (%s), output %d", name, cpk_dtype_name(dt),
-             i);
-    check_down(dev, d[i], h[i], what);
-  }
-  for (int i = 0; i < nargs; i++) {
-    cpk_tensor_free(h[i]);
-    cpk_tensor_free(d[i]);
-  }
-  cpk_context_free(cpu);
-}
+#include "devtest.h"
 
 /* s [N=5, K=4], w [K, D=6], e [N, D] -> blk [K, N, D], sign [K, N]. */
 static void op_lazy_rows(const cpk_context *c, cpk_dtype dt, void **a) {
@@ -112,17 +38,19 @@ static void op_swap_repeat(const cpk_context *c, cpk_dtype dt, void **a) {
 
 static void test_ops_on_device(void **state) {
   (void)state;
-  cpk_context *dev = device_context();
+  cpk_context *dev = dt_context(dt_device(), 1);
   if (dev == NULL)
     skip();
   for (int f = 0; f < 2; f++) {
     const cpk_dtype dt = f ? CPK_F64 : CPK_F32;
-    run_op(dev, "lazy_rows", dt, 5, (int64_t[]){20, 24, 30, 120, 20}, 2,
-           op_lazy_rows);
-    run_op(dev, "diag_to_factor", dt, 3, (int64_t[]){35, 245, 35}, 2,
-           op_diag_to_factor);
-    run_op(dev, "swap/repeat/fill", dt, 4, (int64_t[]){60, 60, 60, 40}, 3,
-           op_swap_repeat);
+    /* no reductions: equal up to the last bits */
+    const double rtol = f ? 1e-14 : 1e-6;
+    dt_run_op(dev, "lazy_rows", dt, 5, (int64_t[]){20, 24, 30, 120, 20}, 2,
+              op_lazy_rows, -1, 200, rtol);
+    dt_run_op(dev, "diag_to_factor", dt, 3, (int64_t[]){35, 245, 35}, 2,
+              op_diag_to_factor, -1, 200, rtol);
+    dt_run_op(dev, "swap/repeat/fill", dt, 4, (int64_t[]){60, 60, 60, 40}, 3,
+              op_swap_repeat, -1, 200, rtol);
   }
   cpk_context_free(dev);
 }
@@ -167,36 +95,23 @@ static const net nets[] = {
 
 static const char *hessian_extensions = "diag_hessian,batch_diag_hessian,kfra";
 
-static cpk_tensor *target(cpk_loss_kind loss, int64_t n) {
-  int64_t s2[2] = {n, 3};
-  if (loss != CPK_LOSS_CROSS_ENTROPY)
-    return tu_random(CPK_F64, 2, s2, 0, 1, 9);
-  cpk_tensor *t;
-  tu_ok(cpk_tensor_new(&t, CPK_I64, 1, &n));
-  for (int64_t i = 0; i < n; i++)
-    cpk_tensor_set(t, i, (double)((i * 5 + 1) % 3));
-  return t;
-}
-
 static void test_compute_on_device(void **state) {
   (void)state;
-  cpk_context *dev = device_context();
+  cpk_context *dev = dt_context(dt_device(), 1);
   if (dev == NULL)
     skip();
-  cpk_context *cpu;
-  cpk_context_options o = {.seed = 7, .mc_samples = 1};
-  tu_ok(cpk_context_new(&cpu, &o));
+  cpk_context *cpu = dt_context(CPK_DEVICE_CPU, 1);
   const int64_t n = 5;
   for (size_t k = 0; k < sizeof nets / sizeof nets[0]; k++)
     for (int f = 0; f < 2; f++)
       for (int loss = 0; loss < 3; loss++) {
         const cpk_dtype dt = f ? CPK_F64 : CPK_F32;
         const double rtol = f ? 1e-10 : 1e-4;
-        cpk_model *m = build(nets[k].text, nets[k].ndim, nets[k].shape, dt);
+        cpk_model *m = dt_build(nets[k].text, nets[k].ndim, nets[k].shape, dt);
         int64_t xs[5] = {n};
         memcpy(xs + 1, nets[k].shape, sizeof nets[k].shape);
         cpk_tensor *x = tu_random(dt, nets[k].ndim + 1, xs, nets[k].lo, 1, 3);
-        cpk_tensor *y = target((cpk_loss_kind)loss, n);
+        cpk_tensor *y = dt_target((cpk_loss_kind)loss, n);
         cpk_pass_spec spec = {(cpk_loss_kind)loss,
                               loss == 1 ? CPK_REDUCTION_SUM
                                         : CPK_REDUCTION_MEAN,
@@ -240,11 +155,7 @@ int main(void) {
       cmocka_unit_test(test_ops_on_device),
       cmocka_unit_test(test_compute_on_device),
   };
-  cpk_context *ctx = device_context();
-  if (ctx == NULL) {
-    printf("1..0 # SKIP %s\n", cpk_last_error());
+  if (dt_skip_program())
     return 0;
-  }
-  cpk_context_free(ctx);
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -17,7 +17,7 @@
  * contexts with the same seed draw the same dropout masks when they run
  * the same passes in the same order.
  *
- * CPK_TEST_CUDA_LAYERS_ON_CPU=1 runs the same comparisons with a second
+ * CPK_TEST_DEVICE_AS_CPU=1 runs the same comparisons with a second
  * CPU context in place of the CUDA one (a check of the test itself on a
  * machine without a GPU).
  */
@@ -29,34 +29,7 @@
 #include "device.h"
 #include "device_pass.h"
 #include "model.h"
-#include "testutil.h"
-
-static int on_cpu_only(void) {
-  const char *e = getenv("CPK_TEST_CUDA_LAYERS_ON_CPU");
-  return e != NULL && e[0] == '1';
-}
-
-/* The device context (a CPU one with CPK_TEST_CUDA_LAYERS_ON_CPU=1), or
- * NULL (the test is then skipped). */
-static cpk_context *device_context(int mc_samples) {
-  cpk_context_options o = {.device = on_cpu_only() ? CPK_DEVICE_CPU
-                                                   : CPK_DEVICE_CUDA,
-                           .seed = 7,
-                           .mc_samples = mc_samples};
-  cpk_context *ctx = NULL;
-  if (cpk_context_new(&ctx, &o) != CPK_OK) {
-    print_message("no CUDA device: %s\n", cpk_last_error());
-    return NULL;
-  }
-  return ctx;
-}
-
-static cpk_context *cpu_context(int mc_samples) {
-  cpk_context_options o = {.seed = 7, .mc_samples = mc_samples};
-  cpk_context *ctx;
-  tu_ok(cpk_context_new(&ctx, &o));
-  return ctx;
-}
+#include "devtest.h"
 
 /* Every parameter and buffer gets random values (variances positive), the
  * same for the same seed: weights and running statistics of batch norm
@@ -77,10 +50,7 @@ static void randomize(cpk_model *m, uint64_t seed) {
 
 static cpk_model *build(const char *text, int ndim, const int64_t *shape,
                         cpk_dtype dt) {
-  cpk_model *m;
-  tu_ok(cpk_model_parse(&m, text, "net"));
-  tu_ok(cpk_model_build(m, ndim, shape, dt));
-  tu_ok(cpk_model_init_params(m, 11));
+  cpk_model *m = dt_build(text, ndim, shape, dt);
   randomize(m, 500);
   return m;
 }
@@ -98,22 +68,6 @@ static void check_params(const cpk_model *a, const cpk_model *b, double rtol,
     snprintf(msg, sizeof msg, "%s: parameter %s after the pass", what, name);
     tu_assert_close(tb, ta, rtol, rtol * 1e-3, msg);
   }
-}
-
-static cpk_tensor *up(cpk_context *ctx, const cpk_tensor *t) {
-  cpk_tensor *d;
-  tu_ok(cpk__tensor_to_device(ctx, t, t->dtype, &d));
-  return d;
-}
-
-/* Bring device tensor d down and compare it with the CPU's c. */
-static void check_down(cpk_context *ctx, const cpk_tensor *d,
-                       const cpk_tensor *c, double rtol, const char *what) {
-  cpk_tensor *h;
-  tu_ok(cpk__device_sync(ctx));
-  tu_ok(cpk__tensor_to_host(ctx, d, &h));
-  tu_assert_close(h, c, rtol, rtol * 1e-3, what);
-  cpk_tensor_free(h);
 }
 
 /* ------------------------------------------------------- hooks directly */
@@ -171,10 +125,10 @@ static void compare_map(cpk__layer *lc, cpk__layer *lg, cpk_context *cpu,
                         const cpk_tensor *y, const cpk_tensor *xd,
                         const cpk_tensor *yd, const cpk_tensor *in,
                         cpk_tensor *out, double rtol, const char *what) {
-  cpk_tensor *ind = up(dev, in), *outd = up(dev, out);
+  cpk_tensor *ind = dt_up(dev, in), *outd = dt_up(dev, out);
   tu_ok(hook(lc, cpu, x, y, in, out));
   tu_ok(hook(lg, dev, xd, yd, ind, outd));
-  check_down(dev, outd, out, rtol, what);
+  dt_check_down(dev, outd, out, rtol, rtol * 1e-3, what);
   cpk_tensor_free(ind);
   cpk_tensor_free(outd);
 }
@@ -192,16 +146,16 @@ static void hooks_case(cpk_context *cpu, cpk_context *dev,
   tu_ok(cpk__model_to_device(dev, mg));
   cpk_tensor *x = block(dt, 0, n, lc->in_ndim, lc->in_shape, 31);
   cpk_tensor *y = block(dt, 0, n, lc->out_ndim, lc->out_shape, 32);
-  cpk_tensor *xd = up(dev, x), *yd = up(dev, y);
+  cpk_tensor *xd = dt_up(dev, x), *yd = dt_up(dev, y);
   snprintf(what, sizeof what, "%s (%s, %s): forward", c->text,
            cpk_dtype_name(dt), training ? "training" : "eval");
   tu_ok(k->forward(lc, cpu, x, y, training));
   tu_ok(k->forward(lg, dev, xd, yd, training));
-  check_down(dev, yd, y, rtol, what);
+  dt_check_down(dev, yd, y, rtol, rtol * 1e-3, what);
 
   cpk_tensor *gin = block(dt, v, n, lc->out_ndim, lc->out_shape, 33);
   cpk_tensor *gout = block(dt, v, n, lc->in_ndim, lc->in_shape, 34);
-  cpk_tensor *gind = up(dev, gin);
+  cpk_tensor *gind = dt_up(dev, gin);
   snprintf(what, sizeof what, "%s (%s, %s): jac_t_mat", c->text,
            cpk_dtype_name(dt), training ? "training" : "eval");
   compare_map(lc, lg, cpu, dev, k->jac_t_mat, x, y, xd, yd, gin, gout, rtol,
@@ -214,12 +168,12 @@ static void hooks_case(cpk_context *cpu, cpk_context *dev,
               what);
   if (k->jac_diag != NULL) {
     cpk_tensor *o = block(dt, 0, n, lc->in_ndim, lc->in_shape, 37);
-    cpk_tensor *od = up(dev, o);
+    cpk_tensor *od = dt_up(dev, o);
     tu_ok(k->jac_diag(lc, cpu, x, y, o));
     tu_ok(k->jac_diag(lg, dev, xd, yd, od));
     snprintf(what, sizeof what, "%s (%s): jac_diag", c->text,
              cpk_dtype_name(dt));
-    check_down(dev, od, o, rtol, what);
+    dt_check_down(dev, od, o, rtol, rtol * 1e-3, what);
     cpk_tensor_free(o);
     cpk_tensor_free(od);
   }
@@ -239,14 +193,14 @@ static void hooks_case(cpk_context *cpu, cpk_context *dev,
     const cpk__param *q = &lc->params[p];
     for (int per_sample = 0; per_sample < 2; per_sample++) {
       cpk_tensor *o = block(dt, v, per_sample ? n : 0, q->ndim, q->shape, 40);
-      cpk_tensor *od = up(dev, o);
+      cpk_tensor *od = dt_up(dev, o);
       const double beta = per_sample ? 0.0 : 0.5;
       tu_ok(k->param_jac_t_mat(lc, cpu, p, x, gin, per_sample, beta, o));
       tu_ok(k->param_jac_t_mat(lg, dev, p, xd, gind, per_sample, beta, od));
       snprintf(what, sizeof what, "%s (%s, %s): param_jac_t_mat %s%s",
                c->text, cpk_dtype_name(dt), training ? "training" : "eval",
                q->name, per_sample ? " per sample" : "");
-      check_down(dev, od, o, rtol, what);
+      dt_check_down(dev, od, o, rtol, rtol * 1e-3, what);
       cpk_tensor_free(o);
       cpk_tensor_free(od);
     }
@@ -254,13 +208,13 @@ static void hooks_case(cpk_context *cpu, cpk_context *dev,
       for (int b = 0; b < 2; b++) {
         cpk_tensor *t = block(dt, v, 0, q->ndim, q->shape, 41);
         cpk_tensor *o = block(dt, v, n, lc->out_ndim, lc->out_shape, 42);
-        cpk_tensor *td = up(dev, t), *od = up(dev, o);
+        cpk_tensor *td = dt_up(dev, t), *od = dt_up(dev, o);
         const double beta = b ? 0.5 : 0.0;
         tu_ok(k->param_jac_mat(lc, cpu, p, x, t, beta, o));
         tu_ok(k->param_jac_mat(lg, dev, p, xd, td, beta, od));
         snprintf(what, sizeof what, "%s (%s): param_jac_mat %s beta %g",
                  c->text, cpk_dtype_name(dt), q->name, beta);
-        check_down(dev, od, o, rtol, what);
+        dt_check_down(dev, od, o, rtol, rtol * 1e-3, what);
         cpk_tensor_free(t);
         cpk_tensor_free(o);
         cpk_tensor_free(td);
@@ -286,10 +240,10 @@ static void hooks_case(cpk_context *cpu, cpk_context *dev,
 
 static void test_hooks_on_device(void **state) {
   (void)state;
-  cpk_context *dev = device_context(1);
+  cpk_context *dev = dt_context(dt_device(), 1);
   if (dev == NULL)
     skip();
-  cpk_context *cpu = cpu_context(1);
+  cpk_context *cpu = dt_context(CPK_DEVICE_CPU, 1);
   for (size_t i = 0; i < sizeof layer_cases / sizeof layer_cases[0]; i++)
     for (int f = 0; f < 2; f++)
       for (int training = 0; training < 2; training++)
@@ -344,17 +298,6 @@ static const char *extensions =
     "batch_grad,batch_l2_grad,sum_grad_squared,variance,diag_ggn_exact,"
     "diag_ggn_mc,batch_diag_ggn_exact,sqrt_ggn_exact,kfac,kflr";
 
-static cpk_tensor *target(cpk_loss_kind loss, int64_t n) {
-  int64_t s2[2] = {n, 3};
-  if (loss != CPK_LOSS_CROSS_ENTROPY)
-    return tu_random(CPK_F64, 2, s2, 0, 1, 9);
-  cpk_tensor *t;
-  tu_ok(cpk_tensor_new(&t, CPK_I64, 1, &n));
-  for (int64_t i = 0; i < n; i++)
-    cpk_tensor_set(t, i, (double)((i * 5 + 1) % 3));
-  return t;
-}
-
 static void compute_case(cpk_context *cpu, cpk_context *dev, size_t k,
                          cpk_dtype dt, int loss, int training) {
   const double rtol = dt == CPK_F64 ? 1e-10 : 1e-4;
@@ -364,7 +307,7 @@ static void compute_case(cpk_context *cpu, cpk_context *dev, size_t k,
   int64_t xs[5] = {n};
   memcpy(xs + 1, nets[k].shape, sizeof nets[k].shape);
   cpk_tensor *x = tu_random(dt, nets[k].ndim + 1, xs, -1, 1, 3);
-  cpk_tensor *y = target((cpk_loss_kind)loss, n);
+  cpk_tensor *y = dt_target((cpk_loss_kind)loss, n);
   cpk_pass_spec spec = {(cpk_loss_kind)loss,
                         loss == 1 ? CPK_REDUCTION_SUM : CPK_REDUCTION_MEAN,
                         extensions, training};
@@ -402,10 +345,10 @@ static void compute_case(cpk_context *cpu, cpk_context *dev, size_t k,
 
 static void test_compute_on_device(void **state) {
   (void)state;
-  cpk_context *dev = device_context(3);
+  cpk_context *dev = dt_context(dt_device(), 3);
   if (dev == NULL)
     skip();
-  cpk_context *cpu = cpu_context(3);
+  cpk_context *cpu = dt_context(CPK_DEVICE_CPU, 3);
   for (size_t k = 0; k < sizeof nets / sizeof nets[0]; k++)
     for (int f = 0; f < 2; f++)
       for (int training = 0; training < 2; training++)
@@ -419,16 +362,16 @@ static void test_compute_on_device(void **state) {
  * the second pass starts from are the first one's update, on both. */
 static void test_running_stats_accumulate(void **state) {
   (void)state;
-  cpk_context *dev = device_context(1);
+  cpk_context *dev = dt_context(dt_device(), 1);
   if (dev == NULL)
     skip();
-  cpk_context *cpu = cpu_context(1);
+  cpk_context *cpu = dt_context(CPK_DEVICE_CPU, 1);
   const net *nt = &nets[2];
   cpk_model *mc = build(nt->text, nt->ndim, nt->shape, CPK_F64);
   cpk_model *mg = build(nt->text, nt->ndim, nt->shape, CPK_F64);
   int64_t xs[5] = {4};
   memcpy(xs + 1, nt->shape, sizeof nt->shape);
-  cpk_tensor *y = target(CPK_LOSS_CROSS_ENTROPY, 4);
+  cpk_tensor *y = dt_target(CPK_LOSS_CROSS_ENTROPY, 4);
   cpk_pass_spec spec = {CPK_LOSS_CROSS_ENTROPY, CPK_REDUCTION_MEAN, NULL, 1};
   for (int pass = 0; pass < 3; pass++) {
     cpk_tensor *x = tu_random(CPK_F64, nt->ndim + 1, xs, -2, 2, 50 + pass);
@@ -456,14 +399,7 @@ int main(void) {
       cmocka_unit_test(test_compute_on_device),
       cmocka_unit_test(test_running_stats_accumulate),
   };
-  if (!on_cpu_only()) {
-    cpk_context_options o = {.device = CPK_DEVICE_CUDA};
-    cpk_context *ctx;
-    if (cpk_context_new(&ctx, &o) != CPK_OK) {
-      printf("1..0 # SKIP %s\n", cpk_last_error());
-      return 0;
-    }
-    cpk_context_free(ctx);
-  }
+  if (dt_skip_program())
+    return 0;
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -21,38 +21,7 @@
 
 #include "device.h"
 #include "model.h"
-#include "testutil.h"
-
-static cpk_model *build(const char *text, int ndim, const int64_t *shape,
-                        cpk_dtype dt) {
-  cpk_model *m;
-  tu_ok(cpk_model_parse(&m, text, "net"));
-  tu_ok(cpk_model_build(m, ndim, shape, dt));
-  tu_ok(cpk_model_init_params(m, 11));
-  return m;
-}
-
-/* A CUDA context, or NULL (the test is then skipped). */
-static cpk_context *cuda_context(void) {
-  cpk_context_options o = {.device = CPK_DEVICE_CUDA, .seed = 7,
-                           .mc_samples = 3};
-#ifdef CPK_TEST_CUDA_AS_CPU /* a dry run of the test's logic on the CPU */
-  o.device = CPK_DEVICE_CPU;
-#endif
-  cpk_context *ctx = NULL;
-  if (cpk_context_new(&ctx, &o) != CPK_OK) {
-    print_message("no CUDA device: %s\n", cpk_last_error());
-    return NULL;
-  }
-  return ctx;
-}
-
-static cpk_context *cpu_context(void) {
-  cpk_context_options o = {.seed = 7, .mc_samples = 3};
-  cpk_context *ctx;
-  tu_ok(cpk_context_new(&ctx, &o));
-  return ctx;
-}
+#include "devtest.h"
 
 /* Networks with a CUDA path, [N, *shape] inputs, 3 outputs. */
 typedef struct {
@@ -85,17 +54,6 @@ static const net nets[] = {
 };
 #define NNETS (sizeof nets / sizeof nets[0])
 
-static cpk_tensor *target(cpk_loss_kind loss, int64_t n) {
-  int64_t s2[2] = {n, 3};
-  if (loss != CPK_LOSS_CROSS_ENTROPY)
-    return tu_random(CPK_F64, 2, s2, 0, 1, 9);
-  cpk_tensor *t;
-  tu_ok(cpk_tensor_new(&t, CPK_I64, 1, &n));
-  for (int64_t i = 0; i < n; i++)
-    cpk_tensor_set(t, i, (double)((i * 5 + 1) % 3));
-  return t;
-}
-
 static cpk_tensor *input_for(const net *nt, int64_t n, cpk_dtype dt,
                              uint64_t seed) {
   int64_t xs[5] = {n};
@@ -125,10 +83,10 @@ static double *random_vectors(int64_t count, uint64_t seed) {
 
 static void test_products_on_device(void **state) {
   (void)state;
-  cpk_context *cuda = cuda_context();
+  cpk_context *cuda = dt_context(dt_device(), 3);
   if (cuda == NULL)
     skip();
-  cpk_context *cpu = cpu_context();
+  cpk_context *cpu = dt_context(CPK_DEVICE_CPU, 3);
   const int64_t n = 5, k = 3;
   for (size_t q = 0; q < NNETS; q++)
     for (int f = 0; f < 2; f++)
@@ -136,9 +94,9 @@ static void test_products_on_device(void **state) {
         for (int kind = 0; kind < 4; kind++) {
           const cpk_dtype dt = f ? CPK_F64 : CPK_F32;
           const double rtol = f ? 1e-10 : 1e-4;
-          cpk_model *m = build(nets[q].text, nets[q].ndim, nets[q].shape, dt);
+          cpk_model *m = dt_build(nets[q].text, nets[q].ndim, nets[q].shape, dt);
           cpk_tensor *x = input_for(&nets[q], n, dt, 3);
-          cpk_tensor *y = target((cpk_loss_kind)loss, n);
+          cpk_tensor *y = dt_target((cpk_loss_kind)loss, n);
           cpk_pass_spec spec = {(cpk_loss_kind)loss,
                                 loss == 1 ? CPK_REDUCTION_SUM
                                           : CPK_REDUCTION_MEAN,
@@ -185,14 +143,14 @@ static void test_products_on_device(void **state) {
  * whose argmax the passes share). */
 static void test_operator_survives_compute(void **state) {
   (void)state;
-  cpk_context *cuda = cuda_context();
+  cpk_context *cuda = dt_context(dt_device(), 3);
   if (cuda == NULL)
     skip();
-  cpk_context *cpu = cpu_context();
+  cpk_context *cpu = dt_context(CPK_DEVICE_CPU, 3);
   const int64_t n = 4;
-  cpk_model *m = build(nets[0].text, nets[0].ndim, nets[0].shape, CPK_F64);
+  cpk_model *m = dt_build(nets[0].text, nets[0].ndim, nets[0].shape, CPK_F64);
   cpk_tensor *x = input_for(&nets[0], n, CPK_F64, 5);
-  cpk_tensor *y = target(CPK_LOSS_CROSS_ENTROPY, n);
+  cpk_tensor *y = dt_target(CPK_LOSS_CROSS_ENTROPY, n);
   cpk_pass_spec spec = {CPK_LOSS_CROSS_ENTROPY, CPK_REDUCTION_MEAN, NULL, 0};
   cpk_curvature_op *og;
   tu_ok(cpk_curvature_op_new(&og, cuda, m, &spec, x, y, CPK_CURV_HESSIAN));
@@ -204,7 +162,7 @@ static void test_operator_survives_compute(void **state) {
   cpk_pass_spec ext = {CPK_LOSS_CROSS_ENTROPY, CPK_REDUCTION_MEAN,
                        "diag_ggn_exact", 0};
   cpk_tensor *x2 = input_for(&nets[0], n + 3, CPK_F64, 6);
-  cpk_tensor *y2 = target(CPK_LOSS_CROSS_ENTROPY, n + 3);
+  cpk_tensor *y2 = dt_target(CPK_LOSS_CROSS_ENTROPY, n + 3);
   cpk_results *res;
   tu_ok(cpk_compute(cuda, m, &ext, x2, y2, &res));
   cpk_results_free(res);
@@ -234,17 +192,17 @@ static void test_operator_survives_compute(void **state) {
 
 static void test_spectral_on_device(void **state) {
   (void)state;
-  cpk_context *cuda = cuda_context();
+  cpk_context *cuda = dt_context(dt_device(), 3);
   if (cuda == NULL)
     skip();
-  cpk_context *cpu = cpu_context();
+  cpk_context *cpu = dt_context(CPK_DEVICE_CPU, 3);
   const int64_t n = 6;
   for (size_t q = 0; q < 3; q++)
     for (int kind = 0; kind < 2; kind++) {
       cpk_model *m =
-          build(nets[q].text, nets[q].ndim, nets[q].shape, CPK_F64);
+          dt_build(nets[q].text, nets[q].ndim, nets[q].shape, CPK_F64);
       cpk_tensor *x = input_for(&nets[q], n, CPK_F64, 8);
-      cpk_tensor *y = target(CPK_LOSS_CROSS_ENTROPY, n);
+      cpk_tensor *y = dt_target(CPK_LOSS_CROSS_ENTROPY, n);
       cpk_pass_spec spec = {CPK_LOSS_CROSS_ENTROPY, CPK_REDUCTION_MEAN, NULL,
                             0};
       cpk_curvature_op *oc, *og;
@@ -297,17 +255,17 @@ static void assert_same(const cpk_tensor *g, const cpk_tensor *c, double rtol,
 
 static void test_forward_on_device(void **state) {
   (void)state;
-  cpk_context *cuda = cuda_context();
+  cpk_context *cuda = dt_context(dt_device(), 3);
   if (cuda == NULL)
     skip();
-  cpk_context *cpu = cpu_context();
+  cpk_context *cpu = dt_context(CPK_DEVICE_CPU, 3);
   const int64_t n = 4;
   for (size_t q = 0; q < NNETS; q++)
     for (int f = 0; f < 2; f++) {
       const cpk_dtype dt = f ? CPK_F64 : CPK_F32;
       const double rtol = f ? 1e-10 : 1e-4;
       char what[128];
-      cpk_model *m = build(nets[q].text, nets[q].ndim, nets[q].shape, dt);
+      cpk_model *m = dt_build(nets[q].text, nets[q].ndim, nets[q].shape, dt);
       cpk_tensor *x = input_for(&nets[q], n, dt, 12);
       /* the Jacobian in both modes */
       for (int mode = 1; mode <= 2; mode++) {
@@ -386,11 +344,7 @@ static void cli_both(const char *dir, const char *cmd, const char *args) {
   static const char *const devices[2] = {"cpu", "cuda"};
   for (int d = 0; d < 2; d++) {
     char line[4096], err[2048];
-#ifdef CPK_TEST_CUDA_AS_CPU
-    const char *run_on = "cpu";
-#else
-    const char *run_on = devices[d];
-#endif
+    const char *run_on = dt_device() == CPK_DEVICE_CPU ? "cpu" : devices[d];
     snprintf(line, sizeof line,
              "'%s/curvpack' %s --model '%s' --params '%s' --input '%s' "
              "--target '%s' --dtype float64 %s --out '%s/%s' --device %s "
@@ -418,7 +372,7 @@ static void same_file(const char *dir, const char *name, double rtol) {
 
 static void test_cli_on_device(void **state) {
   (void)state;
-  cpk_context *cuda = cuda_context();
+  cpk_context *cuda = dt_context(dt_device(), 3);
   if (cuda == NULL)
     skip();
   cpk_context_free(cuda);
@@ -450,7 +404,7 @@ static void test_cli_on_device(void **state) {
  * memory on the wrong device. */
 static void test_device_refusals(void **state) {
   (void)state;
-  cpk_context *cuda = cuda_context();
+  cpk_context *cuda = dt_context(dt_device(), 3);
   if (cuda == NULL)
     skip();
   cpk_pass_spec spec = {CPK_LOSS_CROSS_ENTROPY, CPK_REDUCTION_MEAN, NULL, 0};
@@ -459,10 +413,10 @@ static void test_device_refusals(void **state) {
   /* a CPU pass on the model of a live device operator replaces max
    * pooling's argmax: the operator's next product is a clear error, not a
    * read of host memory on the device */
-  cpk_context *cpu = cpu_context();
-  cpk_model *m = build(nets[2].text, nets[2].ndim, nets[2].shape, CPK_F64);
+  cpk_context *cpu = dt_context(CPK_DEVICE_CPU, 3);
+  cpk_model *m = dt_build(nets[2].text, nets[2].ndim, nets[2].shape, CPK_F64);
   x = input_for(&nets[2], 3, CPK_F64, 2);
-  y = target(CPK_LOSS_CROSS_ENTROPY, 3);
+  y = dt_target(CPK_LOSS_CROSS_ENTROPY, 3);
   tu_ok(cpk_curvature_op_new(&op, cuda, m, &spec, x, y, CPK_CURV_HESSIAN));
   cpk_results *r;
   tu_ok(cpk_compute(cpu, m, &spec, x, y, &r));
@@ -490,15 +444,7 @@ int main(void) {
       cmocka_unit_test(test_cli_on_device),
       cmocka_unit_test(test_device_refusals),
   };
-  cpk_context_options o = {.device = CPK_DEVICE_CUDA};
-  cpk_context *ctx;
-#ifdef CPK_TEST_CUDA_AS_CPU
-  o.device = CPK_DEVICE_CPU;
-#endif
-  if (cpk_context_new(&ctx, &o) != CPK_OK) {
-    printf("1..0 # SKIP %s\n", cpk_last_error());
+  if (dt_skip_program())
     return 0;
-  }
-  cpk_context_free(ctx);
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
