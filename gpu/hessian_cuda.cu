@@ -10,9 +10,11 @@
 #include "kernels_cuda.cuh"
 
 using cpk_cuda::blocks_for;
+using cpk_cuda::by_type;
 using cpk_cuda::check_launch;
 using cpk_cuda::enter;
 using cpk_cuda::kThreads;
+using cpk_cuda::launch;
 
 namespace {
 
@@ -22,22 +24,6 @@ __device__ inline double mul(double a, double b) { return __dmul_rn(a, b); }
 // sqrt|v| of the CPU reference: taken in double, then rounded to T.
 template <typename T> __device__ inline T root_of(T v) {
   return (T)sqrt(fabs((double)v));
-}
-
-template <typename F> void by_type(int f64, F f) {
-  if (f64)
-    f(double{});
-  else
-    f(float{});
-}
-
-template <typename... P, typename... A>
-void launch(cpk__gpu *g, const char *name, int64_t n, void (*kernel)(P...),
-            A... args) {
-  if (n <= 0)
-    return;
-  kernel<<<blocks_for(n), kThreads, 0, g->stream>>>(args...);
-  check_launch(g, name);
 }
 
 template <typename T> __global__ void k_fill(int64_t n, T v, T *x) {

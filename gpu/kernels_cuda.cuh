@@ -92,6 +92,26 @@ inline unsigned blocks_for(int64_t n, int threads = kThreads) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);   \
        i += (int64_t)gridDim.x * blockDim.x)
 
+// Launch a one-thread-per-element kernel over n elements (nothing for
+// n <= 0) on the handle's stream and check the launch.
+template <typename... P, typename... A>
+void launch(cpk__gpu *g, const char *name, int64_t n, void (*kernel)(P...),
+            A... args) {
+  if (n <= 0)
+    return;
+  kernel<<<blocks_for(n), kThreads, 0, g->stream>>>(args...);
+  check_launch(g, name);
+}
+
+// Call f(T()) with T = double (f64) or float: f instantiates the operation
+// for T.
+template <typename F> void by_type(int f64, F f) {
+  if (f64)
+    f(double());
+  else
+    f(float());
+}
+
 } // namespace cpk_cuda
 
 #endif // CPK_KERNELS_CUDA_CUH

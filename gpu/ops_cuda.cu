@@ -16,12 +16,14 @@
 #include "kernels_cuda.cuh"
 
 using cpk_cuda::blocks_for;
+using cpk_cuda::by_type;
 using cpk_cuda::check;
 using cpk_cuda::check_blas;
 using cpk_cuda::check_launch;
 using cpk_cuda::enter;
 using cpk_cuda::kMaxBlocks;
 using cpk_cuda::kThreads;
+using cpk_cuda::launch;
 
 // ------------------------------------------------------- activation formulas
 // The scalar formulas of lib/kernels/activation_math.h, compiled as device
@@ -83,17 +85,6 @@ inline Keep keep_of(double beta) {
 }
 template <typename T> __device__ inline T keep(Keep k, T beta, T old) {
   return k == kZero ? T(0) : k == kKeep ? old : mul(beta, old);
-}
-
-// Launch a one-thread-per-element kernel over n elements (nothing for
-// n <= 0) and check the launch.
-template <typename... P, typename... A>
-void launch(cpk__gpu *g, const char *name, int64_t n, void (*kernel)(P...),
-            A... args) {
-  if (n <= 0)
-    return;
-  kernel<<<blocks_for(n), kThreads, 0, g->stream>>>(args...);
-  check_launch(g, name);
 }
 
 // Position (c0, c1, c2) of flat offset e in a C-ordered [n0, n1, n2] grid
@@ -593,15 +584,6 @@ int64_t lin_of(const cpk__im2col_geom *g) {
 }
 int64_t lout_of(const cpk__im2col_geom *g) {
   return g->out[0] * g->out[1] * g->out[2];
-}
-
-// Call f(T()) with T = double (f64) or float: f instantiates the operation
-// for T.
-template <typename F> void by_type(int f64, F f) {
-  if (f64)
-    f(double());
-  else
-    f(float());
 }
 
 } // namespace
