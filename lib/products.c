@@ -23,8 +23,10 @@
  *    terms as it passes each layer, so step 1 keeps xdot at every layer;
  *  - double backward (reverse over reverse; products_dbl.c): the backward
  *    pass differentiated in reverse mode. Its first sweep (the adjoint of
- *    the backward pass, from the input up) is step 1's and computes each
- *    layer's terms right away, keeping only those, before steps 2 and 3.
+ *    the backward pass, from the input up) is step 1's and takes the terms
+ *    in xdot right away, dropping each xdot as it goes (only the f'' terms
+ *    are kept for its reverse sweep, steps 2 and 3, which adds the terms in
+ *    v alone as it passes).
  * The default is the faster as measured (CPK__HVP_DEFAULT, BENCHMARKS.md).
  *
  * On a CUDA context the activations, the blocks of steps 1 and 3 and the
@@ -447,28 +449,16 @@ int cpk__curv_tangent_layer(cpk_curvature_op *op, int i, int64_t k,
   return rc;
 }
 
-int cpk__curv_has_second_order(const cpk_curvature_op *op, int i) {
-  const cpk__layer *l = op->pass.model->layers[i];
-  if (op->d2g != NULL && op->d2g[i] != NULL)
-    return 1;
-  if (l->kind->mixed_jac_t_mat == NULL &&
-      l->kind->mixed_param_jac_t_mat == NULL)
-    return 0;
-  for (int t = 0; t < op->ntrain; t++)
-    if (op->train[t].layer == l)
-      return 1;
-  return 0;
-}
-
-int cpk__curv_second_order(cpk_curvature_op *op, int i, int64_t k,
-                           const cpk_tensor *xdot, cpk_tensor **tang,
-                           cpk_tensor *ain, int ain_zero, cpk_tensor **prods) {
+int cpk__curv_terms_tangent(cpk_curvature_op *op, int i, int64_t k,
+                            const cpk_tensor *xdot, cpk_tensor *ain,
+                            int ain_zero, cpk_tensor **prods) {
   cpk__pass *pass = &op->pass;
   cpk__layer *l = pass->model->layers[i];
   const cpk_tensor *x = pass->acts[i], *g = op->grads[i + 1];
-  const cpk__layer_kind *kd = l->kind;
   int rc = CPK_OK;
-  if (op->d2g[i] != NULL && ain != NULL && xdot != NULL) {
+  if (xdot == NULL)
+    return CPK_OK;
+  if (op->d2g[i] != NULL && ain != NULL) {
     /* ain[v] += h o xdot[v], h = f''(x) o g, for all columns at once */
     const int64_t m = cpk_tensor_numel(x);
     cpk_tensor *hx = ain;
@@ -482,18 +472,27 @@ int cpk__curv_second_order(cpk_curvature_op *op, int i, int64_t k,
       cpk_tensor_free(hx);
     }
   }
-  for (int t = 0; rc == CPK_OK && t < op->ntrain; t++) {
-    if (op->train[t].layer != l)
-      continue;
-    /* J_x(theta := t[v])^T g to the input; Jtheta(x := xdot[v])^T g to
-     * the product */
-    if (ain != NULL && kd->mixed_jac_t_mat != NULL)
-      rc = kd->mixed_jac_t_mat(l, pass->ctx, op->train[t].slot, x, g, tang[t],
-                               ain);
-    if (rc == CPK_OK && xdot != NULL && kd->mixed_param_jac_t_mat != NULL)
-      rc = kd->mixed_param_jac_t_mat(l, pass->ctx, op->train[t].slot, x, g,
-                                     xdot, prods[t]);
-  }
+  if (l->kind->mixed_param_jac_t_mat == NULL)
+    return rc;
+  for (int t = 0; rc == CPK_OK && t < op->ntrain; t++)
+    if (op->train[t].layer == l) /* Jtheta(x := xdot[v])^T g */
+      rc = l->kind->mixed_param_jac_t_mat(l, pass->ctx, op->train[t].slot, x,
+                                          g, xdot, prods[t]);
+  return rc;
+}
+
+int cpk__curv_terms_direction(cpk_curvature_op *op, int i, cpk_tensor **tang,
+                              cpk_tensor *ain) {
+  cpk__pass *pass = &op->pass;
+  cpk__layer *l = pass->model->layers[i];
+  int rc = CPK_OK;
+  if (l->kind->mixed_jac_t_mat == NULL)
+    return CPK_OK;
+  for (int t = 0; rc == CPK_OK && t < op->ntrain; t++)
+    if (op->train[t].layer == l) /* J_x(theta := t[v])^T g */
+      rc = l->kind->mixed_jac_t_mat(l, pass->ctx, op->train[t].slot,
+                                    pass->acts[i], op->grads[i + 1], tang[t],
+                                    ain);
   return rc;
 }
 
@@ -533,8 +532,10 @@ static int product_block(cpk_curvature_op *op, int64_t k, cpk_tensor **tang,
                                 l->in_ndim, l->in_shape)) == CPK_OK)
       rc = l->kind->jac_t_mat(l, pass->ctx, pass->acts[i], pass->acts[i + 1],
                               gdot, gin);
-    if (rc == CPK_OK && hess && cpk__curv_has_second_order(op, i))
-      rc = cpk__curv_second_order(op, i, k, xdot[i], tang, gin, 0, prods);
+    if (rc == CPK_OK && hess)
+      rc = cpk__curv_terms_tangent(op, i, k, xdot[i], gin, 0, prods);
+    if (rc == CPK_OK && hess && gin != NULL)
+      rc = cpk__curv_terms_direction(op, i, tang, gin);
     cpk_tensor_free(gdot);
     gdot = gin;
   }

@@ -65,20 +65,20 @@ int cpk__curv_tangent_layer(cpk_curvature_op *op, int i, int64_t k,
  * device, w zero on entry): the loss Hessian, or the Fisher kinds' root. */
 int cpk__curv_output(cpk_curvature_op *op, const cpk_tensor *u, cpk_tensor *w);
 
-/* Nonzero when layer i (> op->stop) has second-order terms: f'' != 0, or
- * trainable parameters with a mixed second derivative. */
-int cpk__curv_has_second_order(const cpk_curvature_op *op, int i);
-
-/* The Hessian's second-order terms of layer i for the k columns, with
- * g = delta_{i+1}:
- *   ain[v]     += f''(a_i) o g o xdot[v] + sum_p J_i(theta_p := tang_p[v])^T g
- *   prods_p[v] += Jtheta_p(a_i := xdot[v])^T g
- * (the layers' d2, kept as op->d2g, and mixed_jac_t_mat /
- * mixed_param_jac_t_mat). xdot NULL: the tangent at the input is zero;
- * ain NULL: not wanted; ain_zero: ain holds zeros (written, not added to). */
-int cpk__curv_second_order(cpk_curvature_op *op, int i, int64_t k,
-                           const cpk_tensor *xdot, cpk_tensor **tang,
-                           cpk_tensor *ain, int ain_zero, cpk_tensor **prods);
+/* The Hessian's second-order terms of layer i, with g = delta_{i+1}, in
+ * two parts: those of the tangent xdot at the layer input (k columns;
+ * NULL: zero, nothing to add),
+ *   ain[v]     += f''(a_i) o g o xdot[v]     (op->d2g; ain NULL: not wanted;
+ *                                            ain_zero: ain holds zeros and
+ *                                            is written, not added to)
+ *   prods_p[v] += Jtheta_p(a_i := xdot[v])^T g  (mixed_param_jac_t_mat),
+ * and those of the direction v alone (known before any sweep),
+ *   ain[v]     += sum_p J_i(theta_p := tang_p[v])^T g  (mixed_jac_t_mat). */
+int cpk__curv_terms_tangent(cpk_curvature_op *op, int i, int64_t k,
+                            const cpk_tensor *xdot, cpk_tensor *ain,
+                            int ain_zero, cpk_tensor **prods);
+int cpk__curv_terms_direction(cpk_curvature_op *op, int i, cpk_tensor **tang,
+                              cpk_tensor *ain);
 
 /* The double-backward Hessian product of k tangents into prods (zero on
  * entry), views [k, *S_t] per trainable parameter (products_dbl.c). */

@@ -18,12 +18,16 @@
  *     delta_{i+1} with respect to delta_{i+1}); and the adjoints that the
  *     two operations give their other inputs, a_i and theta_i, from
  *     <deltabar_i, J_i^T delta_{i+1}> + <v_i, Jtheta_i^T delta_{i+1}>:
- *       abar_i^(2)  = f''(a_i) o delta_{i+1} o deltabar_i         (elementwise)
- *                   + J_i(theta_i := v_i)^T delta_{i+1}             (bilinear)
- *       thetabar_i += Jtheta_i(a_i := deltabar_i)^T delta_{i+1}     (bilinear)
- *     (cpk__curv_second_order). abar_i^(2) is stored for step 3, the
- *     parameter part goes straight into the product; deltabar_i is dropped
- *     once layer i is done, so at most two tangent blocks live at a time.
+ *       abar_i^(2)  = f''(a_i) o delta_{i+1} o deltabar_i      (elementwise)
+ *                   + J_i(theta_i := v_i)^T delta_{i+1}          (bilinear)
+ *       thetabar_i += Jtheta_i(a_i := deltabar_i)^T delta_{i+1}  (bilinear)
+ *     The terms in deltabar_i are computed here (cpk__curv_terms_tangent):
+ *     the parameter one goes straight into the product, the f'' one is
+ *     stored for step 3 (elementwise layers with f'' != 0 only). The term
+ *     in v_i alone needs nothing of this sweep and is added in step 3
+ *     (cpk__curv_terms_direction), straight into abar_i, instead of being
+ *     stored. deltabar_i is dropped once layer i is done, so at most two
+ *     tangent blocks live at a time.
  *  2. delta_L = dL/da_L depends on a_L: abar_L = H_loss deltabar_L.
  *  3. Reverse over the forward graph, i = L-1 .. stop:
  *       thetabar_i += Jtheta_i^T abar_{i+1},
@@ -34,10 +38,10 @@
  * do the same products of blocks of k columns (GEMMs), in another order.
  * What differs is what is kept: the R-operator keeps xdot at every layer
  * through its forward sweep for the second-order terms of its backward
- * sweep; this one keeps the second-order adjoints of the layers that have
- * any (activations with f'' != 0, layers with trainable parameters),
- * computed while the tangent passes. Everything goes through the layers'
- * primitives and ops.h, so a CUDA context runs it on the device.
+ * sweep; this one keeps f''(a_i) o delta_{i+1} o deltabar_i of the
+ * elementwise layers with f'' != 0 and nothing else (nothing at all for
+ * ReLU networks). Everything goes through the layers' primitives and
+ * ops.h, so a CUDA context runs it on the device.
  */
 #include "ops.h"
 #include "products.h"
@@ -57,10 +61,11 @@ int cpk__curv_hessian_dbl(cpk_curvature_op *op, int64_t k, cpk_tensor **tang,
   for (int i = op->stop; rc == CPK_OK && i < nl; i++) {
     cpk__layer *l = m->layers[i];
     rc = cpk__curv_tangent_layer(op, i, k, bar, tang);
-    if (rc == CPK_OK && i > op->stop && cpk__curv_has_second_order(op, i) &&
-        (rc = cpk__block_new_on(ctx, &second[i], m->dtype, k, pass->n,
-                                l->in_ndim, l->in_shape)) == CPK_OK)
-      rc = cpk__curv_second_order(op, i, k, bar[i], tang, second[i], 1, prods);
+    if (rc == CPK_OK && i > op->stop && op->d2g[i] != NULL)
+      rc = cpk__block_new_on(ctx, &second[i], m->dtype, k, pass->n, l->in_ndim,
+                             l->in_shape);
+    if (rc == CPK_OK && i > op->stop)
+      rc = cpk__curv_terms_tangent(op, i, k, bar[i], second[i], 1, prods);
     cpk_tensor_free(bar[i]);
     bar[i] = NULL;
   }
@@ -76,7 +81,7 @@ int cpk__curv_hessian_dbl(cpk_curvature_op *op, int64_t k, cpk_tensor **tang,
     bar[nl] = NULL;
   }
 
-  /* 3. reverse over the forward graph, adding the stored adjoints */
+  /* 3. reverse over the forward graph, adding the second-order adjoints */
   for (int i = nl - 1; rc == CPK_OK && i >= op->stop; i--) {
     cpk__layer *l = m->layers[i];
     for (int t = 0; rc == CPK_OK && t < op->ntrain; t++)
@@ -89,13 +94,13 @@ int cpk__curv_hessian_dbl(cpk_curvature_op *op, int64_t k, cpk_tensor **tang,
                                 l->in_shape)) == CPK_OK)
       rc = l->kind->jac_t_mat(l, ctx, pass->acts[i], pass->acts[i + 1], abar,
                               ain);
+    if (rc == CPK_OK && ain != NULL)
+      rc = cpk__curv_terms_direction(op, i, tang, ain);
     if (rc == CPK_OK && ain != NULL && second[i] != NULL)
       cpk__axpy(ctx, m->dtype, cpk_tensor_numel(ain), 1.0, second[i]->data,
                 ain->data);
-    if (second != NULL) {
-      cpk_tensor_free(second[i]);
-      second[i] = NULL;
-    }
+    cpk_tensor_free(second[i]);
+    second[i] = NULL;
     cpk_tensor_free(abar);
     abar = ain;
   }
