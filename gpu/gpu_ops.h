@@ -38,7 +38,8 @@ void cpk__gpu_free(cpk__gpu *g, void *p);
 int cpk__gpu_upload(cpk__gpu *g, void *dst, const void *src, size_t bytes);
 int cpk__gpu_download(cpk__gpu *g, void *dst, const void *src, size_t bytes);
 void cpk__gpu_copy_d2d(cpk__gpu *g, void *dst, const void *src, size_t bytes);
-void cpk__gpu_zero(cpk__gpu *g, void *p, size_t bytes);
+/* Every byte of p[0, bytes) := value, ordered on the stream. */
+void cpk__gpu_fill_bytes(cpk__gpu *g, void *p, int value, size_t bytes);
 /* Wait for the stream; 0 when everything queued so far succeeded, else
  * nonzero with the first error's description in why (then cleared). */
 int cpk__gpu_sync(cpk__gpu *g, char *why, size_t len);

@@ -102,6 +102,11 @@ typedef struct cpk__layer_kind {
    * derivatives): called at the end of a device pass, whose memory must
    * not outlive it. May be NULL. */
   void (*drop_cache)(cpk__layer *l);
+  /* Nonzero when forward and jac_t_mat assign every element of their
+   * output without reading it first: the engine then allocates those
+   * outputs without the zero fill (tests/test_uninit.c checks each such
+   * kind with poisoned memory, cpk__alloc_poison). */
+  int fills_output;
   /* Nonzero when every hook above runs on a CUDA context (written over
    * ops.h and device.h alone, parameters through cpk__param_value). */
   int cuda;

@@ -167,6 +167,7 @@ static const cpk__arg_spec elu_args[] = {{"alpha", CPK__ARG_FLOAT, "1.0"},
       .build = activation_build,                                               \
       .forward = activation_forward,                                           \
       .jac_t_mat = activation_jac_mat,                                         \
+      .fills_output = 1,                                                       \
       .jac_mat = activation_jac_mat,                                           \
       .d2 = D2,                                                                \
       .jac_t_diag = activation_jac_t_diag,                                     \
