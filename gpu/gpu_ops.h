@@ -73,6 +73,9 @@ void cpk__cuda_sq_accumulate(cpk__gpu *g, int f64, int64_t v, int64_t n,
 void cpk__cuda_act_eval(cpk__gpu *g, int f64, cpk__act act, double param,
                         cpk__act_order order, int64_t n, const void *x,
                         const void *y, void *out);
+void cpk__cuda_act_d1_mul(cpk__gpu *g, int f64, cpk__act act, double param,
+                          int64_t n, const void *x, const void *y,
+                          const void *in, void *out);
 void cpk__cuda_im2col(cpk__gpu *g, int f64, const cpk__im2col_geom *geom,
                       int64_t count, const void *x, void *cols);
 void cpk__cuda_col2im(cpk__gpu *g, int f64, const cpk__im2col_geom *geom,
