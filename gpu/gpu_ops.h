@@ -38,7 +38,8 @@ void cpk__gpu_free(cpk__gpu *g, void *p);
 int cpk__gpu_upload(cpk__gpu *g, void *dst, const void *src, size_t bytes);
 int cpk__gpu_download(cpk__gpu *g, void *dst, const void *src, size_t bytes);
 void cpk__gpu_copy_d2d(cpk__gpu *g, void *dst, const void *src, size_t bytes);
-void cpk__gpu_zero(cpk__gpu *g, void *p, size_t bytes);
+/* Every byte of p[0, bytes) := value, ordered on the stream. */
+void cpk__gpu_fill_bytes(cpk__gpu *g, void *p, int value, size_t bytes);
 /* Wait for the stream; 0 when everything queued so far succeeded, else
  * nonzero with the first error's description in why (then cleared). */
 int cpk__gpu_sync(cpk__gpu *g, char *why, size_t len);
@@ -72,6 +73,9 @@ void cpk__cuda_sq_accumulate(cpk__gpu *g, int f64, int64_t v, int64_t n,
 void cpk__cuda_act_eval(cpk__gpu *g, int f64, cpk__act act, double param,
                         cpk__act_order order, int64_t n, const void *x,
                         const void *y, void *out);
+void cpk__cuda_act_d1_mul(cpk__gpu *g, int f64, cpk__act act, double param,
+                          int64_t n, const void *x, const void *y,
+                          const void *in, void *out);
 void cpk__cuda_im2col(cpk__gpu *g, int f64, const cpk__im2col_geom *geom,
                       int64_t count, const void *x, void *cols);
 void cpk__cuda_col2im(cpk__gpu *g, int f64, const cpk__im2col_geom *geom,

@@ -180,10 +180,11 @@ extern "C" void cpk__gpu_copy_d2d(cpk__gpu *g, void *dst, const void *src,
         "cudaMemcpyAsync (device to device)");
 }
 
-extern "C" void cpk__gpu_zero(cpk__gpu *g, void *p, size_t bytes) {
+extern "C" void cpk__gpu_fill_bytes(cpk__gpu *g, void *p, int value,
+                                    size_t bytes) {
   if (bytes == 0 || !enter(g))
     return;
-  check(g, cudaMemsetAsync(p, 0, bytes, g->stream), "cudaMemsetAsync");
+  check(g, cudaMemsetAsync(p, value, bytes, g->stream), "cudaMemsetAsync");
 }
 
 extern "C" int cpk__gpu_sync(cpk__gpu *g, char *why, size_t len) {

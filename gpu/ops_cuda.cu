@@ -342,6 +342,15 @@ __global__ void k_act_eval(cpk__act act, T a, cpk__act_order order, int64_t n,
   }
 }
 
+// out[i] := f'(x[i]) * in[i] (y[i] = f(x[i])).
+template <typename T>
+__global__ void k_act_d1_mul(cpk__act act, T a, int64_t n, const T *x,
+                             const T *y, const T *in, T *out) {
+  CPK_CUDA_FOR(i, n) {
+    out[i] = mul(cpk_act::eval(act, a, CPK__ACT_D1, x[i], y[i]), in[i]);
+  }
+}
+
 // y[i] := x[i] converted (f32 -> f64 or f64 -> f32, rounding to nearest).
 template <typename From, typename To>
 __global__ void k_convert(int64_t n, const From *x, To *y) {
@@ -715,6 +724,19 @@ extern "C" void cpk__cuda_act_eval(cpk__gpu *g, int f64, cpk__act act,
     using T = decltype(t);
     launch(g, "act_eval", n, k_act_eval<T>, act, (T)param, order, n,
            (const T *)x, (const T *)y, (T *)out);
+  });
+}
+
+extern "C" void cpk__cuda_act_d1_mul(cpk__gpu *g, int f64, cpk__act act,
+                                     double param, int64_t n, const void *x,
+                                     const void *y, const void *in,
+                                     void *out) {
+  if (n <= 0 || !enter(g))
+    return;
+  by_type(f64, [&](auto t) {
+    using T = decltype(t);
+    launch(g, "act_d1_mul", n, k_act_d1_mul<T>, act, (T)param, n,
+           (const T *)x, (const T *)y, (const T *)in, (T *)out);
   });
 }
 

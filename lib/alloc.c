@@ -189,6 +189,12 @@ void *cpk__malloc(size_t bytes) {
   return base + CPK__HEADER;
 }
 
+static atomic_int poison_uninit;
+
+void cpk__alloc_poison(int on) { atomic_store(&poison_uninit, on != 0); }
+
+int cpk__alloc_poisoning(void) { return atomic_load(&poison_uninit); }
+
 void *cpk__calloc(size_t bytes) {
   void *p = cpk__malloc(bytes);
   if (p != NULL)

@@ -37,10 +37,13 @@ static void *gpu_alloc(const cpk_context *ctx, size_t bytes) {
 }
 #endif
 
-int cpk__tensor_new_on(const cpk_context *ctx, cpk_tensor **out,
-                       cpk_dtype dtype, int ndim, const int64_t *shape) {
+/* A C-order tensor on the context's device, zero-filled or not. */
+static int tensor_new_on(const cpk_context *ctx, cpk_tensor **out,
+                         cpk_dtype dtype, int ndim, const int64_t *shape,
+                         int zero) {
   if (!cpk__on_cuda(ctx))
-    return cpk_tensor_new(out, dtype, ndim, shape);
+    return zero ? cpk_tensor_new(out, dtype, ndim, shape)
+                : cpk__tensor_new_uninit(out, dtype, ndim, shape);
 #ifdef CPK_HAVE_CUDA
   size_t bytes;
   int rc;
@@ -55,7 +58,10 @@ int cpk__tensor_new_on(const cpk_context *ctx, cpk_tensor **out,
     cpk__free(t);
     return CPK_ENOMEM;
   }
-  cpk__gpu_zero(ctx->gpu, data, bytes);
+  if (zero)
+    cpk__gpu_fill_bytes(ctx->gpu, data, 0, bytes);
+  else if (cpk__alloc_poisoning())
+    cpk__gpu_fill_bytes(ctx->gpu, data, 0xff, bytes);
   cpk__tensor_view(t, dtype, data, ndim, shape);
   t->owns_data = 1;
   t->device = ctx->gpu;
@@ -64,6 +70,17 @@ int cpk__tensor_new_on(const cpk_context *ctx, cpk_tensor **out,
 #else
   return cpk__fail(CPK_ENODEV, "this build of curvpack has no CUDA support");
 #endif
+}
+
+int cpk__tensor_new_on(const cpk_context *ctx, cpk_tensor **out,
+                       cpk_dtype dtype, int ndim, const int64_t *shape) {
+  return tensor_new_on(ctx, out, dtype, ndim, shape, 1);
+}
+
+int cpk__tensor_new_on_uninit(const cpk_context *ctx, cpk_tensor **out,
+                              cpk_dtype dtype, int ndim,
+                              const int64_t *shape) {
+  return tensor_new_on(ctx, out, dtype, ndim, shape, 0);
 }
 
 int cpk__tensor_to_device(const cpk_context *ctx, const cpk_tensor *src,

@@ -16,6 +16,11 @@ int cpk__on_cuda(const cpk_context *ctx);
 /* A zero-filled C-order tensor on the context's device. */
 int cpk__tensor_new_on(const cpk_context *ctx, cpk_tensor **out,
                        cpk_dtype dtype, int ndim, const int64_t *shape);
+/* The same without the fill (see cpk__alloc_poison), for a tensor whose
+ * every element is written before anything reads it. */
+int cpk__tensor_new_on_uninit(const cpk_context *ctx, cpk_tensor **out,
+                              cpk_dtype dtype, int ndim,
+                              const int64_t *shape);
 /* A new tensor on the context's device holding `src` (host or device
  * memory of this context) converted to `dtype`. */
 int cpk__tensor_to_device(const cpk_context *ctx, const cpk_tensor *src,

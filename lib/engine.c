@@ -21,8 +21,10 @@ int cpk__block_new(cpk_tensor **out, cpk_dtype dt, int64_t v, int64_t n,
   return cpk__block_new_on(NULL, out, dt, v, n, ndim, shape);
 }
 
-int cpk__block_new_on(const cpk_context *ctx, cpk_tensor **out, cpk_dtype dt,
-                      int64_t v, int64_t n, int ndim, const int64_t *shape) {
+/* A block [V, N, *shape] on the context's device, zero-filled or not. */
+static int block_alloc(const cpk_context *ctx, cpk_tensor **out, cpk_dtype dt,
+                       int64_t v, int64_t n, int ndim, const int64_t *shape,
+                       int zero) {
   int64_t full[CPK_MAX_DIMS];
   if (ndim + 2 > CPK_MAX_DIMS)
     return cpk__fail(CPK_EINVAL, "block of %d axes (at most %d)", ndim + 2,
@@ -30,7 +32,13 @@ int cpk__block_new_on(const cpk_context *ctx, cpk_tensor **out, cpk_dtype dt,
   full[0] = v;
   full[1] = n;
   memcpy(full + 2, shape, (size_t)ndim * sizeof *shape);
-  return cpk__tensor_new_on(ctx, out, dt, ndim + 2, full);
+  return zero ? cpk__tensor_new_on(ctx, out, dt, ndim + 2, full)
+              : cpk__tensor_new_on_uninit(ctx, out, dt, ndim + 2, full);
+}
+
+int cpk__block_new_on(const cpk_context *ctx, cpk_tensor **out, cpk_dtype dt,
+                      int64_t v, int64_t n, int ndim, const int64_t *shape) {
+  return block_alloc(ctx, out, dt, v, n, ndim, shape, 1);
 }
 
 int cpk__check_input(const cpk_model *m, const cpk_tensor *input) {
@@ -125,8 +133,12 @@ int cpk__forward(cpk__pass *pass, const cpk_tensor *input) {
     int64_t shape[CPK_MAX_DIMS];
     shape[0] = pass->n;
     memcpy(shape + 1, l->out_shape, (size_t)l->out_ndim * sizeof *shape);
-    if ((rc = cpk__tensor_new_on(pass->ctx, &pass->acts[i + 1], m->dtype,
-                                 l->out_ndim + 1, shape)) != CPK_OK)
+    rc = l->kind->fills_output
+             ? cpk__tensor_new_on_uninit(pass->ctx, &pass->acts[i + 1],
+                                         m->dtype, l->out_ndim + 1, shape)
+             : cpk__tensor_new_on(pass->ctx, &pass->acts[i + 1], m->dtype,
+                                  l->out_ndim + 1, shape);
+    if (rc != CPK_OK)
       return cpk__fail_prefix(rc, "%s: forward", l->where);
     if ((rc = l->kind->forward(l, pass->ctx, pass->acts[i], pass->acts[i + 1],
                                pass->spec->training)) != CPK_OK)
@@ -208,9 +220,10 @@ static int param_grads(cpk__pass *pass, int i) {
     if (!l->params[p].trainable)
       continue;
     snprintf(name, sizeof name, "%d.%s.grad", i, l->params[p].name);
-    if ((rc = cpk__results_alloc(pass->results, name, pass->model->dtype,
-                                 l->params[p].ndim, l->params[p].shape,
-                                 &grad)) != CPK_OK)
+    /* beta = 0: param_jac_t_mat writes every element without reading */
+    if ((rc = cpk__results_alloc_uninit(pass->results, name,
+                                        pass->model->dtype, l->params[p].ndim,
+                                        l->params[p].shape, &grad)) != CPK_OK)
       return rc;
     if ((rc = l->kind->param_jac_t_mat(l, pass->ctx, p, pass->acts[i], g, 0,
                                        0.0, grad)) != CPK_OK)
@@ -274,8 +287,8 @@ static int propagate_blocks(cpk__pass *pass, int i) {
     cpk_tensor *in = pass->blocks[b], *out = NULL;
     if (in == NULL)
       continue;
-    rc = cpk__block_new_on(pass->ctx, &out, in->dtype, in->shape[0], pass->n,
-                           l->in_ndim, l->in_shape);
+    rc = block_alloc(pass->ctx, &out, in->dtype, in->shape[0], pass->n,
+                     l->in_ndim, l->in_shape, !l->kind->fills_output);
     if (rc == CPK_OK)
       rc = l->kind->jac_t_mat(l, pass->ctx, x, y, in, out);
     if (rc != CPK_OK) {

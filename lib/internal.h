@@ -44,10 +44,17 @@ int cpk__mul_size(size_t a, size_t b, size_t *out, const char *what);
 int cpk__shape_numel(int ndim, const int64_t *shape, int64_t *out,
                      const char *what);
 
-/* cpk_tensor_new without the zero fill, for tensors written in full at
- * once (a download from the device). */
+/* cpk_tensor_new without the zero fill, for tensors written in full
+ * before anything reads them (a download from the device, the output of a
+ * layer whose kind says fills_output). */
 int cpk__tensor_new_uninit(cpk_tensor **out, cpk_dtype dtype, int ndim,
                            const int64_t *shape);
+/* For tests: while on, unfilled tensors (cpk__tensor_new_uninit and
+ * cpk__tensor_new_on_uninit, host or device) come filled with all-ones
+ * bytes, a NaN in both float types, so that a producer that skips or reads
+ * an element of its output shows up in the results. Off by default. */
+void cpk__alloc_poison(int on);
+int cpk__alloc_poisoning(void);
 /* Wrap an existing buffer as a contiguous tensor header (no ownership). */
 void cpk__tensor_view(cpk_tensor *t, cpk_dtype dtype, void *data, int ndim,
                       const int64_t *shape);

@@ -54,7 +54,9 @@ typedef struct cpk__layer_kind {
                  const cpk_tensor *y, const cpk_tensor *in, cpk_tensor *out);
   /* Parameter p: out[v] := beta*out[v] + sum_n (d y_n/d theta_p)^T in[v,n]
    * (per_sample = 0: out [V,*S]) or out[v,n] := (d y_n/d theta_p)^T in[v,n]
-   * (per_sample = 1: out [V,N,*S], beta ignored). in is [V,N,*out]. */
+   * (per_sample = 1: out [V,N,*S], beta ignored). in is [V,N,*out].
+   * beta = 0 (and per_sample = 1) never reads out: the engine hands the
+   * gradient over unfilled (tests/test_uninit.c checks every kind). */
   int (*param_jac_t_mat)(cpk__layer *l, cpk_context *ctx, int p,
                          const cpk_tensor *x, const cpk_tensor *in,
                          int per_sample, double beta, cpk_tensor *out);
@@ -126,6 +128,11 @@ typedef struct cpk__layer_kind {
    * derivatives): called at the end of a device pass, whose memory must
    * not outlive it. May be NULL. */
   void (*drop_cache)(cpk__layer *l);
+  /* Nonzero when forward and jac_t_mat assign every element of their
+   * output without reading it first: the engine then allocates those
+   * outputs without the zero fill (tests/test_uninit.c checks each such
+   * kind with poisoned memory, cpk__alloc_poison). */
+  int fills_output;
   /* Nonzero when every hook above runs on a CUDA context (written over
    * ops.h and device.h alone, parameters through cpk__param_value). */
   int cuda;

@@ -95,6 +95,11 @@ typedef enum {
 void cpk__act_eval(const cpk_context *ctx, cpk_dtype dt, cpk__act act,
                    double param, cpk__act_order order, int64_t n,
                    const void *x, const void *y, void *out);
+/* out[i] := f'(x[i]) * in[i] for i < n (y = f(x)): the transposed Jacobian
+ * of an activation applied to one column without keeping f'. */
+void cpk__act_d1_mul(const cpk_context *ctx, cpk_dtype dt, cpk__act act,
+                     double param, int64_t n, const void *x, const void *y,
+                     const void *in, void *out);
 
 /* ------------------------------------------- convolution unfolding (im2col)
  * One image x has C channels over a D-d grid (D <= 3), [C, *in]; a

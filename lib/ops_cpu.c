@@ -125,6 +125,17 @@ void cpk__mul_broadcast(const cpk_context *ctx, cpk_dtype dt, int64_t v,
     mul_broadcast_f64(v, m, d, in, out);
 }
 
+void cpk__act_d1_mul(const cpk_context *ctx, cpk_dtype dt, cpk__act act,
+                     double param, int64_t n, const void *x, const void *y,
+                     const void *in, void *out) {
+  ON_CUDA(ctx, cpk__cuda_act_d1_mul((ctx)->gpu, F64(dt), act, param, n, x, y,
+                                    in, out));
+  if (dt == CPK_F32)
+    act_d1_mul_f32(act, param, n, x, y, in, out);
+  else
+    act_d1_mul_f64(act, param, n, x, y, in, out);
+}
+
 void cpk__act_eval(const cpk_context *ctx, cpk_dtype dt, cpk__act act,
                    double param, cpk__act_order order, int64_t n,
                    const void *x, const void *y, void *out) {

@@ -131,6 +131,8 @@ static int tensor_alloc(cpk_tensor **out, cpk_dtype dtype, int ndim,
     cpk__free(t);
     return CPK_ENOMEM;
   }
+  if (!zero && cpk__alloc_poisoning())
+    memset(data, 0xff, bytes);
   cpk__tensor_view(t, dtype, data, ndim, shape);
   t->owns_data = 1;
   *out = t;

@@ -573,6 +573,68 @@ static void expect(const cpk_tensor *y, const double *want, int64_t n,
   }
 }
 
+/* Square windows of k taps and stride s that all lie inside (their own
+ * kernel for k = 2, s = 2 and k = 3, s = 1 or 2): against a brute-force
+ * scan in PyTorch's order (the first maximum wins, a NaN wins over what
+ * came before it), on values with many ties and a few NaNs, sizes that
+ * leave rows and columns out, 2d and 3d with a depth axis. */
+static void max_inside_brute(const char *line, int64_t k, int64_t st,
+                             int ndim, const int64_t *shape) {
+  const int64_t depth = ndim == 4 ? shape[1] : 1;
+  const int64_t c = shape[0], h = shape[ndim - 2], w = shape[ndim - 1];
+  const int64_t ho = (h - k) / st + 1, wo = (w - k) / st + 1;
+  const int64_t nin = c * depth * h * w, nout = c * depth * ho * wo;
+  double x[512], g[256], gin[512], want_gin[512], want_y[256];
+  assert_true(nin <= 512 && nout <= 256);
+  for (int64_t i = 0; i < nin; i++)
+    x[i] = i % 37 == 5 ? NAN : (double)((i * 7 + i / 5) % 3);
+  for (int64_t o = 0; o < nout; o++)
+    g[o] = (double)(o + 1);
+  memset(want_gin, 0, sizeof want_gin);
+  for (int64_t sl = 0; sl < c * depth; sl++)
+    for (int64_t oh = 0; oh < ho; oh++)
+      for (int64_t ow = 0; ow < wo; ow++) {
+        const int64_t o = (sl * ho + oh) * wo + ow;
+        double best = -INFINITY;
+        int64_t at = -1;
+        for (int64_t b = 0; b < k; b++)
+          for (int64_t e = 0; e < k; e++) {
+            const int64_t i = (sl * h + st * oh + b) * w + st * ow + e;
+            if (x[i] > best || isnan(x[i]) || at < 0) {
+              best = x[i];
+              at = i;
+            }
+          }
+        want_y[o] = best;
+        want_gin[at] += g[o];
+      }
+  cpk_tensor *y = by_hand(line, ndim, shape, x, g, gin);
+  assert_int_equal(cpk_tensor_numel(y), nout);
+  for (int64_t o = 0; o < nout; o++) {
+    const double got = ((const double *)y->data)[o];
+    if (!(got == want_y[o] || (isnan(got) && isnan(want_y[o]))))
+      fail_msg("%s: y[%lld] = %g, expected %g", line, (long long)o, got,
+               want_y[o]);
+  }
+  for (int64_t i = 0; i < nin; i++)
+    if (gin[i] != want_gin[i])
+      fail_msg("%s: J^T g [%lld] = %g, expected %g", line, (long long)i,
+               gin[i], want_gin[i]);
+  cpk_tensor_free(y);
+}
+
+static void test_max_inside(void **state) {
+  (void)state;
+  max_inside_brute("maxpool2d 2", 2, 2, 3, (const int64_t[]){3, 5, 7});
+  max_inside_brute("maxpool2d 2 stride=2", 2, 2, 3, (const int64_t[]){2, 8, 6});
+  max_inside_brute("maxpool3d 1,2,2", 2, 2, 4, (const int64_t[]){2, 3, 4, 5});
+  max_inside_brute("maxpool2d 3 stride=2", 3, 2, 3, (const int64_t[]){3, 7, 8});
+  max_inside_brute("maxpool2d 3 stride=2", 3, 2, 3, (const int64_t[]){2, 9, 9});
+  max_inside_brute("maxpool2d 3 stride=1", 3, 1, 3, (const int64_t[]){2, 6, 7});
+  max_inside_brute("maxpool3d 1,3,3 stride=1,2,2", 3, 2, 4,
+                   (const int64_t[]){2, 2, 5, 6});
+}
+
 static void test_by_hand(void **state) {
   double gin[64];
   {
@@ -955,6 +1017,7 @@ static void test_errors(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_by_hand),
+      cmocka_unit_test(test_max_inside),
       cmocka_unit_test(test_grid_max),
       cmocka_unit_test(test_grid_avg),
       cmocka_unit_test(test_grid_adaptive),

@@ -60,7 +60,8 @@ static int activation_d1(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
     s->d1 = NULL;
   }
   if (s->d1 == NULL) {
-    int rc = cpk__tensor_new_on(ctx, &s->d1, x->dtype, x->ndim, x->shape);
+    int rc =
+        cpk__tensor_new_on_uninit(ctx, &s->d1, x->dtype, x->ndim, x->shape);
     if (rc != CPK_OK)
       return rc;
     cpk__act_eval(ctx, x->dtype, s->act, s->param, CPK__ACT_D1,
@@ -70,15 +71,23 @@ static int activation_d1(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
   return CPK_OK;
 }
 
-/* J = J^T = diag(f'(x)): out[v] := f'(x) * in[v]. */
+/* J = J^T = diag(f'(x)): out[v] := f'(x) * in[v]. One column (the
+ * gradient) takes f' on the fly unless it is cached already; blocks of
+ * several columns cache it. */
 static int activation_jac_mat(cpk__layer *l, cpk_context *ctx,
                               const cpk_tensor *x, const cpk_tensor *y,
                               const cpk_tensor *in, cpk_tensor *out) {
+  const activation *s = l->priv;
+  const int64_t m = cpk_tensor_numel(x);
+  if (s->d1 == NULL && cpk_tensor_numel(in) == m) {
+    cpk__act_d1_mul(ctx, x->dtype, s->act, s->param, m, x->data, y->data,
+                    in->data, out->data);
+    return CPK_OK;
+  }
   const cpk_tensor *d1;
   int rc = activation_d1(l, ctx, x, y, &d1);
   if (rc != CPK_OK)
     return rc;
-  int64_t m = cpk_tensor_numel(x);
   cpk__mul_broadcast(ctx, x->dtype, cpk_tensor_numel(in) / m, m, d1->data,
                      in->data, out->data);
   return CPK_OK;
@@ -167,6 +176,7 @@ static const cpk__arg_spec elu_args[] = {{"alpha", CPK__ARG_FLOAT, "1.0"},
       .build = activation_build,                                               \
       .forward = activation_forward,                                           \
       .jac_t_mat = activation_jac_mat,                                         \
+      .fills_output = 1,                                                       \
       .jac_mat = activation_jac_mat,                                           \
       .d2 = D2,                                                                \
       .jac_t_diag = activation_jac_t_diag,                                     \

@@ -83,6 +83,7 @@ const cpk__layer_kind cpk__adaptive_avgpool2d_kind = {
     .build = adaptive_build,
     .forward = adaptive_forward,
     .jac_t_mat = adaptive_jac_t_mat,
+    .fills_output = 1,
     .jac_mat = adaptive_jac_mat,
     .destroy = adaptive_destroy,
     .drop_cache = adaptive_drop_cache,

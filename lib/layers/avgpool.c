@@ -103,6 +103,7 @@ static void avgpool_destroy(cpk__layer *l) {
       .build = avgpool_build,                                                  \
       .forward = avgpool_forward,                                              \
       .jac_t_mat = avgpool_jac_t_mat,                                          \
+      .fills_output = 1,                                                       \
       .jac_mat = avgpool_jac_mat,                                              \
       .destroy = avgpool_destroy,                                              \
       .drop_cache = avgpool_drop_cache,                                        \

@@ -97,6 +97,7 @@ static const int dims[3] = {1, 2, 3};
       .build = cpk__conv_build,                                                \
       .forward = conv_transpose_forward,                                       \
       .jac_t_mat = conv_transpose_jac_t_mat,                                   \
+      .fills_output = 1,                                                       \
       .jac_mat = conv_transpose_jac_mat,                                       \
       .param_jac_mat = cpk__conv_param_jac_mat,                                \
       .param_jac_is_input = 1,                                                 \

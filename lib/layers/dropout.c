@@ -162,6 +162,7 @@ const cpk__layer_kind cpk__dropout_kind = {
     .build = dropout_build,
     .forward = dropout_forward,
     .jac_t_mat = dropout_jac_mat,
+    .fills_output = 1,
     .jac_mat = dropout_jac_mat,
     .jac_t_diag = dropout_jac_t_diag,
     .jac_diag = dropout_jac_diag,

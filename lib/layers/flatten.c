@@ -98,6 +98,7 @@ const cpk__layer_kind cpk__flatten_kind = {
     .build = flatten_build,
     .forward = flatten_forward,
     .jac_t_mat = flatten_copy,
+    .fills_output = 1,
     .jac_mat = flatten_copy,
     .jac_t_diag = flatten_jac_t_diag,
     .jac_diag = flatten_jac_diag,

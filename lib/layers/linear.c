@@ -251,6 +251,7 @@ const cpk__layer_kind cpk__linear_kind = {
     .build = linear_build,
     .forward = linear_forward,
     .jac_t_mat = linear_jac_t_mat,
+    .fills_output = 1,
     .jac_mat = linear_jac_mat,
     .param_jac_t_mat = linear_param_jac_t_mat,
     .param_jac_mat = linear_param_jac_mat,

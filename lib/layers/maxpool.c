@@ -162,6 +162,7 @@ static void maxpool_destroy(cpk__layer *l) {
       .build = maxpool_build,                                                  \
       .forward = maxpool_forward,                                              \
       .jac_t_mat = maxpool_jac_t_mat,                                          \
+      .fills_output = 1,                                                       \
       .jac_t_diag = maxpool_jac_t_mat,                                         \
       .jac_mat = maxpool_jac_mat,                                              \
       .destroy = maxpool_destroy,                                              \

@@ -119,6 +119,7 @@ const cpk__layer_kind cpk__zeropad2d_kind = {
     .build = zeropad_build,
     .forward = zeropad_forward,
     .jac_t_mat = zeropad_jac_t_mat,
+    .fills_output = 1,
     /* a selection (0/1 entries, one per row and column at most), so
      * diag(J^T diag(d) J) = J^T d */
     .jac_t_diag = zeropad_jac_t_mat,
