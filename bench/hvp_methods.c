@@ -73,9 +73,10 @@ static char *read_text(const char *path) {
 }
 
 static void usage(FILE *f) {
-  fprintf(f, "usage: hvp-methods MODEL_FILE C[,H[,W]] [--batch N] [--threads T]\n"
-             "                   [--pairs R] [--classes K] "
-             "[--dtype float32|float64]\n");
+  fprintf(f,
+          "usage: hvp-methods MODEL_FILE C[,H[,W]] [--batch N] [--threads T]\n"
+          "                   [--pairs R] [--classes K] "
+          "[--dtype float32|float64]\n");
 }
 
 int main(int argc, char **argv) {
@@ -148,7 +149,8 @@ int main(int argc, char **argv) {
   }
 
   const int64_t p = cpk_curvature_op_dim(op);
-  double *v = malloc((size_t)p * sizeof *v), *hv = malloc((size_t)p * sizeof *hv);
+  double *v = malloc((size_t)p * sizeof *v),
+         *hv = malloc((size_t)p * sizeof *hv);
   double *t[2] = {malloc((size_t)pairs * sizeof(double)),
                   malloc((size_t)pairs * sizeof(double))};
   double *ratio = malloc((size_t)pairs * sizeof *ratio);
@@ -177,7 +179,8 @@ int main(int argc, char **argv) {
   qsort(t[0], (size_t)pairs, sizeof(double), cmp_double);
   qsort(t[1], (size_t)pairs, sizeof(double), cmp_double);
   qsort(ratio, (size_t)pairs, sizeof(double), cmp_double);
-  printf("{\"model\": \"%s\", \"batch\": %lld, \"threads\": %d, \"dtype\": \"%s\", "
+  printf("{\"model\": \"%s\", \"batch\": %lld, \"threads\": %d, \"dtype\": "
+         "\"%s\", "
          "\"pairs\": %d, \"params\": %lld, "
          "\"rop_min_ms\": %.3f, \"rop_median_ms\": %.3f, "
          "\"dbl_min_ms\": %.3f, \"dbl_median_ms\": %.3f, "

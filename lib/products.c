@@ -465,8 +465,10 @@ int cpk__curv_terms_tangent(cpk_curvature_op *op, int i, int64_t k,
     /* ain[v] += h o xdot[v], h = f''(x) o g, for all columns at once */
     const int64_t m = cpk_tensor_numel(x);
     cpk_tensor *hx = ain;
-    if (!ain_zero && (rc = cpk__tensor_new_on(pass->ctx, &hx, x->dtype,
-                                              xdot->ndim, xdot->shape)) != CPK_OK)
+    if (!ain_zero)
+      rc = cpk__tensor_new_on(pass->ctx, &hx, x->dtype, xdot->ndim,
+                              xdot->shape);
+    if (rc != CPK_OK)
       return rc;
     cpk__mul_broadcast(pass->ctx, x->dtype, k, m, op->d2g[i]->data, xdot->data,
                        hx->data);

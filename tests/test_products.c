@@ -50,10 +50,12 @@ static void perturb_batchnorm(cpk_model *m) {
       continue;
     const int var = strstr(name, "running_var") != NULL;
     const int weight = strstr(name, "weight") != NULL;
-    for (int64_t i = 0; i < cpk_tensor_numel(t); i++)
+    for (int64_t i = 0; i < cpk_tensor_numel(t); i++) {
+      const double wave = 0.3 * sin(1.7 * (double)(p * 7 + i));
       cpk_tensor_set(t, i,
                      var ? 0.5 + 0.37 * (double)((p + i) % 4)
-                         : (weight ? 1.0 : 0.0) + 0.3 * sin(1.7 * (double)(p * 7 + i)));
+                         : (weight ? 1.0 : 0.0) + wave);
+    }
   }
 }
 

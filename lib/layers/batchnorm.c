@@ -526,8 +526,8 @@ static int bn_mixed_jac_t_mat(cpk__layer *l, cpk_context *ctx, int p,
       (rc = cpk__tensor_new_on(ctx, &tmp, g->dtype, 1, &per)) != CPK_OK)
     return rc;
   for (int64_t b = 0; b < v; b++) {
-    bn_scale_on(l, ctx, g->dtype, n, (const char *)t->data + (size_t)(b * f) * es,
-                g->data, tmp->data);
+    const char *tb = (const char *)t->data + (size_t)(b * f) * es;
+    bn_scale_on(l, ctx, g->dtype, n, tb, g->data, tmp->data);
     cpk__axpy(ctx, g->dtype, per, 1.0, tmp->data,
               (char *)out->data + (size_t)(b * per) * es);
   }
