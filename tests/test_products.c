@@ -242,8 +242,7 @@ static void assert_matrix(double got[MAXP][MAXP], double want[MAXP][MAXP],
  * parameters; smooth activations only where finite differences of the
  * gradient must hold to 1e-9 (relu, leaky_relu and elu before a
  * convolution put kinks of f' or f'' within the stencil of some
- * parameters: their products are checked on the device against the CPU
- * in test_cuda_products and by the benchmarks' networks). */
+ * parameters: the kinked nets below go without finite differences). */
 static const net nets[] = {
     {"flatten\nlinear 4 3\nsigmoid\nlinear 3 4 bias=false\ntanh\nlinear 4 3\n",
      2,
@@ -274,6 +273,19 @@ static const net nets[] = {
      {1, 3, 3}},
 };
 #define NNETS (sizeof nets / sizeof nets[0])
+
+/* Piecewise-linear activations, checked where no finite differences are
+ * needed (test_hessian_blocks: the methods against each other, symmetry,
+ * blocks). */
+static const net kinked[] = {
+    {"flatten\nlinear 4 3\nrelu\nlinear 3 3\nleaky_relu 0.1\nlinear 3 3\n",
+     2,
+     {2, 2}},
+    {"conv2d 1 2 2 padding=1\nrelu\nmaxpool2d 2\nflatten\nlinear 8 3\n",
+     3,
+     {1, 3, 3}},
+};
+#define NKINKED (sizeof kinked / sizeof kinked[0])
 
 static void assert_symmetric(double a[MAXP][MAXP], int64_t p,
                              const char *what) {
@@ -328,17 +340,18 @@ static double dot(const double *a, const double *b, int64_t n) {
   return s;
 }
 
-/* Hessian products of random blocks, every net: with either method a
- * block of K vectors equals K single products; the methods agree;
- * u^T H v = v^T H u; the double-backward product over passes of at most 2
- * samples (cpk_curvature_op_new_ex) equals the one-pass product. */
+/* Hessian products of random blocks, every net and the kinked ones: with
+ * either method a block of K vectors equals K single products; the
+ * methods agree; u^T H v = v^T H u; the double-backward product over
+ * passes of at most 2 samples (cpk_curvature_op_new_ex) equals the
+ * one-pass product. */
 static void test_hessian_blocks(void **state) {
   enum { K = 4 };
-  for (size_t net = 0; net < NNETS; net++) {
+  for (size_t net = 0; net < NNETS + NKINKED; net++) {
     problem pb;
     char what[96];
-    setup(&pb, &nets[net], (cpk_loss_kind)(net % 3),
-          (cpk_reduction)(net % 2), NULL);
+    setup(&pb, net < NNETS ? &nets[net] : &kinked[net - NNETS],
+          (cpk_loss_kind)(net % 3), (cpk_reduction)(net % 2), NULL);
     const int64_t p = pb.p;
     double *v = malloc((size_t)(K * p) * sizeof *v);
     double *hv[2], *one = malloc((size_t)p * sizeof *one);
