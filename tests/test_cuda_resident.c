@@ -79,9 +79,11 @@ static void check_refusals(cpk_context *dev, cpk_model *m, const cpk_tensor *t,
   assert_non_null(strstr(cpk_last_error(), "device memory"));
   assert_int_equal(cpk_tensor_convert(&c, t, t->dtype), CPK_EUSAGE);
   assert_null(c);
-  snprintf(path, sizeof path, "%s/t.npy", tu_tempdir());
+  const char *dir = tu_tempdir();
+  snprintf(path, sizeof path, "%s/t.npy", dir);
   assert_int_equal(cpk_npy_write(path, t), CPK_EUSAGE);
-  assert_int_equal(tu_count_entries(tu_tempdir()), 0);
+  assert_int_equal(tu_count_entries(dir), 0);
+  tu_rmtree(dir);
   /* a device result as the input of the next pass */
   const cpk_pass_spec spec = {CPK_LOSS_CROSS_ENTROPY, CPK_REDUCTION_MEAN, NULL,
                               0};
