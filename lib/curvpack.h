@@ -284,9 +284,10 @@ const cpk_tensor *cpk_results_tensor(const cpk_results *r, int i);
 /* The tensor called `name`, or NULL. */
 const cpk_tensor *cpk_results_find(const cpk_results *r, const char *name);
 /* Frees every tensor, host or device. Device results may be freed before or
- * after the context that computed them (cpk_context_free): each holds its
- * device handle, whose stream and memory pool go when the last holder is
- * freed; freeing results first gives the memory back sooner. */
+ * after the context that computed them (cpk_context_free): each holds the
+ * context's device handle (its CUDA stream and cuBLAS handle), which is
+ * released with the last holder; freeing results first gives the memory
+ * back sooner. */
 void cpk_results_free(cpk_results *r);
 /* Nonzero when some result of r is in device memory (results_on_device). */
 int cpk_results_on_device(const cpk_results *r);
