@@ -59,7 +59,8 @@ int cpk__site_block_param_jac(cpk__param_site *s, const cpk_tensor *in,
   memcpy(shape, in->shape, (size_t)in->ndim * sizeof *shape);
   shape[1] = count;
   cpk_tensor *slice;
-  int rc = cpk__tensor_new_on(s->ctx, &slice, in->dtype, in->ndim, shape);
+  int rc =
+      cpk__tensor_new_on_uninit(s->ctx, &slice, in->dtype, in->ndim, shape);
   if (rc != CPK_OK)
     return rc;
   for (int64_t c = 0; c < v; c++)
@@ -93,8 +94,9 @@ int cpk__site_grad_batch(cpk__param_site *s, const cpk_tensor **out) {
     int64_t shape[CPK_MAX_DIMS + 1];
     shape[0] = s->n;
     memcpy(shape + 1, p->shape, (size_t)p->ndim * sizeof *shape);
-    int rc = cpk__tensor_new_on(s->ctx, &s->grad_batch, s->grad->dtype,
-                                p->ndim + 1, shape);
+    /* per-sample param_jac_t_mat writes every element */
+    int rc = cpk__tensor_new_on_uninit(s->ctx, &s->grad_batch,
+                                       s->grad->dtype, p->ndim + 1, shape);
     if (rc == CPK_OK)
       rc = grad_batch_slice(s, 0, s->n, s->grad_batch);
     if (rc != CPK_OK) {
@@ -116,8 +118,8 @@ int cpk__site_foreach_chunk(cpk__param_site *s, cpk__chunk_fn fn, void *ud) {
   shape[0] = step;
   memcpy(shape + 1, p->shape, (size_t)p->ndim * sizeof *shape);
   cpk_tensor *chunk;
-  int rc = cpk__tensor_new_on(s->ctx, &chunk, s->grad->dtype, p->ndim + 1,
-                              shape);
+  int rc = cpk__tensor_new_on_uninit(s->ctx, &chunk, s->grad->dtype,
+                                     p->ndim + 1, shape);
   for (int64_t first = 0; rc == CPK_OK && first < s->n; first += step) {
     int64_t count = s->n - first < step ? s->n - first : step;
     chunk->shape[0] = count;

@@ -223,9 +223,10 @@ static int param_grads(cpk__pass *pass, int i) {
     if (!l->params[p].trainable)
       continue;
     snprintf(name, sizeof name, "%d.%s.grad", i, l->params[p].name);
-    if ((rc = cpk__results_alloc(pass->results, name, pass->model->dtype,
-                                 l->params[p].ndim, l->params[p].shape,
-                                 &grad)) != CPK_OK)
+    /* beta = 0: param_jac_t_mat writes every element without reading */
+    if ((rc = cpk__results_alloc_uninit(pass->results, name,
+                                        pass->model->dtype, l->params[p].ndim,
+                                        l->params[p].shape, &grad)) != CPK_OK)
       return rc;
     if ((rc = l->kind->param_jac_t_mat(l, pass->ctx, p, pass->acts[i], g, 0,
                                        0.0, grad)) != CPK_OK)

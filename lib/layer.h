@@ -59,7 +59,9 @@ typedef struct cpk__layer_kind {
                  const cpk_tensor *y, const cpk_tensor *in, cpk_tensor *out);
   /* Parameter p: out[v] := beta*out[v] + sum_n (d y_n/d theta_p)^T in[v,n]
    * (per_sample = 0: out [V,*S]) or out[v,n] := (d y_n/d theta_p)^T in[v,n]
-   * (per_sample = 1: out [V,N,*S], beta ignored). in is [V,N,*out]. */
+   * (per_sample = 1: out [V,N,*S], beta ignored). in is [V,N,*out].
+   * beta = 0 (and per_sample = 1) never reads out: the engine hands the
+   * gradient over unfilled (tests/test_uninit.c checks every kind). */
   int (*param_jac_t_mat)(cpk__layer *l, cpk_context *ctx, int p,
                          const cpk_tensor *x, const cpk_tensor *in,
                          int per_sample, double beta, cpk_tensor *out);

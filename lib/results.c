@@ -42,12 +42,26 @@ int cpk__results_add(cpk_results *r, const char *name, cpk_tensor *t) {
   return CPK_OK;
 }
 
-int cpk__results_alloc(cpk_results *r, const char *name, cpk_dtype dtype,
-                       int ndim, const int64_t *shape, cpk_tensor **t) {
-  int rc = cpk__tensor_new_on(r->ctx, t, dtype, ndim, shape);
+/* A new result on the list's device, zero-filled or not. */
+static int results_alloc(cpk_results *r, const char *name, cpk_dtype dtype,
+                         int ndim, const int64_t *shape, int zero,
+                         cpk_tensor **t) {
+  int rc = zero ? cpk__tensor_new_on(r->ctx, t, dtype, ndim, shape)
+                : cpk__tensor_new_on_uninit(r->ctx, t, dtype, ndim, shape);
   if (rc != CPK_OK)
     return cpk__fail_prefix(rc, "result %s", name);
   return cpk__results_add(r, name, *t);
+}
+
+int cpk__results_alloc(cpk_results *r, const char *name, cpk_dtype dtype,
+                       int ndim, const int64_t *shape, cpk_tensor **t) {
+  return results_alloc(r, name, dtype, ndim, shape, 1, t);
+}
+
+int cpk__results_alloc_uninit(cpk_results *r, const char *name,
+                              cpk_dtype dtype, int ndim, const int64_t *shape,
+                              cpk_tensor **t) {
+  return results_alloc(r, name, dtype, ndim, shape, 0, t);
 }
 
 void cpk__results_on(cpk_results *r, const cpk_context *ctx) { r->ctx = ctx; }

@@ -10,6 +10,11 @@ int cpk__results_add(cpk_results *r, const char *name, cpk_tensor *t);
 /* Allocate a zeroed tensor and append it; *t points to it (owned by r). */
 int cpk__results_alloc(cpk_results *r, const char *name, cpk_dtype dtype,
                        int ndim, const int64_t *shape, cpk_tensor **t);
+/* The same without the fill, for a result written in full before it is
+ * read (see cpk__alloc_poison). */
+int cpk__results_alloc_uninit(cpk_results *r, const char *name,
+                              cpk_dtype dtype, int ndim, const int64_t *shape,
+                              cpk_tensor **t);
 
 /* Allocate later results on the device of `ctx` (a device pass); NULL:
  * on the host. cpk_results_to_host brings them back (and allocates on the

@@ -573,31 +573,33 @@ static void expect(const cpk_tensor *y, const double *want, int64_t n,
   }
 }
 
-/* The 2 x 2, stride-2 windows (their own kernel): against a brute-force
+/* Square windows of k taps and stride s that all lie inside (their own
+ * kernel for k = 2, s = 2 and k = 3, s = 1 or 2): against a brute-force
  * scan in PyTorch's order (the first maximum wins, a NaN wins over what
- * came before it), on values with many ties and a few NaNs, odd sizes
- * (the last row and column dropped), 2d and 3d with a depth axis. */
-static void max_2x2_brute(const char *line, int ndim, const int64_t *shape) {
+ * came before it), on values with many ties and a few NaNs, sizes that
+ * leave rows and columns out, 2d and 3d with a depth axis. */
+static void max_inside_brute(const char *line, int64_t k, int64_t st,
+                             int ndim, const int64_t *shape) {
   const int64_t depth = ndim == 4 ? shape[1] : 1;
   const int64_t c = shape[0], h = shape[ndim - 2], w = shape[ndim - 1];
-  const int64_t ho = h / 2, wo = w / 2, nin = c * depth * h * w;
-  const int64_t nout = c * depth * ho * wo;
-  double x[512], g[128], gin[512], want_gin[512], want_y[128];
-  assert_true(nin <= 512 && nout <= 128);
+  const int64_t ho = (h - k) / st + 1, wo = (w - k) / st + 1;
+  const int64_t nin = c * depth * h * w, nout = c * depth * ho * wo;
+  double x[512], g[256], gin[512], want_gin[512], want_y[256];
+  assert_true(nin <= 512 && nout <= 256);
   for (int64_t i = 0; i < nin; i++)
     x[i] = i % 37 == 5 ? NAN : (double)((i * 7 + i / 5) % 3);
   for (int64_t o = 0; o < nout; o++)
     g[o] = (double)(o + 1);
   memset(want_gin, 0, sizeof want_gin);
-  for (int64_t s = 0; s < c * depth; s++)
+  for (int64_t sl = 0; sl < c * depth; sl++)
     for (int64_t oh = 0; oh < ho; oh++)
       for (int64_t ow = 0; ow < wo; ow++) {
-        const int64_t o = (s * ho + oh) * wo + ow;
+        const int64_t o = (sl * ho + oh) * wo + ow;
         double best = -INFINITY;
         int64_t at = -1;
-        for (int64_t b = 0; b < 2; b++)
-          for (int64_t k = 0; k < 2; k++) {
-            const int64_t i = (s * h + 2 * oh + b) * w + 2 * ow + k;
+        for (int64_t b = 0; b < k; b++)
+          for (int64_t e = 0; e < k; e++) {
+            const int64_t i = (sl * h + st * oh + b) * w + st * ow + e;
             if (x[i] > best || isnan(x[i]) || at < 0) {
               best = x[i];
               at = i;
@@ -621,11 +623,16 @@ static void max_2x2_brute(const char *line, int ndim, const int64_t *shape) {
   cpk_tensor_free(y);
 }
 
-static void test_max_2x2(void **state) {
+static void test_max_inside(void **state) {
   (void)state;
-  max_2x2_brute("maxpool2d 2", 3, (const int64_t[]){3, 5, 7});
-  max_2x2_brute("maxpool2d 2 stride=2", 3, (const int64_t[]){2, 8, 6});
-  max_2x2_brute("maxpool3d 1,2,2", 4, (const int64_t[]){2, 3, 4, 5});
+  max_inside_brute("maxpool2d 2", 2, 2, 3, (const int64_t[]){3, 5, 7});
+  max_inside_brute("maxpool2d 2 stride=2", 2, 2, 3, (const int64_t[]){2, 8, 6});
+  max_inside_brute("maxpool3d 1,2,2", 2, 2, 4, (const int64_t[]){2, 3, 4, 5});
+  max_inside_brute("maxpool2d 3 stride=2", 3, 2, 3, (const int64_t[]){3, 7, 8});
+  max_inside_brute("maxpool2d 3 stride=2", 3, 2, 3, (const int64_t[]){2, 9, 9});
+  max_inside_brute("maxpool2d 3 stride=1", 3, 1, 3, (const int64_t[]){2, 6, 7});
+  max_inside_brute("maxpool3d 1,3,3 stride=1,2,2", 3, 2, 4,
+                   (const int64_t[]){2, 2, 5, 6});
 }
 
 static void test_by_hand(void **state) {
@@ -1010,7 +1017,7 @@ static void test_errors(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_by_hand),
-      cmocka_unit_test(test_max_2x2),
+      cmocka_unit_test(test_max_inside),
       cmocka_unit_test(test_grid_max),
       cmocka_unit_test(test_grid_avg),
       cmocka_unit_test(test_grid_adaptive),

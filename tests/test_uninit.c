@@ -4,10 +4,12 @@
  * must then write every element of those outputs without reading them.
  * With cpk__alloc_poison(1) the unfilled memory holds NaN bytes, so a
  * kind that skips an element, or reads one before writing it, turns
- * results into NaN. Every kind of the contract runs here, in 1d, 2d and
+ * results into NaN. The same holds for param_jac_t_mat with beta = 0 (the
+ * gradients). Every kind of the contract runs here, in 1d, 2d and
  * 3d, in float64 and float32, with the plain gradient, every extension
  * (blocks of V > 1 columns through jac_t_mat), training mode (batch
- * statistics, dropout masks) and the curvature products: the results with
+ * statistics, dropout masks), per-sample quantities whole and in chunks of
+ * samples, and the curvature products: the results with
  * poisoned memory must equal those with zeroed memory bit for bit.
  */
 #include <setjmp.h>
@@ -20,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "context.h"
 #include "curvpack.h"
 #include "internal.h"
 #include "testutil.h"
@@ -69,13 +72,17 @@ static const net nets[] = {
      3, {3, 2, 2}, 7, 4},
 };
 
-static cpk_context *context(void) {
+/* work_bytes: the budget of one chunked intermediate (0: the default);
+ * a small one sends per-sample quantities through chunks of samples. */
+static cpk_context *context(size_t work_bytes) {
   cpk_context *ctx;
   cpk_context_options o = {0};
   o.threads = 2;
   o.seed = 17;
   o.mc_samples = 2;
   tu_ok(cpk_context_new(&ctx, &o));
+  if (work_bytes != 0)
+    ctx->work_bytes = work_bytes;
   return ctx;
 }
 
@@ -112,7 +119,7 @@ static void assert_same_bits(const cpk_results *a, const cpk_results *b,
 /* One pass with zeroed and one with poisoned memory (a fresh model each
  * time: training mode moves the running statistics). */
 static void same_pass(const net *nt, cpk_dtype dt, const char *ext,
-                      int training) {
+                      int training, size_t work_bytes) {
   cpk_results *r[2];
   for (int poison = 0; poison < 2; poison++) {
     cpk_model *m;
@@ -120,7 +127,7 @@ static void same_pass(const net *nt, cpk_dtype dt, const char *ext,
     build(nt, dt, &m, &x, &y);
     cpk_pass_spec spec = {CPK_LOSS_CROSS_ENTROPY, CPK_REDUCTION_MEAN, ext,
                           training};
-    cpk_context *ctx = context();
+    cpk_context *ctx = context(work_bytes);
     cpk__alloc_poison(poison);
     tu_ok(cpk_compute(ctx, m, &spec, x, y, &r[poison]));
     cpk__alloc_poison(0);
@@ -148,7 +155,7 @@ static void same_products(const net *nt) {
       build(nt, CPK_F64, &m, &x, &y);
       cpk_pass_spec spec = {CPK_LOSS_CROSS_ENTROPY, CPK_REDUCTION_SUM, NULL,
                             0};
-      cpk_context *ctx = context();
+      cpk_context *ctx = context(0);
       cpk_curvature_op *op;
       cpk__alloc_poison(poison);
       tu_ok(cpk_curvature_op_new(&op, ctx, m, &spec, x, y, kinds[c]));
@@ -192,16 +199,17 @@ static void test_extensions(void **state) {
   (void)state;
   for (size_t i = 0; i < sizeof nets / sizeof nets[0]; i++) {
     const char *ext = nets[i].batchnorm ? ext_no_kron : all_ext;
-    same_pass(&nets[i], CPK_F64, ext, 0);
-    same_pass(&nets[i], CPK_F32, ext, 0);
+    same_pass(&nets[i], CPK_F64, ext, 0, 0);
+    same_pass(&nets[i], CPK_F32, ext, 0, 0);
+    same_pass(&nets[i], CPK_F64, ext, 0, 256); /* in chunks of samples */
   }
 }
 
 static void test_gradient_training(void **state) {
   (void)state;
   for (size_t i = 0; i < sizeof nets / sizeof nets[0]; i++) {
-    same_pass(&nets[i], CPK_F64, NULL, 1);
-    same_pass(&nets[i], CPK_F32, "batch_grad,variance", 1);
+    same_pass(&nets[i], CPK_F64, NULL, 1, 0);
+    same_pass(&nets[i], CPK_F32, "batch_grad,variance", 1, 0);
   }
 }
 
