@@ -8,15 +8,24 @@
  *   {"problem":..., "ext":..., "batch":..., "threads":..., "dtype":...,
  *    "device":..., "median_s":..., "min_s":..., "max_s":..., "runs":...,
  *    "peak_bytes":..., "memory_method":..., "params":..., "loss":...,
- *    "status":"ok"}
+ *    "results":..., "params_upload":..., "status":"ok"}
  *
  * "status" is "unsupported" (with "reason") when a layer or an extension is
  * not built yet; the program then still exits 0.
  *
  * --device cuda runs the pass on the GPU (cpk_context_options.device =
- * CPK_DEVICE_CUDA): cpk_compute uploads the input once and downloads the
- * results once before it returns, so it stays synchronous and the timing is
- * still the wall clock around it. A library built without CUDA, or a machine
+ * CPK_DEVICE_CUDA): cpk_compute_ex uploads the input once, leaves the
+ * results on the GPU (cpk_pass_options.results_on_device, "results":
+ * "device"), as PyTorch + BackPACK leave theirs, and returns once the GPU has
+ * finished the pass, so the timing is still the wall clock around it. The
+ * model keeps its parameters on the GPU from the first (warm-up) pass on.
+ * --results-to-host times the download of every result to host memory as
+ * well ("results": "host", what a C caller that reads them on the CPU
+ * waits for); --params-changed marks the parameters changed before every
+ * pass (cpk_model_params_changed), so that each pass uploads them again
+ * ("params_upload": "every pass" rather than "once"). hvp and ggnvp hand
+ * their products back in host memory either way. A library built without
+ * CUDA, or a machine
  * without a usable GPU (CPK_ENODEV), and what has no CUDA path yet (CPK_ENOTSUP
  * from the context, the check or cpk_compute: batch norm, dropout, the
  * hvp/ggnvp products, ...) give a row with status
@@ -422,15 +431,17 @@ static int product_of(const char *name) {
   return PROD_NONE;
 }
 
-/* One timed unit: a pass with the requested extensions (results in *res),
- * or, for a product, one curvature-vector product with its forward pass
- * (*res stays NULL). */
+/* One timed unit: a pass with the requested extensions (results in *res,
+ * in device memory with opts->results_on_device on the GPU), or, for a
+ * product, one curvature-vector product with its forward pass (*res stays
+ * NULL). */
 static int one_pass(cpk_context *ctx, cpk_model *model,
-                    const cpk_pass_spec *spec, const cpk_tensor *input,
-                    const cpk_tensor *target, int product, const double *vec,
-                    double *hv, cpk_results **res) {
+                    const cpk_pass_spec *spec, const cpk_pass_options *opts,
+                    const cpk_tensor *input, const cpk_tensor *target,
+                    int product, const double *vec, double *hv,
+                    cpk_results **res) {
   if (!product)
-    return cpk_compute(ctx, model, spec, input, target, res);
+    return cpk_compute_ex(ctx, model, spec, opts, input, target, res);
   cpk_curvature_op *op;
   int rc = cpk_curvature_op_new(&op, ctx, model, spec, input, target,
                                 product == PROD_GGNVP ? CPK_CURV_GGN
@@ -467,7 +478,8 @@ static void usage(FILE *f) {
           "                      [--dtype float32|float64] [--ext LIST]\n"
           "                      [--warmup W] [--repeat R] [--min-repeat M]\n"
           "                      [--budget SECONDS] [--seed S] [--mc-samples M]\n"
-          "                      [--device cpu|cuda]\n"
+          "                      [--device cpu|cuda] [--results-to-host]\n"
+          "                      [--params-changed]\n"
           "       curvpack-bench --model FILE --input-shape C,H,W [--classes K] ...\n"
           "       curvpack-bench --roofline [--threads T]\n"
           "       curvpack-bench --print-model NAME | --list\n"
@@ -480,7 +492,10 @@ static void usage(FILE *f) {
           "library allocations during the timed runs, above what was held before).\n"
           "--device cuda computes on the GPU (peak_bytes: the device memory pool's\n"
           "high-water mark; \"unsupported\" rows where there is no GPU or no CUDA\n"
-          "path for a layer, an extension or a product yet).\n"
+          "path for a layer, an extension or a product yet), leaving the results\n"
+          "there as BackPACK does; --results-to-host times their download to host\n"
+          "memory too, --params-changed an upload of the parameters at every pass\n"
+          "(the model keeps them on the GPU otherwise).\n"
           "A product is timed alone, one product of one random vector with its\n"
           "forward pass (and backward pass, for the Hessian): --ext hvp (the\n"
           "Hessian, the library's default method), hvp_rop (R-operator), hvp_dbl\n"
@@ -495,6 +510,7 @@ int main(int argc, char **argv) {
   const char *shape_arg = NULL, *device_name = "cpu";
   int batch = 128, threads = 2, warmup = 2, repeat = 10, min_repeat = 3, seed = 0;
   int mc_samples = 1, classes = 10, roofline = 0;
+  int results_to_host = 0, params_changed = 0;
   double budget = 0;
 
   for (int i = 1; i < argc; i++) {
@@ -526,6 +542,10 @@ int main(int argc, char **argv) {
       return 0;
     } else if (!strcmp(a, "--roofline")) {
       roofline = 1;
+    } else if (!strcmp(a, "--results-to-host")) {
+      results_to_host = 1;
+    } else if (!strcmp(a, "--params-changed")) {
+      params_changed = 1;
     } else if (!strcmp(a, "--problem")) {
       NEEDV();
       problem_name = v;
@@ -798,11 +818,19 @@ int main(int argc, char **argv) {
       vec[i] = rng_normal(&s);
   }
 
+  /* On the GPU the results stay there unless --results-to-host. */
+  cpk_pass_options popts;
+  memset(&popts, 0, sizeof popts);
+  popts.results_on_device = on_cuda && !results_to_host;
+
   /* ---- warm-up (a single run slower than the budget ends the warm-up) */
   double loss = NAN;
   for (int w = 0; w < warmup; w++) {
+    if (params_changed)
+      cpk_model_params_changed(model);
     double t0 = now_s();
-    rc = one_pass(ctx, model, &spec, input, target, product, vec, hv, &res);
+    rc = one_pass(ctx, model, &spec, &popts, input, target, product, vec, hv,
+                  &res);
     double t = now_s() - t0;
     if (rc != CPK_OK)
       break;
@@ -834,8 +862,11 @@ int main(int argc, char **argv) {
     held = cpk_memory_in_use();
     cpk_memory_reset_peak();
     for (runs = 0; runs < repeat;) {
+      if (params_changed)
+        cpk_model_params_changed(model);
       double t0 = now_s();
-      rc = one_pass(ctx, model, &spec, input, target, product, vec, hv, &res);
+      rc = one_pass(ctx, model, &spec, &popts, input, target, product, vec, hv,
+                    &res);
       double t = now_s() - t0;
       if (rc != CPK_OK)
         break;
@@ -893,6 +924,10 @@ int main(int argc, char **argv) {
     printf("%.8g", loss);
   else
     printf("null");
+  if (on_cuda)
+    printf(", \"results\": \"%s\", \"params_upload\": \"%s\"",
+           product || results_to_host ? "host" : "device",
+           params_changed ? "every pass" : "once");
   printf(", \"status\": \"ok\"}\n");
   fflush(stdout);
   status = 0;

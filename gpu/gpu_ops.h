@@ -23,9 +23,17 @@ extern "C" {
  * the stream, a stream-ordered memory pool and the first error seen. */
 typedef struct cpk__gpu cpk__gpu;
 
-/* Open device `ordinal`. On failure returns nonzero and writes why. */
+/* Open device `ordinal`. On failure returns nonzero and writes why. The
+ * opener holds the handle (see cpk__gpu_hold). */
 int cpk__gpu_open(cpk__gpu **out, int ordinal, char *why, size_t len);
+/* Let go of the opener's hold. */
 void cpk__gpu_close(cpk__gpu *g);
+/* Holds on the handle (thread-safe): a device tensor holds the handle its
+ * memory came from, so that the tensor can be freed, or read back, after
+ * the context that made it is gone. The handle (stream, cuBLAS handle) is
+ * released, after waiting for its stream, when the last hold is let go. */
+void cpk__gpu_hold(cpk__gpu *g);
+void cpk__gpu_let_go(cpk__gpu *g);
 /* Device name ("NVIDIA H100 80GB HBM3"). */
 const char *cpk__gpu_name(const cpk__gpu *g);
 

@@ -12,8 +12,8 @@ using cpk_cuda::check;
 using cpk_cuda::enter;
 
 // Release what a (possibly partly) opened handle holds. Used on the error
-// path of cpk__gpu_open and by cpk__gpu_close, which have no error to
-// report: the statuses of these calls are deliberately not kept.
+// path of cpk__gpu_open and when the last hold is let go, which have no
+// error to report: the statuses of these calls are deliberately not kept.
 static void release(cpk__gpu *g) {
   if (g->blas != nullptr)
     (void)cublasDestroy(g->blas);
@@ -47,6 +47,7 @@ extern "C" int cpk__gpu_open(cpk__gpu **out, int ordinal, char *why,
     return 1;
   }
   g->ordinal = ordinal;
+  g->holds = 1;
   cudaError_t err;
   cublasStatus_t st;
   if ((err = cudaSetDevice(ordinal)) != cudaSuccess)
@@ -100,7 +101,16 @@ extern "C" int cpk__gpu_open(cpk__gpu **out, int ordinal, char *why,
 }
 
 extern "C" void cpk__gpu_close(cpk__gpu *g) {
-  if (g == nullptr)
+  if (g != nullptr)
+    cpk__gpu_let_go(g);
+}
+
+extern "C" void cpk__gpu_hold(cpk__gpu *g) {
+  __atomic_add_fetch(&g->holds, 1, __ATOMIC_RELAXED);
+}
+
+extern "C" void cpk__gpu_let_go(cpk__gpu *g) {
+  if (__atomic_sub_fetch(&g->holds, 1, __ATOMIC_ACQ_REL) != 0)
     return;
   // Let queued work (and stream-ordered frees) finish first.
   if (cudaSetDevice(g->ordinal) == cudaSuccess)

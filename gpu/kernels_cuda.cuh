@@ -14,9 +14,12 @@
 #include "gpu_ops.h"
 
 // One CUDA device in use (see gpu_ops.h). `error` holds the first failure
-// since the last cpk__gpu_sync, `failed` says whether there is one.
+// since the last cpk__gpu_sync, `failed` says whether there is one. `holds`
+// counts the context and every device allocation still made on the handle
+// (cpk__gpu_hold); the handle goes when the last is let go.
 struct cpk__gpu {
   int ordinal;
+  int holds;
   cudaStream_t stream;
   cublasHandle_t blas;
   cudaMemPool_t pool; // the device's default pool, kept (never released)

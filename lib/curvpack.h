@@ -13,7 +13,9 @@
  *  - The caller owns whatever a call hands back through an out-pointer and
  *    releases it with the matching *_free function. Every *_free accepts NULL.
  *  - Arrays are cpk_tensor: dense, C order (row major), float32 or float64
- *    (int64/int32 for class indices), 64-byte aligned.
+ *    (int64/int32 for class indices), 64-byte aligned, in host memory;
+ *    results asked to stay on a CUDA device are the one exception
+ *    (cpk_pass_options.results_on_device, cpk_tensor_on_device).
  *  - Batched data is laid out [N, *features]; blocks that flow backward are
  *    [V, N, *features].
  */
@@ -79,8 +81,8 @@ typedef struct cpk_tensor {
   void *data;                      /* 64-byte aligned when owned */
   int owns_data;                   /* nonzero: cpk_tensor_free frees data */
   void *device;                    /* internal: NULL for host memory; the
-                                      GPU whose memory data is otherwise.
-                                      Tensors handed to callers are host. */
+                                      CUDA device handle whose memory data
+                                      is otherwise (cpk_tensor_on_device) */
 } cpk_tensor;
 
 /* Size in bytes of one element of `dtype`. */
@@ -106,6 +108,32 @@ double cpk_tensor_get(const cpk_tensor *t, int64_t i);
 void cpk_tensor_set(cpk_tensor *t, int64_t i, double v);
 /* Format a shape as "(2, 3, 4)" into buf; returns buf. */
 char *cpk_shape_str(char *buf, size_t len, int ndim, const int64_t *shape);
+
+/* Tensors in CUDA device memory: results of cpk_compute_ex with
+ * cpk_pass_options.results_on_device on a CUDA context (every other tensor
+ * the library hands out is in host memory). Such a tensor's shape, dtype
+ * and strides are read as usual, but its data is device memory: every
+ * function that reads or writes tensor data on the host refuses it with
+ * CPK_EUSAGE and a message saying so (cpk_tensor_convert, cpk_npy_write,
+ * the inputs of cpk_compute and the other entry points, cpk_optim_prepare;
+ * cpk_tensor_get returns NaN and cpk_tensor_set does nothing, both leaving
+ * that message in cpk_last_error()). cpk_tensor_free frees it, also after
+ * its context is gone: a device tensor keeps its device handle alive. */
+
+/* Nonzero when t's data is in CUDA device memory. */
+int cpk_tensor_on_device(const cpk_tensor *t);
+/* A new host tensor (C order, same dtype and shape) holding t's values:
+ * one download, waited for, from a device tensor; a copy of a host one.
+ * CPK_EIO naming the CUDA failure if the copy fails. */
+int cpk_tensor_copy_to_host(const cpk_tensor *t, cpk_tensor **out);
+/* For CUDA-aware callers: the device address of t's data (numel elements
+ * of its dtype, C order, on CUDA device 0 of the process, the device of the
+ * context that computed it), or NULL for a host tensor. Written when
+ * cpk_compute_ex returned (the library waited for its stream), so any
+ * stream may read it. Valid until the tensor is freed (cpk_results_free)
+ * or brought to the host (cpk_results_to_host); the memory belongs to the
+ * library's stream-ordered pool: never cudaFree it. */
+void *cpk_tensor_device_data(const cpk_tensor *t);
 
 /* ------------------------------------------------------------------- files */
 
@@ -150,9 +178,28 @@ int cpk_model_build(cpk_model *model, int ndim, const int64_t *sample_shape,
 int cpk_model_output_shape(const cpk_model *model, int *ndim, int64_t *shape);
 /* Number of parameter tensors, after cpk_model_build. */
 int cpk_model_num_params(const cpk_model *model);
-/* Parameter i: its name ("0.weight") and its tensor (owned by the model). */
+/* Parameter i: its name ("0.weight") and its tensor (owned by the model,
+ * host memory). Asking for the tensor (tensor != NULL) counts as changing
+ * it: the model's device copy of that parameter is refreshed at the next
+ * pass on a CUDA context (see cpk_model_params_changed). */
 int cpk_model_param(const cpk_model *model, int i, const char **name,
                     cpk_tensor **tensor);
+/* On a CUDA context a model keeps a device copy of its parameters from one
+ * pass (cpk_compute, forward mode, a curvature operator's creation) to the
+ * next instead of uploading them at every pass. Every library call that
+ * changes parameter values marks the copies out of date, so that the next
+ * pass uploads them again: cpk_model_param (that parameter),
+ * cpk_model_init_params, cpk_model_load_params, cpk_model_build,
+ * cpk_problem_init_params, cpk_optim_apply, cpk_trainer_load and the
+ * trainer's steps, batch norm's running statistics in training mode. A
+ * caller that writes through a tensor pointer kept from an earlier
+ * cpk_model_param call, after a pass, calls this before the next pass.
+ * The copies live on the device of the context that made them; a pass on
+ * another context (another CUDA device handle) makes new ones there. They
+ * are freed with the model (cpk_model_free), which may come before or after
+ * cpk_context_free: the copies hold their device handle until then.
+ * Nothing happens on a CPU context. */
+void cpk_model_params_changed(cpk_model *model);
 /* Whether parameter i is trainable (buffers such as running_mean are not). */
 int cpk_model_param_trainable(const cpk_model *model, int i);
 /* Total number of trainable scalar parameters. */
@@ -236,7 +283,21 @@ const char *cpk_results_name(const cpk_results *r, int i);
 const cpk_tensor *cpk_results_tensor(const cpk_results *r, int i);
 /* The tensor called `name`, or NULL. */
 const cpk_tensor *cpk_results_find(const cpk_results *r, const char *name);
+/* Frees every tensor, host or device. Device results may be freed before or
+ * after the context that computed them (cpk_context_free): each holds the
+ * context's device handle (its CUDA stream and cuBLAS handle), which is
+ * released with the last holder; freeing results first gives the memory
+ * back sooner. */
 void cpk_results_free(cpk_results *r);
+/* Nonzero when some result of r is in device memory (results_on_device). */
+int cpk_results_on_device(const cpk_results *r);
+/* Bring every device result of r to host memory, in place: one download
+ * each, waited for; the tensors (the pointers cpk_results_tensor and
+ * cpk_results_find gave) stay the same and become host tensors, their
+ * device memory freed, so device addresses taken before are invalid.
+ * CPK_OK at once when none is on the device. On failure (CPK_EIO naming
+ * the result) the results not yet copied stay on the device. */
+int cpk_results_to_host(cpk_results *r);
 /* An empty collection, and adding a tensor to one (ownership moves to the
  * collection, which frees the tensor even when adding fails). */
 int cpk_results_new(cpk_results **out);
@@ -320,6 +381,17 @@ typedef struct cpk_pass_options {
    * every layer): CPK_ENOTSUP when it would take more than one pass.
    * Visitors need max_batch = 0. */
   int64_t max_batch;
+  /* Nonzero: on a CUDA context, leave the results in device memory instead
+   * of downloading each to the host at the end of the pass (what a caller
+   * that goes on computing on the GPU wants; PyTorch + BackPACK leave their
+   * results on the GPU too). "loss", a 0-d float, is on the host anyway;
+   * every other result is a device tensor (cpk_tensor_on_device): read it
+   * through cpk_tensor_copy_to_host, cpk_results_to_host or, from CUDA
+   * code, cpk_tensor_device_data. The pass has finished on the device when
+   * cpk_compute_ex returns. Ignored (results on the host) on a CPU context
+   * and with MPI ranks, whose results are combined in host memory; with
+   * max_batch the sub-batches' results are combined on the device. */
+  int results_on_device;
 } cpk_pass_options;
 
 /* cpk_compute with options (NULL: cpk_compute). */

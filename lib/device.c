@@ -26,6 +26,14 @@ static int tensor_bytes(cpk_dtype dtype, int ndim, const int64_t *shape,
   return cpk__mul_size((size_t)numel, cpk_dtype_size(dtype), bytes, "tensor");
 }
 
+/* CPK_EIO naming the first CUDA failure kept in handle g. */
+static int gpu_failure(cpk__gpu *g) {
+  char why[512];
+  if (cpk__gpu_sync(g, why, sizeof why) != 0)
+    return cpk__fail(CPK_EIO, "CUDA device: %s", why);
+  return cpk__fail(CPK_EIO, "CUDA device: a copy failed");
+}
+
 /* Device memory for a tensor of `bytes`, with a message on failure. */
 static void *gpu_alloc(const cpk_context *ctx, size_t bytes) {
   char why[512];
@@ -65,6 +73,7 @@ static int tensor_new_on(const cpk_context *ctx, cpk_tensor **out,
   cpk__tensor_view(t, dtype, data, ndim, shape);
   t->owns_data = 1;
   t->device = ctx->gpu;
+  cpk__gpu_hold(ctx->gpu); /* let go in cpk__device_free */
   *out = t;
   return CPK_OK;
 #else
@@ -124,25 +133,73 @@ int cpk__tensor_fill_from_host(const cpk_context *ctx, cpk_tensor *dst,
   return CPK_OK;
 }
 
-int cpk__tensor_to_host(const cpk_context *ctx, const cpk_tensor *src,
-                        cpk_tensor **out) {
-  int rc = cpk__tensor_new_uninit(out, src->dtype, src->ndim, src->shape);
-  if (rc != CPK_OK)
-    return rc;
-  const size_t bytes =
-      (size_t)cpk_tensor_numel(src) * cpk_dtype_size(src->dtype);
+/* dst (host memory) := the `bytes` of src's data, on the host or on the
+ * device whose handle src holds (waited for). */
+static int read_data(const cpk_tensor *src, void *dst, size_t bytes) {
   if (src->device == NULL) {
-    memcpy((*out)->data, src->data, bytes);
+    memcpy(dst, src->data, bytes);
     return CPK_OK;
   }
 #ifdef CPK_HAVE_CUDA
-  if (cpk__gpu_download(ctx->gpu, (*out)->data, src->data, bytes) != 0) {
-    cpk_tensor_free(*out);
-    *out = NULL;
-    return cpk__device_sync(ctx);
-  }
+  if (cpk__gpu_download(src->device, dst, src->data, bytes) != 0)
+    return gpu_failure(src->device);
 #endif
   return CPK_OK;
+}
+
+int cpk__tensor_to_host(const cpk_context *ctx, const cpk_tensor *src,
+                        cpk_tensor **out) {
+  (void)ctx; /* src's own handle does the copy */
+  return cpk_tensor_copy_to_host(src, out);
+}
+
+int cpk_tensor_copy_to_host(const cpk_tensor *t, cpk_tensor **out) {
+  int rc = cpk__tensor_new_uninit(out, t->dtype, t->ndim, t->shape);
+  if (rc != CPK_OK)
+    return rc;
+  rc = read_data(t, (*out)->data,
+                 (size_t)cpk_tensor_numel(t) * cpk_dtype_size(t->dtype));
+  if (rc != CPK_OK) {
+    cpk_tensor_free(*out);
+    *out = NULL;
+  }
+  return rc;
+}
+
+int cpk__tensor_move_to_host(cpk_tensor *t) {
+  cpk_tensor *host;
+  if (t->device == NULL)
+    return CPK_OK;
+  int rc = cpk_tensor_copy_to_host(t, &host);
+  if (rc != CPK_OK)
+    return rc;
+  if (t->owns_data)
+    cpk__device_free(t->device, t->data);
+  t->data = host->data;
+  t->owns_data = 1;
+  t->device = NULL;
+  cpk__tensor_contiguous_strides(t);
+  host->owns_data = 0; /* its data now belongs to t */
+  cpk_tensor_free(host);
+  return CPK_OK;
+}
+
+int cpk_tensor_on_device(const cpk_tensor *t) {
+  return t != NULL && t->device != NULL;
+}
+
+void *cpk_tensor_device_data(const cpk_tensor *t) {
+  return cpk_tensor_on_device(t) ? t->data : NULL;
+}
+
+int cpk__require_host(const cpk_tensor *t, const char *what) {
+  if (!cpk_tensor_on_device(t))
+    return CPK_OK;
+  return cpk__fail(CPK_EUSAGE,
+                   "%s: the tensor is in CUDA device memory (a result left "
+                   "on the device); copy it to the host first "
+                   "(cpk_tensor_copy_to_host or cpk_results_to_host)",
+                   what);
 }
 
 void *cpk__scratch_alloc(const cpk_context *ctx, size_t bytes) {
@@ -178,6 +235,7 @@ int cpk__device_sync(const cpk_context *ctx) {
 void cpk__device_free(void *gpu, void *data) {
 #ifdef CPK_HAVE_CUDA
   cpk__gpu_free(gpu, data);
+  cpk__gpu_let_go(gpu);
 #else
   (void)gpu;
   (void)data;

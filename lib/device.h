@@ -25,9 +25,14 @@ int cpk__tensor_new_on_uninit(const cpk_context *ctx, cpk_tensor **out,
  * memory of this context) converted to `dtype`. */
 int cpk__tensor_to_device(const cpk_context *ctx, const cpk_tensor *src,
                           cpk_dtype dtype, cpk_tensor **out);
-/* A new host tensor holding `src` (host or device memory of this context). */
+/* A new host tensor holding `src` (host or device memory of this context;
+ * cpk_tensor_copy_to_host). */
 int cpk__tensor_to_host(const cpk_context *ctx, const cpk_tensor *src,
                         cpk_tensor **out);
+/* Bring t's data to host memory in place (one download, waited for; the
+ * device memory is freed): the same cpk_tensor, now a C-order host tensor.
+ * CPK_OK at once for a host tensor. */
+int cpk__tensor_move_to_host(cpk_tensor *t);
 /* Copy the contents of host tensor `src` into `dst` (same dtype and element
  * count) on the context's device. */
 int cpk__tensor_fill_from_host(const cpk_context *ctx, cpk_tensor *dst,
@@ -42,7 +47,8 @@ void cpk__scratch_free(const cpk_context *ctx, void *p);
  * last call. CPK_OK at once on the host. */
 int cpk__device_sync(const cpk_context *ctx);
 
-/* Release device memory of `gpu` (a tensor's `device`). */
+/* Release device memory of `gpu` (a tensor's `device`) and the tensor's
+ * hold on that handle (taken by cpk__tensor_new_on). */
 void cpk__device_free(void *gpu, void *data);
 
 #endif

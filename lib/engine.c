@@ -49,6 +49,8 @@ int cpk__check_input(const cpk_model *m, const cpk_tensor *input) {
                      m->source);
   if (input == NULL)
     return cpk__fail(CPK_EINVAL, "input: missing");
+  if (cpk__require_host(input, "input") != CPK_OK)
+    return CPK_EUSAGE;
   if (!cpk__is_float(input->dtype))
     return cpk__fail(CPK_EINVAL, "input: expected float32 or float64, got %s",
                      cpk_dtype_name(input->dtype));
@@ -92,7 +94,8 @@ int cpk_check_pass(const cpk_model *model, const cpk_pass_spec *spec,
     return cpk__fail(CPK_EINVAL, "unknown reduction %d", (int)spec->reduction);
   if ((rc = cpk__extensions_parse(spec->extensions, ext, &next)) != CPK_OK)
     return rc;
-  if ((rc = cpk__check_input(model, input)) != CPK_OK)
+  if ((rc = cpk__check_input(model, input)) != CPK_OK ||
+      (rc = cpk__require_host(target, "target")) != CPK_OK)
     return rc;
   return check_target(model, loss, input, target);
 }
@@ -454,6 +457,15 @@ int cpk_compute(cpk_context *ctx, cpk_model *model, const cpk_pass_spec *spec,
   return cpk_compute_ex(ctx, model, spec, NULL, input, target, out);
 }
 
+/* Whether a pass leaves its results in device memory: asked for, on a
+ * CUDA context, and this process holds the whole batch (the ranks' results
+ * are combined through host memory). */
+static int keep_on_device(const cpk_context *ctx,
+                          const cpk_pass_options *opts) {
+  return opts != NULL && opts->results_on_device && cpk__on_cuda(ctx) &&
+         ctx->dist.size <= 1;
+}
+
 /* One forward and backward pass over `input` (checked by the caller). */
 static int one_pass(cpk_context *ctx, cpk_model *model,
                     const cpk_pass_spec *spec, const cpk_pass_options *opts,
@@ -479,8 +491,11 @@ static int one_pass(cpk_context *ctx, cpk_model *model,
   CPK__TRY(rc, cpk__forward(&pass, input), done);
   CPK__TRY(rc, loss_and_grad(&pass, target), done);
   CPK__TRY(rc, backward(&pass), done);
-  if (device) /* the one download of the results */
-    rc = cpk__results_to_host(pass.results);
+  /* the pass is complete (its first failure reported), then the one
+   * download of the results unless they stay on the device */
+  if (device && (rc = cpk__device_sync(ctx)) == CPK_OK &&
+      !keep_on_device(ctx, opts))
+    rc = cpk_results_to_host(pass.results);
 done:
   if (device)
     cpk__model_release_device(model);
@@ -491,10 +506,12 @@ done:
   cpk__free(pass.hterms);
   cpk_tensor_free(pass.kfra);
   cpk__pass_release(&pass);
-  if (rc != CPK_OK)
+  if (rc != CPK_OK) {
     cpk_results_free(pass.results);
-  else
+  } else {
+    cpk__results_on(pass.results, NULL); /* the pass's allocations end */
     *out = pass.results;
+  }
   return rc;
 }
 
@@ -583,21 +600,23 @@ void cpk__rows_view(cpk_tensor *view, const cpk_tensor *t, int64_t first,
   cpk__tensor_contiguous_strides(view);
 }
 
-/* Copy part (axis `axis` of length count) into acc at position `at`. */
-static void place(cpk_tensor *acc, const cpk_tensor *part, int axis,
-                  int64_t at) {
+/* Copy part (axis `axis` of length count) into acc at position `at`, both
+ * where `on` computes. */
+static void place(const cpk_context *on, cpk_tensor *acc,
+                  const cpk_tensor *part, int axis, int64_t at) {
   const int64_t lead = axis == 1 ? part->shape[0] : 1;
   const int64_t cnt = part->shape[axis], all = acc->shape[axis];
   const int64_t per = cpk_tensor_numel(part) / (lead * cnt);
   const size_t es = cpk_dtype_size(part->dtype);
   for (int64_t v = 0; v < lead; v++)
-    memcpy((char *)acc->data + (size_t)((v * all + at) * per) * es,
-           (const char *)part->data + (size_t)(v * cnt * per) * es,
-           (size_t)(cnt * per) * es);
+    cpk__copy(on, part->dtype, cnt * per,
+              (const char *)part->data + (size_t)(v * cnt * per) * es,
+              (char *)acc->data + (size_t)((v * all + at) * per) * es);
 }
 
 /* Add the results of the pass over local samples [at, at + count) to acc
- * (created at the first pass, per-sample results sized for nlocal). */
+ * (created at the first pass, per-sample results sized for nlocal), each
+ * where the pass left it: on ctx's device or on the host. */
 static int accumulate(cpk_context *ctx, cpk_results **acc, cpk_results *part,
                       int64_t at, int64_t nlocal) {
   int rc = CPK_OK, kind;
@@ -609,6 +628,7 @@ static int accumulate(cpk_context *ctx, cpk_results **acc, cpk_results *part,
   for (int i = 0; rc == CPK_OK && i < cpk_results_count(part); i++) {
     const char *name = cpk_results_name(part, i);
     const cpk_tensor *t = cpk_results_tensor(part, i);
+    const cpk_context *on = t->device != NULL ? ctx : NULL;
     cpk_tensor *a;
     if ((rc = combine_kind(name, &kind)) != CPK_OK)
       break;
@@ -617,6 +637,7 @@ static int accumulate(cpk_context *ctx, cpk_results **acc, cpk_results *part,
       memcpy(shape, t->shape, sizeof shape);
       if (kind == COMB_CAT0 || kind == COMB_CAT1)
         shape[kind == COMB_CAT0 ? 0 : 1] = nlocal;
+      cpk__results_on(*acc, on);
       if ((rc = cpk__results_alloc(*acc, name, t->dtype, t->ndim, shape, &a)) !=
           CPK_OK)
         break;
@@ -624,12 +645,11 @@ static int accumulate(cpk_context *ctx, cpk_results **acc, cpk_results *part,
       a = (cpk_tensor *)cpk_results_tensor(*acc, i);
     }
     if (kind == COMB_CAT0 || kind == COMB_CAT1)
-      place(a, t, kind == COMB_CAT0 ? 0 : 1, at);
+      place(on, a, t, kind == COMB_CAT0 ? 0 : 1, at);
     else if (kind == COMB_SUM)
-      cpk__axpy(ctx, t->dtype, cpk_tensor_numel(t), 1.0, t->data, a->data);
+      cpk__axpy(on, t->dtype, cpk_tensor_numel(t), 1.0, t->data, a->data);
     else if (fresh)
-      memcpy(a->data, t->data,
-             (size_t)cpk_tensor_numel(t) * cpk_dtype_size(t->dtype));
+      cpk__copy(on, t->dtype, cpk_tensor_numel(t), t->data, a->data);
   }
   return rc;
 }
@@ -656,9 +676,10 @@ static int combine_ranks(cpk_context *ctx, int rc, cpk_results *r) {
 }
 
 /* variance = (sgs - grad^2 / N) / N and batch_dot = B B^T from the combined
- * results; then drop what only they needed. */
-static int finish_shards(cpk_context *ctx, const shard_plan *p, int64_t total,
-                         cpk_results *r) {
+ * results, computed where they are (`on`: ctx's device, or NULL for the
+ * host); then drop what only they needed. */
+static int finish_shards(const cpk_context *on, const shard_plan *p,
+                         int64_t total, cpk_results *r) {
   char name[96], base[64];
   int rc = CPK_OK;
   const int count = cpk_results_count(r);
@@ -680,11 +701,11 @@ static int finish_shards(cpk_context *ctx, const shard_plan *p, int64_t total,
         break;
       t = cpk_results_find(r, full); /* the list may have moved */
       const int64_t k = cpk_tensor_numel(t);
-      cpk__mul_broadcast(ctx, out->dtype, 1, k, grad->data, grad->data,
+      cpk__mul_broadcast(on, out->dtype, 1, k, grad->data, grad->data,
                          out->data);
-      cpk__scale(ctx, out->dtype, k, -1.0 / (double)total, out->data);
-      cpk__axpy(ctx, out->dtype, k, 1.0, t->data, out->data);
-      cpk__scale(ctx, out->dtype, k, 1.0 / (double)total, out->data);
+      cpk__scale(on, out->dtype, k, -1.0 / (double)total, out->data);
+      cpk__axpy(on, out->dtype, k, 1.0, t->data, out->data);
+      cpk__scale(on, out->dtype, k, 1.0 / (double)total, out->data);
     } else if (p->batch_dot && len > 11 &&
                strcmp(full + len - 11, ".grad_batch") == 0) {
       snprintf(base, sizeof base, "%.*s", (int)(len - 11), full);
@@ -695,7 +716,7 @@ static int finish_shards(cpk_context *ctx, const shard_plan *p, int64_t total,
         break;
       t = cpk_results_find(r, full);
       const int64_t per = cpk_tensor_numel(t) / total;
-      cpk__gemm(ctx, t->dtype, 0, 1, total, total, per, 1.0, t->data, per,
+      cpk__gemm(on, t->dtype, 0, 1, total, total, per, 1.0, t->data, per,
                 t->data, per, 0.0, out->data, total);
     }
   }
@@ -763,8 +784,14 @@ int cpk_compute_ex(cpk_context *ctx, cpk_model *model,
     part = NULL;
   }
   rc = combine_ranks(ctx, rc, acc);
-  if (rc == CPK_OK)
-    rc = finish_shards(ctx, &plan, total, acc);
+  if (rc == CPK_OK) {
+    const cpk_context *on = keep_on_device(ctx, opts) ? ctx : NULL;
+    cpk__results_on(acc, on); /* variance and batch_dot beside the rest */
+    rc = finish_shards(on, &plan, total, acc);
+    if (rc == CPK_OK)
+      rc = cpk__device_sync(on);
+    cpk__results_on(acc, NULL);
+  }
   rc = cpk__dist_agree(ctx, rc); /* every rank returns the same status */
   if (rc != CPK_OK)
     cpk_results_free(acc);

@@ -61,7 +61,12 @@ void cpk__tensor_view(cpk_tensor *t, cpk_dtype dtype, void *data, int ndim,
 /* Reset the strides of `t` to C order. */
 void cpk__tensor_contiguous_strides(cpk_tensor *t);
 int cpk__is_float(cpk_dtype dtype);
-/* Fail with CPK_ENONFINITE naming `what` if any element is NaN or inf. */
+/* CPK_EUSAGE naming `what` when t's data is in device memory (a result
+ * left on the device): every reader of tensor data on the host checks it
+ * first. CPK_OK for a host tensor. */
+int cpk__require_host(const cpk_tensor *t, const char *what);
+/* Fail with CPK_ENONFINITE naming `what` if any element is NaN or inf
+ * (CPK_EUSAGE for a tensor in device memory, as cpk__require_host). */
 int cpk__check_finite(const cpk_tensor *t, const char *what);
 /* The same for an array about to be converted to `as`: float64 values beyond
  * float32's range fail too when `as` is CPK_F32 (they would become inf). */

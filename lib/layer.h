@@ -26,8 +26,13 @@ typedef struct cpk__param {
   int64_t shape[CPK_MAX_DIMS];
   cpk_tensor *value; /* owned by the model; NULL until built */
   int trainable;     /* 0 for buffers such as running_mean */
-  cpk_tensor *dev;   /* a copy on the CUDA device during a device pass
-                        (cpk__param_value picks the one to use) */
+  cpk_tensor *dev;   /* the device copy a computation on a CUDA context
+                        reads (cpk__param_value picks the one to use): the
+                        resident copy during a pass, a curvature operator's
+                        own while it computes; NULL otherwise */
+  cpk_tensor *resident; /* the model's copy on a CUDA device, kept between
+                           passes (lib/device_pass.c); NULL when none */
+  int stale;            /* the value changed since `resident` was made */
 } cpk__param;
 
 typedef struct cpk__layer_kind {

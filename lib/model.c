@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "device_pass.h"
 #include "model.h"
 
 int cpk_model_new(cpk_model **out) {
@@ -20,8 +21,10 @@ static void layer_free(cpk__layer *l) {
     return;
   if (l->kind->destroy)
     l->kind->destroy(l);
-  for (int i = 0; i < l->nparams; i++)
+  for (int i = 0; i < l->nparams; i++) {
     cpk_tensor_free(l->params[i].value);
+    cpk_tensor_free(l->params[i].resident);
+  }
   cpk__free(l);
 }
 
@@ -100,6 +103,7 @@ int cpk_model_build(cpk_model *m, int ndim, const int64_t *shape,
       return cpk__fail(CPK_ESHAPE, "input sample shape %s has an empty axis",
                        cpk_shape_str(buf, sizeof buf, ndim, shape));
   m->built = 0;
+  cpk__model_free_device(m); /* the parameters are made anew */
   m->dtype = dtype;
   m->in_ndim = ndim;
   memcpy(m->in_shape, shape, (size_t)ndim * sizeof *shape);
@@ -164,11 +168,20 @@ int cpk_model_param(const cpk_model *m, int i, const char **name,
   if (!m->built || i < 0 || i >= m->nparams)
     return cpk__fail(CPK_EINVAL, "no parameter %d (the model has %d)", i,
                      m->built ? m->nparams : 0);
+  cpk__param *q = &m->params[i].layer->params[m->params[i].slot];
   if (name)
     *name = m->params[i].name;
-  if (tensor)
-    *tensor = m->params[i].layer->params[m->params[i].slot].value;
+  if (tensor) {
+    *tensor = q->value;
+    q->stale = 1; /* the caller may write it: its device copy is refreshed */
+  }
   return CPK_OK;
+}
+
+void cpk_model_params_changed(cpk_model *m) {
+  for (int i = 0; i < m->nlayers; i++)
+    for (int p = 0; p < m->layers[i]->nparams; p++)
+      m->layers[i]->params[p].stale = 1;
 }
 
 int cpk_model_param_trainable(const cpk_model *m, int i) {

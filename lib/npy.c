@@ -805,7 +805,8 @@ int cpk_npy_write(const char *path, const cpk_tensor *t) {
   int rc, err;
   if (path == NULL || t == NULL)
     return cpk__fail(CPK_EINVAL, "cpk_npy_write: no path or tensor");
-  if ((rc = check_writable(t, path, &numel)) != CPK_OK)
+  if ((rc = cpk__require_host(t, path)) != CPK_OK ||
+      (rc = check_writable(t, path, &numel)) != CPK_OK)
     return rc;
   size_t tmp_cap = strlen(path) + 32;
   char *tmp = cpk__malloc(tmp_cap);

@@ -24,6 +24,7 @@ int cpk_model_init_params(cpk_model *m, uint64_t seed) {
   if (rc != CPK_OK)
     return rc;
   cpk__rng_seed(&rng, seed);
+  cpk_model_params_changed(m);
   for (int i = 0; i < m->nlayers; i++) {
     cpk__layer *l = m->layers[i];
     if (l->kind->init && (rc = l->kind->init(l, &rng)) != CPK_OK)
@@ -68,6 +69,8 @@ static int load_one(cpk_model *m, int i, const char *dir) {
 
 int cpk_model_load_params(cpk_model *m, const char *dir) {
   int rc = require_built(m);
+  if (rc == CPK_OK)
+    cpk_model_params_changed(m);
   for (int i = 0; rc == CPK_OK && i < m->nparams; i++)
     rc = load_one(m, i, dir);
   return rc;

@@ -33,10 +33,11 @@
  * layers' cached state live on the device for the operator's lifetime;
  * step 2 (N x C numbers per column) runs on the host with ctx->host, like
  * engine.c's loss steps: u comes down, w goes up. The operator keeps its
- * own device copies of the parameters (taken at creation, so it fixes the
- * parameters as the CPU operator does) and puts them in place only while
- * it computes, so a cpk_compute on the same model, whose per-pass copies
- * come and go, does not pull them away. The layers' cached forward state
+ * own device copies of the parameters (taken at creation from the model's
+ * resident copies, so it fixes the parameters as the CPU operator does) and
+ * puts them in place only while it computes, so a cpk_compute on the same
+ * model, which puts the model's resident copies in place for its pass, does
+ * not pull them away. The layers' cached forward state
  * (maxpool's argmax) is shared with any other pass on the same model,
  * though, on either device: run other passes on a model only before
  * creating its operator or after freeing it.
@@ -289,8 +290,8 @@ static int op_prepare(cpk_curvature_op *op, cpk_context *ctx, cpk_model *model,
       rc = CPK_ENOMEM;
       goto done;
     }
-    swap_params(op); /* the pass's copies (none) aside */
-    CPK__TRY(rc, cpk__model_to_device(ctx, model), done);
+    CPK__TRY(rc, cpk__model_copy_params(ctx, model, op->pdev), done);
+    swap_params(op);
   }
   CPK__TRY(rc, cpk__forward(&op->pass, input), done);
   op->pass.scale = cpk__loss_scale_total(op->pass.loss, plain->reduction,

@@ -66,19 +66,20 @@ int cpk__results_alloc_uninit(cpk_results *r, const char *name,
 
 void cpk__results_on(cpk_results *r, const cpk_context *ctx) { r->ctx = ctx; }
 
-int cpk__results_to_host(cpk_results *r) {
-  int rc = cpk__device_sync(r->ctx);
-  for (int i = 0; i < r->count && rc == CPK_OK; i++) {
-    cpk_tensor *host;
-    if (r->items[i].t->device == NULL)
-      continue;
-    if ((rc = cpk__tensor_to_host(r->ctx, r->items[i].t, &host)) != CPK_OK)
-      return cpk__fail_prefix(rc, "result %s", r->items[i].name);
-    cpk_tensor_free(r->items[i].t);
-    r->items[i].t = host;
-  }
+int cpk_results_to_host(cpk_results *r) {
+  int rc = CPK_OK;
+  for (int i = 0; i < r->count && rc == CPK_OK; i++)
+    if ((rc = cpk__tensor_move_to_host(r->items[i].t)) != CPK_OK)
+      rc = cpk__fail_prefix(rc, "result %s", r->items[i].name);
   r->ctx = NULL;
   return rc;
+}
+
+int cpk_results_on_device(const cpk_results *r) {
+  for (int i = 0; i < r->count; i++)
+    if (cpk_tensor_on_device(r->items[i].t))
+      return 1;
+  return 0;
 }
 
 int cpk_results_count(const cpk_results *r) { return r->count; }

@@ -16,11 +16,10 @@ int cpk__results_alloc_uninit(cpk_results *r, const char *name,
                               cpk_dtype dtype, int ndim, const int64_t *shape,
                               cpk_tensor **t);
 
-/* Allocate later results on the device of `ctx` (a device pass), and
- * bring every device result back to the host at the end of the pass (one
- * download each); after that the results are host tensors again. */
+/* Allocate later results on the device of `ctx` (a device pass); NULL:
+ * on the host. cpk_results_to_host brings them back (and allocates on the
+ * host again). */
 void cpk__results_on(cpk_results *r, const cpk_context *ctx);
-int cpk__results_to_host(cpk_results *r);
 /* Replace the tensor of item i (the old one is freed; takes ownership). */
 void cpk__results_set(cpk_results *r, int i, cpk_tensor *t);
 /* Remove the item called `name` (if any), freeing its tensor. */

@@ -167,6 +167,10 @@ int64_t cpk_tensor_numel(const cpk_tensor *t) {
 }
 
 double cpk_tensor_get(const cpk_tensor *t, int64_t i) {
+  if (t->device != NULL) { /* a plain test: this runs per element */
+    (void)cpk__require_host(t, "cpk_tensor_get");
+    return NAN;
+  }
   switch (t->dtype) {
   case CPK_F32:
     return ((const float *)t->data)[i];
@@ -181,6 +185,10 @@ double cpk_tensor_get(const cpk_tensor *t, int64_t i) {
 }
 
 void cpk_tensor_set(cpk_tensor *t, int64_t i, double v) {
+  if (t->device != NULL) {
+    (void)cpk__require_host(t, "cpk_tensor_set");
+    return;
+  }
   switch (t->dtype) {
   case CPK_F32:
     ((float *)t->data)[i] = (float)v;
@@ -199,7 +207,10 @@ void cpk_tensor_set(cpk_tensor *t, int64_t i, double v) {
 
 int cpk_tensor_convert(cpk_tensor **out, const cpk_tensor *src,
                        cpk_dtype dtype) {
-  int rc = cpk_tensor_new(out, dtype, src->ndim, src->shape);
+  *out = NULL;
+  int rc = cpk__require_host(src, "cpk_tensor_convert");
+  if (rc == CPK_OK)
+    rc = cpk_tensor_new(out, dtype, src->ndim, src->shape);
   if (rc != CPK_OK)
     return rc;
   int64_t n = cpk_tensor_numel(src);
@@ -230,6 +241,9 @@ int cpk__check_finite_in(const cpk_tensor *t, cpk_dtype as, const char *what) {
 
 int cpk__check_finite(const cpk_tensor *t, const char *what) {
   int64_t n = cpk_tensor_numel(t);
+  int rc = cpk__require_host(t, what);
+  if (rc != CPK_OK)
+    return rc;
   if (t->dtype == CPK_F32) {
     const float *x = t->data;
     for (int64_t i = 0; i < n; i++)

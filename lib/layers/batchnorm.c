@@ -211,6 +211,8 @@ static int64_t bn_positions(const cpk__layer *l) {
  * s->istd[c] := 1 / sqrt(var[c] + eps). m = N*L values per channel. */
 static void bn_update(cpk__layer *l, double m) {
   batchnorm *s = l->priv;
+  if (s->track) /* the model's device copies of the buffers are out of date */
+    l->params[s->p_mean].stale = l->params[s->p_var].stale = 1;
   for (int64_t c = 0; c < s->features; c++) {
     const double var = s->istd[c];
     if (s->track) {
@@ -296,9 +298,12 @@ static int bn_forward_cuda(cpk__layer *l, cpk_context *ctx,
     bn_update(l, (double)(n * pos));
     for (int p = 0; s->track && p < 2; p++) {
       cpk__param *q = &l->params[p == 0 ? s->p_mean : s->p_var];
-      if (q->dev != NULL &&
-          (rc = cpk__tensor_fill_from_host(ctx, q->dev, q->value)) != CPK_OK)
+      if (q->dev == NULL)
+        continue;
+      if ((rc = cpk__tensor_fill_from_host(ctx, q->dev, q->value)) != CPK_OK)
         return rc;
+      if (q->dev == q->resident) /* (not a curvature operator's own copy) */
+        q->stale = 0;
     }
   } else {
     bn_running_stats(l);

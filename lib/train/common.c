@@ -24,6 +24,7 @@ const cpk_tensor *cpk__train_find(const cpk_results *r, const char *param,
 
 int cpk__train_need(const cpk_results *r, const char *param, const char *suffix,
                     int64_t n, const cpk_tensor **out) {
+  char name[96];
   *out = cpk__train_find(r, param, suffix);
   if (*out == NULL)
     return cpk__fail(CPK_EINVAL, "the pass results lack %s.%s", param, suffix);
@@ -31,7 +32,8 @@ int cpk__train_need(const cpk_results *r, const char *param, const char *suffix,
     return cpk__fail(CPK_ESHAPE, "%s.%s: expected %lld elements, found %lld",
                      param, suffix, (long long)n,
                      (long long)cpk_tensor_numel(*out));
-  return CPK_OK;
+  snprintf(name, sizeof name, "%s.%s", param, suffix);
+  return cpk__require_host(*out, name);
 }
 
 const cpk__param *cpk__train_param(const cpk_model *m, int i) {

@@ -332,6 +332,7 @@ const double *cpk_optim_update(const cpk_optim *opt, int i) {
 int cpk_optim_apply(cpk_optim *opt, cpk_model *m) {
   if (!opt->prepared)
     return cpk__fail(CPK_EINVAL, "optimizer: apply without prepare");
+  cpk_model_params_changed(m);
   for (int i = 0; i < opt->nslots; i++) {
     const slot *s = &opt->s[i];
     if (!s->trainable)

@@ -67,6 +67,7 @@ int cpk_problem_init_params(cpk_model *m, const char *name, uint64_t seed) {
   if (!m->built)
     return cpk__fail(CPK_EINVAL, "%s: the model is not built", m->source);
   cpk__rng_seed(&rng, seed);
+  cpk_model_params_changed(m);
   for (int i = 0; i < m->nparams; i++) {
     const struct cpk__model_param *mp = &m->params[i];
     cpk_tensor *t = mp->layer->params[mp->slot].value;

@@ -10,7 +10,7 @@ void cpk__train_to_double(const cpk_tensor *t, double *dst);
 const cpk_tensor *cpk__train_find(const cpk_results *r, const char *param,
                                   const char *suffix);
 /* Like cpk__train_find, but a missing or misshapen result (numel != n) is
- * a CPK_EINVAL naming it. */
+ * a CPK_EINVAL naming it, one in device memory a CPK_EUSAGE. */
 int cpk__train_need(const cpk_results *r, const char *param, const char *suffix,
                     int64_t n, const cpk_tensor **out);
 /* The model's parameter slot i (value, trainable flag). */

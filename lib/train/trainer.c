@@ -98,6 +98,7 @@ static void snapshot(const cpk_model *m, double **v) {
       cpk__train_to_double(cpk__train_param(m, i)->value, v[i]);
 }
 static void restore(cpk_model *m, double *const *v) {
+  cpk_model_params_changed(m);
   for (int i = 0; i < m->nparams; i++) {
     cpk_tensor *t = cpk__train_param(m, i)->value;
     for (int64_t k = 0; v[i] != NULL && k < cpk_tensor_numel(t); k++)
