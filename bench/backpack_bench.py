@@ -238,7 +238,7 @@ def measure(args, ext):
         from backpack.hessianfree.hvp import hessian_vector_product
         out = model(x)
         loss = lossfunc(out, y)
-        if products[0] == "hvp":
+        if products[0].startswith("hvp"):  # hvp, hvp_rop, hvp_dbl: its one way
             hessian_vector_product(loss, params, vec)
         else:
             ggn_vector_product_from_plist(loss, out, params, vec)

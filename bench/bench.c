@@ -416,10 +416,25 @@ done:
   free(c);
 }
 
+/* The curvature-vector products curvpack-bench times (--ext NAME alone):
+ * the Hessian by the library's default method, the GGN, and the Hessian by
+ * each method (cpk_curvature_op_set_method), to measure one against the
+ * other in the same run. */
+enum { PROD_NONE, PROD_HVP, PROD_GGNVP, PROD_HVP_ROP, PROD_HVP_DBL };
+static const char *const product_names[] = {NULL, "hvp", "ggnvp", "hvp_rop",
+                                            "hvp_dbl"};
+
+static int product_of(const char *name) {
+  for (int p = PROD_HVP; p <= PROD_HVP_DBL; p++)
+    if (!strcmp(name, product_names[p]))
+      return p;
+  return PROD_NONE;
+}
+
 /* One timed unit: a pass with the requested extensions (results in *res,
- * in device memory with opts->results_on_device on the GPU), or, for
- * product = 1 (hvp) / 2 (ggnvp), one curvature-vector product with its
- * forward pass (*res stays NULL). */
+ * in device memory with opts->results_on_device on the GPU), or, for a
+ * product, one curvature-vector product with its forward pass (*res stays
+ * NULL). */
 static int one_pass(cpk_context *ctx, cpk_model *model,
                     const cpk_pass_spec *spec, const cpk_pass_options *opts,
                     const cpk_tensor *input, const cpk_tensor *target,
@@ -429,7 +444,12 @@ static int one_pass(cpk_context *ctx, cpk_model *model,
     return cpk_compute_ex(ctx, model, spec, opts, input, target, res);
   cpk_curvature_op *op;
   int rc = cpk_curvature_op_new(&op, ctx, model, spec, input, target,
-                                product == 1 ? CPK_CURV_HESSIAN : CPK_CURV_GGN);
+                                product == PROD_GGNVP ? CPK_CURV_GGN
+                                                      : CPK_CURV_HESSIAN);
+  if (rc == CPK_OK && product == PROD_HVP_ROP)
+    rc = cpk_curvature_op_set_method(op, CPK_HVP_ROP);
+  if (rc == CPK_OK && product == PROD_HVP_DBL)
+    rc = cpk_curvature_op_set_method(op, CPK_HVP_DOUBLE_BACKWARD);
   if (rc == CPK_OK)
     rc = cpk_curvature_op_apply(op, 1, vec, hv);
   cpk_curvature_op_free(op);
@@ -476,6 +496,10 @@ static void usage(FILE *f) {
           "there as BackPACK does; --results-to-host times their download to host\n"
           "memory too, --params-changed an upload of the parameters at every pass\n"
           "(the model keeps them on the GPU otherwise).\n"
+          "A product is timed alone, one product of one random vector with its\n"
+          "forward pass (and backward pass, for the Hessian): --ext hvp (the\n"
+          "Hessian, the library's default method), hvp_rop (R-operator), hvp_dbl\n"
+          "(double backward), ggnvp (the GGN).\n"
           "Problems: mnist_logreg mnist_mlp mnist_mlp_sigmoid fmnist_2c2d cifar10_3c3d.\n"
           "Defaults: --batch 128 --threads 2 --dtype float32 --warmup 2 --repeat 10\n"
           "          --min-repeat 3 --seed 0 --device cpu.\n");
@@ -659,7 +683,7 @@ int main(int argc, char **argv) {
         tok++;
       if (*tok == '\0' || !strcmp(tok, "grad"))
         continue;
-      if ((!strcmp(tok, "hvp") || !strcmp(tok, "ggnvp")) && !extlist[0] &&
+      if (product_of(tok) != PROD_NONE && !extlist[0] &&
           strtok(NULL, ",") == NULL) { /* a product is timed alone */
         strcpy(extlist, tok);
         break;
@@ -761,10 +785,8 @@ int main(int argc, char **argv) {
   memset(&spec, 0, sizeof spec);
   spec.loss = CPK_LOSS_CROSS_ENTROPY;
   spec.reduction = CPK_REDUCTION_MEAN;
-  spec.extensions = extlist[0] && strcmp(extlist, "hvp") &&
-                           strcmp(extlist, "ggnvp")
-                       ? extlist
-                       : NULL;
+  spec.extensions =
+      extlist[0] && product_of(extlist) == PROD_NONE ? extlist : NULL;
   spec.training = 0;
   rc = cpk_check_pass(model, &spec, input, target);
   if (rc == CPK_ENOTSUP) {
@@ -779,9 +801,9 @@ int main(int argc, char **argv) {
     goto out;
   }
 
-  /* hvp / ggnvp: time one curvature-vector product with a fixed random
+  /* products: time one curvature-vector product with a fixed random
    * vector, forward pass included (cpk_curvature_op_new + apply). */
-  int product = !strcmp(extlist, "hvp") ? 1 : !strcmp(extlist, "ggnvp") ? 2 : 0;
+  int product = product_of(extlist);
   if (product) {
     spec.extensions = NULL;
     const int64_t dim = cpk_model_param_count(model);

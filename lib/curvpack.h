@@ -512,6 +512,33 @@ int64_t cpk_curvature_op_dim(const cpk_curvature_op *op);
 int cpk_curvature_op_apply(cpk_curvature_op *op, int64_t k, const double *in,
                            double *out);
 
+/* How a Hessian product (CPK_CURV_HESSIAN) is computed. Both give the same
+ * product up to rounding, from the same forward and backward pass at
+ * creation, on blocks of k vectors, on either device:
+ *  HVP_ROP              Pearlmutter's R-operator, forward over reverse:
+ *                       the tangents go forward through every layer and
+ *                       stay there; one reverse sweep from the loss Hessian
+ *                       adds each layer's second-order terms as it passes;
+ *  HVP_DOUBLE_BACKWARD  reverse over reverse: the backward pass differentiated
+ *                       in reverse mode. Its adjoint sweep runs from the
+ *                       input up, storing each layer's second-order
+ *                       adjoints (and dropping the tangents as it goes),
+ *                       then one reverse sweep over the forward graph from
+ *                       the loss Hessian adds them.
+ * The default is HVP_DOUBLE_BACKWARD, the faster as measured (BENCHMARKS.md,
+ * "R-operator against double backward": about 3% per product on an MLP, the
+ * same on a convolutional net) and the one that holds less memory. The other
+ * kinds have no second-order terms and ignore the method. */
+typedef enum {
+  CPK_HVP_ROP = 0,
+  CPK_HVP_DOUBLE_BACKWARD = 1
+} cpk_hvp_method;
+
+/* Choose the method of op's Hessian products (CPK_EINVAL for an unknown
+ * one); it holds for every later cpk_curvature_op_apply. */
+int cpk_curvature_op_set_method(cpk_curvature_op *op, cpk_hvp_method method);
+cpk_hvp_method cpk_curvature_op_method(const cpk_curvature_op *op);
+
 /* ----------------------------------------------------------------- spectra
  * Tools that work on any symmetric linear operator A of dimension P, given
  * only as a block product (Hessian-, GGN-, Fisher-vector products of the

@@ -100,6 +100,30 @@ typedef struct cpk__layer_kind {
    * J_x depends on the weight (slot 0) alone, and the bias (slot 1) enters
    * additively. */
   int param_jac_is_input;
+  /* The mixed second derivative of the layer in (x, theta_p), for kinds
+   * whose input Jacobian depends on a parameter and whose parameter
+   * Jacobian on the input (linear and the convolutions, bilinear in x and
+   * the weight; batch norm's weight in evaluation mode). With g [N, *out]
+   * one block column at the output (the gradient dL/dy), it is the
+   * bilinear form B(t, u) = sum_n d^2 <g_n, y_n> / d theta_p d x_n [t, u_n],
+   * applied to one side:
+   *   mixed_jac_t_mat (to the input), t [V, *S], out [V, N, *in]:
+   *     out[v, n] += d/dtheta_p (J_n^T g_n) [t[v]]
+   *                = J_n(theta_p := t[v])^T g_n   (J_n linear in theta_p);
+   *   mixed_param_jac_t_mat (to the parameter), u [V, N, *in], out [V, *S]:
+   *     out[v] += sum_n d/dx_n ((d y_n / d theta_p)^T g_n) [u[v, n]]
+   *             = sum_n (d y_n / d theta_p)(x_n := u[v, n])^T g_n
+   *                                           (linear in x up to a constant).
+   * A parameter that enters additively (a bias) adds nothing. x is the
+   * layer's input at the last forward. These are the Hessian's second-
+   * order terms of such layers (lib/products.c); the kinds that leave them
+   * NULL have none (their parameter Jacobian does not depend on x). */
+  int (*mixed_jac_t_mat)(cpk__layer *l, cpk_context *ctx, int p,
+                         const cpk_tensor *x, const cpk_tensor *g,
+                         const cpk_tensor *t, cpk_tensor *out);
+  int (*mixed_param_jac_t_mat)(cpk__layer *l, cpk_context *ctx, int p,
+                               const cpk_tensor *x, const cpk_tensor *g,
+                               const cpk_tensor *u, cpk_tensor *out);
   /* Fill the parameters as PyTorch's reset_parameters() does (same
    * distributions). NULL: no parameters. */
   int (*init)(cpk__layer *l, cpk__rng *rng);

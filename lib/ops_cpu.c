@@ -73,6 +73,11 @@ void cpk__gemm_strided(const cpk_context *ctx, cpk_dtype dt, int trans_a,
                                       stride_b, beta, c, ldc, stride_c,
                                       count));
   const size_t es = cpk_dtype_size(dt);
+  if (count == 1) { /* BLAS's own threads, outside any parallel region */
+    cpk__gemm(ctx, dt, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta,
+              c, ldc);
+    return;
+  }
 #pragma omp parallel for schedule(static) if (count > 1 && !omp_in_parallel())
   for (int64_t i = 0; i < count; i++)
     cpk__gemm(ctx, dt, trans_a, trans_b, m, n, k, alpha,

@@ -10,12 +10,24 @@
  *      sampled root S S^T (Monte Carlo Fisher), or g g^T with the per-sample
  *      output gradient (empirical Fisher);
  *   3. R-backward: gdot_i = J_x^T gdot_{i+1}, products J_theta^T gdot.
- * For the Hessian (Pearlmutter's R-operator, forward over reverse), step 3
- * adds what differentiating the backward pass in the direction v gives
- * besides J^T gdot, with g the ordinary gradient at the layer output:
- *   elementwise f:  f''(x) o g o xdot                      (to gdot_in)
- *   bilinear (linear, conv: J_x depends on the weight W = slot 0, J_W on x):
- *     J_x(W := t_W)^T g (to gdot_in),  J_theta(x := xdot)^T g (to products).
+ * For the Hessian, the layers' second-order terms, with g the ordinary
+ * gradient at the layer output (kept from one backward pass at creation):
+ *   elementwise f:  f''(x) o g o xdot                      (to gdot_in;
+ *                   f''(x) o g kept per layer at creation, op->d2g)
+ *   bilinear (linear, conv, batch norm's weight in evaluation mode; the
+ *   layers' mixed_jac_t_mat and mixed_param_jac_t_mat, on whole blocks):
+ *     J_x(theta := t)^T g (to gdot_in),  J_theta(x := xdot)^T g (to products).
+ * Two schedules compute the Hessian product from the same terms
+ * (cpk_curvature_op_set_method; notation in products.h):
+ *  - R-operator (Pearlmutter, forward over reverse; here): step 3 adds the
+ *    terms as it passes each layer, so step 1 keeps xdot at every layer;
+ *  - double backward (reverse over reverse; products_dbl.c): the backward
+ *    pass differentiated in reverse mode. Its first sweep (the adjoint of
+ *    the backward pass, from the input up) is step 1's and takes the terms
+ *    in xdot right away, dropping each xdot as it goes (only the f'' terms
+ *    are kept for its reverse sweep, steps 2 and 3, which adds the terms in
+ *    v alone as it passes).
+ * The default is the faster as measured (CPK__HVP_DEFAULT, BENCHMARKS.md).
  *
  * On a CUDA context the activations, the blocks of steps 1 and 3 and the
  * layers' cached state live on the device for the operator's lifetime;
@@ -38,35 +50,14 @@
 #include "device_pass.h"
 #include "engine.h"
 #include "ops.h"
+#include "products.h"
 
-typedef struct {
-  cpk__layer *layer;
-  int slot;
-  int64_t numel, offset; /* in the flat parameter vector */
-} trainable;
-
-struct cpk_curvature_op {
-  cpk__pass pass;
-  cpk_pass_spec spec;    /* the caller's, without extensions */
-  cpk_curvature kind;
-  int stop;              /* lowest layer with trainable parameters */
-  cpk_tensor **grads;    /* Hessian: dL/dy at each layer output (index i+1) */
-  cpk_tensor *root;      /* Fisher kinds: S [M, N, *out] or g [1, N, *out]
-                            (on the host) */
-  int device;            /* the context is on the CUDA device */
-  cpk_tensor *f_host;    /* device operator: the model output on the host */
-  cpk_tensor **pdev;     /* device operator: its parameter copies, slot
-                            i * CPK__MAX_PARAMS + p, while not in place */
-  int installed;         /* the copies are in place (params[p].dev) */
-  int ntrain;
-  trainable *train;
-  int64_t dim;
-  /* Passes over a data set (cpk_curvature_op_new_ex, max_batch): nothing
-   * is kept; every product runs the passes over the borrowed batch again
-   * (samples [first, first + nlocal) of total) and sums them. */
-  int64_t max_batch, nlocal, first, total;
-  const cpk_tensor *input, *target;
-};
+/* The method of cpk_curvature_op's Hessian products unless the caller
+ * chooses: double backward, the faster of the two as measured (BENCHMARKS.md,
+ * "R-operator against double backward": 3% faster per product on
+ * mnist_mlp, the same on cifar10_3c3d) and the one that holds less memory
+ * (it drops each tangent once its layer is done). */
+#define CPK__HVP_DEFAULT CPK_HVP_DOUBLE_BACKWARD
 
 int cpk_curvature_parse(const char *name, cpk_curvature *out) {
   static const char *const names[] = {"hessian", "ggn", "fisher_mc",
@@ -83,6 +74,20 @@ int cpk_curvature_parse(const char *name, cpk_curvature *out) {
 }
 
 int64_t cpk_curvature_op_dim(const cpk_curvature_op *op) { return op->dim; }
+
+int cpk_curvature_op_set_method(cpk_curvature_op *op, cpk_hvp_method method) {
+  if (method != CPK_HVP_ROP && method != CPK_HVP_DOUBLE_BACKWARD)
+    return cpk__fail(CPK_EINVAL,
+                     "unknown Hessian-vector product method %d (expected "
+                     "CPK_HVP_ROP or CPK_HVP_DOUBLE_BACKWARD)",
+                     (int)method);
+  op->method = method;
+  return CPK_OK;
+}
+
+cpk_hvp_method cpk_curvature_op_method(const cpk_curvature_op *op) {
+  return op->method;
+}
 
 /* Put the operator's device copies of the parameters in place
  * (params[p].dev), keeping what was there, or the other way round. */
@@ -108,6 +113,10 @@ void cpk_curvature_op_free(cpk_curvature_op *op) {
     for (int i = 0; i <= m->nlayers; i++)
       cpk_tensor_free(op->grads[i]);
   cpk__free(op->grads);
+  if (op->d2g != NULL)
+    for (int i = 0; i < m->nlayers; i++)
+      cpk_tensor_free(op->d2g[i]);
+  cpk__free(op->d2g);
   cpk_tensor_free(op->root);
   cpk_tensor_free(op->f_host);
   cpk__free(op->train);
@@ -180,7 +189,7 @@ static int list_trainable(cpk_curvature_op *op) {
       cpk__param *q = &m->layers[i]->params[p];
       if (!q->trainable)
         continue;
-      trainable *t = &op->train[op->ntrain++];
+      cpk__trainable *t = &op->train[op->ntrain++];
       t->layer = m->layers[i];
       t->slot = p;
       t->numel = cpk_tensor_numel(q->value);
@@ -190,13 +199,32 @@ static int list_trainable(cpk_curvature_op *op) {
   return CPK_OK;
 }
 
-/* The Hessian needs dL/dy at every layer output from one backward pass. */
+/* f''(a_i) o delta_{i+1} [N, *in] of an elementwise layer i with f'' != 0
+ * (the same for every product, so kept). */
+static int keep_d2g(cpk_curvature_op *op, int i) {
+  cpk__pass *pass = &op->pass;
+  cpk__layer *l = pass->model->layers[i];
+  const cpk_tensor *x = pass->acts[i];
+  int rc = cpk__tensor_new_on(pass->ctx, &op->d2g[i], x->dtype, x->ndim,
+                              x->shape);
+  if (rc == CPK_OK)
+    rc = l->kind->d2(l, pass->ctx, x, pass->acts[i + 1], op->d2g[i]);
+  if (rc == CPK_OK)
+    cpk__mul_broadcast(pass->ctx, x->dtype, 1, cpk_tensor_numel(x),
+                       op->grads[i + 1]->data, op->d2g[i]->data,
+                       op->d2g[i]->data);
+  return rc;
+}
+
+/* The Hessian needs dL/dy at every layer output from one backward pass
+ * (and, from it, f''(a_i) o dL/da_{i+1} at the elementwise layers). */
 static int keep_gradients(cpk_curvature_op *op, const cpk_tensor *target) {
   cpk__pass *pass = &op->pass;
   const cpk_model *m = pass->model;
   const cpk_tensor *f = pass->acts[m->nlayers];
   op->grads = cpk__calloc((size_t)(m->nlayers + 1) * sizeof *op->grads);
-  if (op->grads == NULL)
+  op->d2g = cpk__calloc((size_t)m->nlayers * sizeof *op->d2g);
+  if (op->grads == NULL || op->d2g == NULL)
     return CPK_ENOMEM;
   const cpk__layer *last = m->layers[m->nlayers - 1];
   int rc = cpk__block_new_on(pass->ctx, &op->grads[m->nlayers], f->dtype, 1,
@@ -205,8 +233,11 @@ static int keep_gradients(cpk_curvature_op *op, const cpk_tensor *target) {
     rc = host_loss_step(op, STEP_GRAD, target, op->grads[m->nlayers]);
   for (int i = m->nlayers - 1; rc == CPK_OK && i > op->stop; i--) {
     cpk__layer *l = m->layers[i];
-    if ((rc = cpk__block_new_on(pass->ctx, &op->grads[i], f->dtype, 1, pass->n,
-                                l->in_ndim, l->in_shape)) == CPK_OK)
+    if (l->kind->d2 != NULL)
+      rc = keep_d2g(op, i);
+    if (rc == CPK_OK &&
+        (rc = cpk__block_new_on(pass->ctx, &op->grads[i], f->dtype, 1,
+                                pass->n, l->in_ndim, l->in_shape)) == CPK_OK)
       rc = l->kind->jac_t_mat(l, pass->ctx, pass->acts[i], pass->acts[i + 1],
                               op->grads[i + 1], op->grads[i]);
   }
@@ -242,6 +273,7 @@ static int op_prepare(cpk_curvature_op *op, cpk_context *ctx, cpk_model *model,
   int rc;
   cpk__context_apply_threads(ctx);
   op->kind = kind;
+  op->method = CPK__HVP_DEFAULT;
   op->pass.ctx = ctx;
   op->pass.model = model;
   op->spec = *plain;
@@ -321,6 +353,7 @@ int cpk_curvature_op_new_ex(cpk_curvature_op **out, cpk_context *ctx,
     return cpk__dist_agree(ctx, CPK_ENOMEM);
   if (max_batch > 0 && max_batch < n) { /* passes at every product */
     op->kind = kind;
+    op->method = CPK__HVP_DEFAULT;
     op->pass.ctx = ctx;
     op->pass.model = model;
     op->spec = plain;
@@ -346,18 +379,6 @@ int cpk_curvature_op_new_ex(cpk_curvature_op **out, cpk_context *ctx,
 }
 
 /* ------------------------------------------------------------- one product */
-
-/* A view of column v of a block [V, N, *shape] as [N, *shape] or
- * [1, N, *shape] (lead = 1). */
-static void column(const cpk_tensor *b, int64_t v, int lead, cpk_tensor *out) {
-  const int64_t per = cpk_tensor_numel(b) / b->shape[0];
-  cpk__tensor_view(out, b->dtype,
-                   (char *)b->data + (size_t)(v * per) * cpk_dtype_size(b->dtype),
-                   b->ndim - 1 + lead, b->shape + 1 - lead);
-  if (lead)
-    out->shape[0] = 1;
-  out->device = b->device;
-}
 
 /* w := M u at the model output, per the curvature kind, on the host (ctx
  * a CPU context, f the output, u and w host tensors; w zero on entry). */
@@ -387,12 +408,10 @@ static int output_curvature_host(cpk_curvature_op *op, cpk_context *ctx,
   return CPK_OK;
 }
 
-/* w := M u at the model output (blocks [V, N, *out] on the context's
- * device, w zero): on a device operator u comes down and w goes up. */
-static int output_curvature(cpk_curvature_op *op, const cpk_tensor *u,
-                            cpk_tensor *w) {
+int cpk__curv_output(cpk_curvature_op *op, const cpk_tensor *u,
+                     cpk_tensor *w) {
   cpk__pass *pass = &op->pass;
-  if (!op->device)
+  if (!op->device) /* on a device operator u comes down and w goes up */
     return output_curvature_host(op, pass->ctx,
                                  pass->acts[pass->model->nlayers], u, w);
   cpk_tensor *uh = NULL, *wh = NULL;
@@ -411,9 +430,8 @@ static int output_curvature(cpk_curvature_op *op, const cpk_tensor *u,
   return rc;
 }
 
-/* R-forward through layer i: xdot[i+1] = J_x xdot[i] + sum_p J_theta_p t_p. */
-static int rforward_layer(cpk_curvature_op *op, int i, int64_t k,
-                          cpk_tensor **xdot, cpk_tensor **tang) {
+int cpk__curv_tangent_layer(cpk_curvature_op *op, int i, int64_t k,
+                            cpk_tensor **xdot, cpk_tensor **tang) {
   cpk__pass *pass = &op->pass;
   cpk__layer *l = pass->model->layers[i];
   const cpk_tensor *x = pass->acts[i], *y = pass->acts[i + 1];
@@ -435,80 +453,59 @@ static int rforward_layer(cpk_curvature_op *op, int i, int64_t k,
   return rc;
 }
 
-/* The Hessian's second-order terms at layer i for every column v. */
-static int hessian_terms(cpk_curvature_op *op, int i, int64_t k,
-                         cpk_tensor **xdot, cpk_tensor **tang,
-                         cpk_tensor *gdot_in, cpk_tensor **prods) {
+int cpk__curv_terms_tangent(cpk_curvature_op *op, int i, int64_t k,
+                            const cpk_tensor *xdot, cpk_tensor *ain,
+                            int ain_zero, cpk_tensor **prods) {
   cpk__pass *pass = &op->pass;
   cpk__layer *l = pass->model->layers[i];
-  const cpk_tensor *x = pass->acts[i], *y = pass->acts[i + 1];
-  const cpk_tensor *g = op->grads[i + 1];
+  const cpk_tensor *x = pass->acts[i], *g = op->grads[i + 1];
   int rc = CPK_OK;
-  if (l->kind->d2 != NULL && gdot_in != NULL && xdot[i] != NULL) {
-    /* f''(x) o g o xdot[v] */
-    cpk_tensor *h;
-    if ((rc = cpk__tensor_new_on(pass->ctx, &h, x->dtype, x->ndim,
-                                 x->shape)) != CPK_OK)
-      return rc;
-    if ((rc = l->kind->d2(l, pass->ctx, x, y, h)) == CPK_OK) {
-      const int64_t m = cpk_tensor_numel(x);
-      cpk__mul_broadcast(pass->ctx, x->dtype, 1, m, g->data, h->data, h->data);
-      /* gdot_in[v] += h o xdot[v], through h o xdot (all columns) */
-      cpk_tensor *hx;
-      if ((rc = cpk__tensor_new_on(pass->ctx, &hx, x->dtype, xdot[i]->ndim,
-                                   xdot[i]->shape)) == CPK_OK) {
-        cpk__mul_broadcast(pass->ctx, x->dtype, k, m, h->data, xdot[i]->data,
-                           hx->data);
-        cpk__axpy(pass->ctx, x->dtype, k * m, 1.0, hx->data, gdot_in->data);
-        cpk_tensor_free(hx);
-      }
-    }
-    cpk_tensor_free(h);
-    return rc;
-  }
-  if (!l->kind->param_jac_is_input || l->nparams == 0)
+  if (xdot == NULL)
     return CPK_OK;
-  for (int t = 0; rc == CPK_OK && t < op->ntrain; t++) {
-    if (op->train[t].layer != l)
-      continue;
-    for (int64_t v = 0; rc == CPK_OK && v < k; v++) {
-      /* products: J_W(x := xdot[v])^T g; the bias's J^T g does not depend
-       * on x */
-      if (xdot[i] != NULL && op->train[t].slot == 0) {
-        cpk_tensor xv, pv;
-        column(xdot[i], v, 0, &xv);
-        column(prods[t], v, 0, &pv);
-        rc = l->kind->param_jac_t_mat(l, pass->ctx, op->train[t].slot, &xv, g,
-                                      0, 1.0, &pv);
-      }
-      /* gdot_in: J_x(W := t_W[v])^T g, the weight (slot 0) swapped in
-       * (where the layer reads it: cpk__param_value) */
-      if (rc == CPK_OK && gdot_in != NULL && op->train[t].slot == 0) {
-        cpk_tensor **where =
-            op->device ? &l->params[0].dev : &l->params[0].value;
-        cpk_tensor tv, gv, *keep = *where;
-        cpk_tensor *acc;
-        column(tang[t], v, 0, &tv);
-        tv.ndim = keep->ndim;
-        memcpy(tv.shape, keep->shape, sizeof tv.shape);
-        cpk__tensor_contiguous_strides(&tv);
-        column(gdot_in, v, 1, &gv);
-        if ((rc = cpk__tensor_new_on(pass->ctx, &acc, gv.dtype, gv.ndim,
-                                     gv.shape)) != CPK_OK)
-          break;
-        *where = &tv;
-        rc = l->kind->jac_t_mat(l, pass->ctx, x, y, g, acc);
-        *where = keep;
-        if (rc == CPK_OK)
-          cpk__axpy(pass->ctx, gv.dtype, cpk_tensor_numel(acc), 1.0, acc->data,
-                    gv.data);
-        cpk_tensor_free(acc);
-      }
+  if (op->d2g[i] != NULL && ain != NULL) {
+    /* ain[v] += h o xdot[v], h = f''(x) o g, for all columns at once */
+    const int64_t m = cpk_tensor_numel(x);
+    cpk_tensor *hx = ain;
+    if (!ain_zero)
+      rc = cpk__tensor_new_on(pass->ctx, &hx, x->dtype, xdot->ndim,
+                              xdot->shape);
+    if (rc != CPK_OK)
+      return rc;
+    cpk__mul_broadcast(pass->ctx, x->dtype, k, m, op->d2g[i]->data, xdot->data,
+                       hx->data);
+    if (hx != ain) {
+      cpk__axpy(pass->ctx, x->dtype, k * m, 1.0, hx->data, ain->data);
+      cpk_tensor_free(hx);
     }
   }
+  if (l->kind->mixed_param_jac_t_mat == NULL)
+    return rc;
+  for (int t = 0; rc == CPK_OK && t < op->ntrain; t++)
+    if (op->train[t].layer == l) /* Jtheta(x := xdot[v])^T g */
+      rc = l->kind->mixed_param_jac_t_mat(l, pass->ctx, op->train[t].slot, x,
+                                          g, xdot, prods[t]);
   return rc;
 }
 
+int cpk__curv_terms_direction(cpk_curvature_op *op, int i, cpk_tensor **tang,
+                              cpk_tensor *ain) {
+  cpk__pass *pass = &op->pass;
+  cpk__layer *l = pass->model->layers[i];
+  int rc = CPK_OK;
+  if (l->kind->mixed_jac_t_mat == NULL)
+    return CPK_OK;
+  for (int t = 0; rc == CPK_OK && t < op->ntrain; t++)
+    if (op->train[t].layer == l) /* J_x(theta := t[v])^T g */
+      rc = l->kind->mixed_jac_t_mat(l, pass->ctx, op->train[t].slot,
+                                    pass->acts[i], op->grads[i + 1], tang[t],
+                                    ain);
+  return rc;
+}
+
+/* The R-operator (and the other curvatures' J^T M J): the tangent sweep
+ * keeping every xdot (the Hessian needs them on the way back), M at the
+ * output, then the reverse sweep adding the second-order terms at each
+ * layer as it passes (the Hessian). */
 static int product_block(cpk_curvature_op *op, int64_t k, cpk_tensor **tang,
                          cpk_tensor **prods) {
   cpk__pass *pass = &op->pass;
@@ -518,7 +515,7 @@ static int product_block(cpk_curvature_op *op, int64_t k, cpk_tensor **tang,
   cpk_tensor *gdot = NULL;
   int rc = xdot ? CPK_OK : CPK_ENOMEM;
   for (int i = op->stop; rc == CPK_OK && i < m->nlayers; i++) {
-    rc = rforward_layer(op, i, k, xdot, tang);
+    rc = cpk__curv_tangent_layer(op, i, k, xdot, tang);
     if (!hess && i > op->stop) { /* only the Hessian needs them later */
       cpk_tensor_free(xdot[i]);
       xdot[i] = NULL;
@@ -528,7 +525,7 @@ static int product_block(cpk_curvature_op *op, int64_t k, cpk_tensor **tang,
   if (rc == CPK_OK &&
       (rc = cpk__block_new_on(pass->ctx, &gdot, m->dtype, k, pass->n,
                               last->out_ndim, last->out_shape)) == CPK_OK)
-    rc = output_curvature(op, xdot[m->nlayers], gdot);
+    rc = cpk__curv_output(op, xdot[m->nlayers], gdot);
   for (int i = m->nlayers - 1; rc == CPK_OK && i >= op->stop; i--) {
     cpk__layer *l = m->layers[i];
     for (int t = 0; rc == CPK_OK && t < op->ntrain; t++)
@@ -542,7 +539,9 @@ static int product_block(cpk_curvature_op *op, int64_t k, cpk_tensor **tang,
       rc = l->kind->jac_t_mat(l, pass->ctx, pass->acts[i], pass->acts[i + 1],
                               gdot, gin);
     if (rc == CPK_OK && hess)
-      rc = hessian_terms(op, i, k, xdot, tang, gin, prods);
+      rc = cpk__curv_terms_tangent(op, i, k, xdot[i], gin, 0, prods);
+    if (rc == CPK_OK && hess && gin != NULL)
+      rc = cpk__curv_terms_direction(op, i, tang, gin);
     cpk_tensor_free(gdot);
     gdot = gin;
   }
@@ -648,7 +647,9 @@ static int apply_local(cpk_curvature_op *op, int64_t k, const double *in,
     param_views(op, k, prods_d, views + nt, ptrs + nt);
     if (op->device)
       swap_params(op);
-    rc = product_block(op, k, ptrs, ptrs + nt);
+    rc = op->kind == CPK_CURV_HESSIAN && op->method == CPK_HVP_DOUBLE_BACKWARD
+             ? cpk__curv_hessian_dbl(op, k, ptrs, ptrs + nt)
+             : product_block(op, k, ptrs, ptrs + nt);
     if (op->device)
       swap_params(op);
   }
@@ -693,6 +694,7 @@ static int apply_passes(cpk_curvature_op *op, int64_t k, const double *in,
     cpk__rows_view(&y, op->target, at, count);
     rc = op_prepare(one, ctx, op->pass.model, &op->spec, &x, &y, op->kind,
                     op->first + at, op->total);
+    one->method = op->method;
     if (rc == CPK_OK)
       rc = apply_local(one, k, in, part);
     for (int64_t i = 0; rc == CPK_OK && i < k * op->dim; i++)

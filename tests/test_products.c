@@ -1,11 +1,15 @@
 /*
  * test_products.c: curvature-vector products (cpk_curvature_op) against
  * matrices built independently, float64, 1e-9 relative: the Hessian from
- * 4-point central differences of the gradient, the GGN from 4-point
- * finite-difference Jacobians of the outputs and
- * the closed-form loss Hessians, the empirical Fisher from single-sample
- * gradients; symmetry u^T C v = v^T C u; a block equals one vector at a
- * time; the Monte Carlo Fisher converges to the GGN.
+ * 4-point central differences of the gradient (both methods, the
+ * R-operator and double backward, which also agree with each other to
+ * 1e-12), the GGN from 4-point finite-difference Jacobians of the outputs
+ * and the closed-form loss Hessians, the empirical Fisher from
+ * single-sample gradients; on tiny networks with every layer kind that
+ * products support (batch norm in evaluation mode, with perturbed running
+ * statistics); symmetry u^T C v = v^T C u; a block equals one vector at a
+ * time; passes over the batch equal one pass; the Monte Carlo Fisher
+ * converges to the GGN; batch statistics refuse the Hessian.
  */
 #include <math.h>
 #include <stdio.h>
@@ -18,7 +22,12 @@
 #define OUT 3
 #define MAXP 64
 
-static const int64_t sample_shape[2] = {2, 2};
+/* A tiny network: its model text and one sample's shape (3 outputs). */
+typedef struct {
+  const char *text;
+  int ndim;
+  int64_t shape[3];
+} net;
 
 typedef struct {
   cpk_model *m;
@@ -28,16 +37,40 @@ typedef struct {
   int64_t p; /* parameters */
 } problem;
 
-static void setup(problem *pb, const char *text, cpk_loss_kind loss,
+/* Batch norm's parameters and running statistics away from their
+ * defaults (weight 1, bias 0, mean 0, variance 1), so that every term of
+ * its derivatives shows. */
+static void perturb_batchnorm(cpk_model *m) {
+  for (int p = 0; p < cpk_model_num_params(m); p++) {
+    const char *name;
+    cpk_tensor *t;
+    tu_ok(cpk_model_param(m, p, &name, &t));
+    const int layer = atoi(name);
+    if (strncmp(cpk_model_layer_name(m, layer), "batchnorm", 9) != 0)
+      continue;
+    const int var = strstr(name, "running_var") != NULL;
+    const int weight = strstr(name, "weight") != NULL;
+    for (int64_t i = 0; i < cpk_tensor_numel(t); i++) {
+      const double wave = 0.3 * sin(1.7 * (double)(p * 7 + i));
+      cpk_tensor_set(t, i,
+                     var ? 0.5 + 0.37 * (double)((p + i) % 4)
+                         : (weight ? 1.0 : 0.0) + wave);
+    }
+  }
+}
+
+static void setup(problem *pb, const net *nt, cpk_loss_kind loss,
                   cpk_reduction red, const cpk_context_options *o) {
-  int64_t xs[3] = {N, 2, 2}, s2[2] = {N, OUT}, n = N;
+  int64_t xs[4] = {N}, s2[2] = {N, OUT}, n = N;
+  memcpy(xs + 1, nt->shape, (size_t)nt->ndim * sizeof *xs);
   memset(pb, 0, sizeof *pb);
   pb->spec = (cpk_pass_spec){loss, red, NULL, 0};
   tu_ok(cpk_context_new(&pb->ctx, o));
-  tu_ok(cpk_model_parse(&pb->m, text, "net"));
-  tu_ok(cpk_model_build(pb->m, 2, sample_shape, CPK_F64));
+  tu_ok(cpk_model_parse(&pb->m, nt->text, "net"));
+  tu_ok(cpk_model_build(pb->m, nt->ndim, nt->shape, CPK_F64));
   tu_ok(cpk_model_init_params(pb->m, 3));
-  pb->x = tu_random(CPK_F64, 3, xs, -1.5, 1.5, 6);
+  perturb_batchnorm(pb->m);
+  pb->x = tu_random(CPK_F64, nt->ndim + 1, xs, -1.5, 1.5, 6);
   if (loss == CPK_LOSS_CROSS_ENTROPY) {
     tu_ok(cpk_tensor_new(&pb->y, CPK_I64, 1, &n));
     for (int i = 0; i < N; i++)
@@ -69,6 +102,8 @@ static void evaluate(problem *pb, double *out, int outputs) {
     for (int p = 0; p < cpk_model_num_params(pb->m); p++) {
       const char *name;
       char key[64];
+      if (!cpk_model_param_trainable(pb->m, p))
+        continue;
       tu_ok(cpk_model_param(pb->m, p, &name, NULL));
       snprintf(key, sizeof key, "%s.grad", name);
       const cpk_tensor *g = cpk_results_find(r, key);
@@ -83,6 +118,8 @@ static void evaluate(problem *pb, double *out, int outputs) {
 static double *param_at(problem *pb, int64_t j) {
   for (int p = 0; p < cpk_model_num_params(pb->m); p++) {
     cpk_tensor *t;
+    if (!cpk_model_param_trainable(pb->m, p))
+      continue;
     tu_ok(cpk_model_param(pb->m, p, NULL, &t));
     if (j < cpk_tensor_numel(t))
       return (double *)t->data + j;
@@ -155,11 +192,15 @@ static void ggn_fd(problem *pb, double g[MAXP][MAXP]) {
   }
 }
 
-/* The operator's matrix, column by column, and as one block. */
-static void op_matrix(problem *pb, cpk_curvature kind, double a[MAXP][MAXP]) {
+/* The operator's matrix, column by column, and as one block; `method` for
+ * the Hessian. */
+static void op_matrix_by(problem *pb, cpk_curvature kind, cpk_hvp_method method,
+                         double a[MAXP][MAXP]) {
   cpk_curvature_op *op;
   tu_ok(cpk_curvature_op_new(&op, pb->ctx, pb->m, &pb->spec, pb->x, pb->y,
                              kind));
+  tu_ok(cpk_curvature_op_set_method(op, method));
+  assert_int_equal(cpk_curvature_op_method(op), method);
   assert_int_equal(cpk_curvature_op_dim(op), pb->p);
   const int64_t p = pb->p;
   double *eye = calloc((size_t)(p * p), sizeof *eye);
@@ -180,6 +221,12 @@ static void op_matrix(problem *pb, cpk_curvature kind, double a[MAXP][MAXP]) {
   cpk_curvature_op_free(op);
 }
 
+static void op_matrix(problem *pb, cpk_curvature kind, double a[MAXP][MAXP]) {
+  op_matrix_by(pb, kind, CPK_HVP_ROP, a);
+}
+
+/* |got - want| <= rtol max|want| + atol elementwise, atol = 1e-10 (or
+ * rtol / 1000 when smaller). */
 static void assert_matrix(double got[MAXP][MAXP], double want[MAXP][MAXP],
                           int64_t p, double rtol, const char *what) {
   static double a[MAXP * MAXP], b[MAXP * MAXP];
@@ -188,33 +235,95 @@ static void assert_matrix(double got[MAXP][MAXP], double want[MAXP][MAXP],
       a[i * p + j] = got[i][j];
       b[i * p + j] = want[i][j];
     }
-  tu_assert_close_array(a, b, p * p, rtol, 1e-10, what);
+  tu_assert_close_array(a, b, p * p, rtol, fmin(1e-10, rtol / 1000), what);
 }
 
-static const char *const nets[] = {
-    "flatten\nlinear 4 3\nsigmoid\nlinear 3 4 bias=false\ntanh\nlinear 4 3\n",
-    "flatten\nlinear 4 3\nelu\nlinear 3 3\nexp\nlog\nlinear 3 3\nlogsigmoid\n",
-    "linear 2 3\nselu\nlinear 3 2\nflatten\ndropout\nlinear 4 3\n",
+/* Every layer kind that products support, 3 outputs, at most MAXP
+ * parameters; smooth activations only where finite differences of the
+ * gradient must hold to 1e-9 (relu, leaky_relu and elu before a
+ * convolution put kinks of f' or f'' within the stencil of some
+ * parameters: the kinked nets below go without finite differences). */
+static const net nets[] = {
+    {"flatten\nlinear 4 3\nsigmoid\nlinear 3 4 bias=false\ntanh\nlinear 4 3\n",
+     2,
+     {2, 2}},
+    {"flatten\nlinear 4 3\nelu\nlinear 3 3\nexp\nlog\nlinear 3 3\nlogsigmoid\n",
+     2,
+     {2, 2}},
+    {"linear 2 3\nselu\nidentity\nlinear 3 2\nflatten\ndropout\nlinear 4 3\n",
+     2,
+     {2, 2}},
+    /* grouped convolution, max pooling, transposed convolution */
+    {"conv1d 2 2 3 padding=1 groups=2\nsigmoid\nmaxpool1d 2\n"
+     "conv_transpose1d 2 2 2 stride=2\nflatten\nlinear 8 3\n",
+     2,
+     {2, 5}},
+    /* zero padding, 2-d convolution, batch norm (evaluation mode, running
+     * statistics), average pooling */
+    {"zeropad2d 1\nconv2d 1 2 3\nbatchnorm2d 2\ntanh\navgpool2d 2\nflatten\n"
+     "linear 8 3\n",
+     3,
+     {1, 4, 4}},
+    /* batch norm over [F, L] between linear layers */
+    {"linear 2 3\nbatchnorm1d 2\ntanh\nflatten\nlinear 6 3\n", 2, {2, 2}},
+    /* 2-d transposed convolution, adaptive average pooling */
+    {"conv_transpose2d 1 2 2\nsigmoid\nadaptive_avgpool2d 2\nflatten\n"
+     "linear 8 3\n",
+     3,
+     {1, 3, 3}},
 };
+#define NNETS (sizeof nets / sizeof nets[0])
 
+/* Piecewise-linear activations, checked where no finite differences are
+ * needed (test_hessian_blocks: the methods against each other, symmetry,
+ * blocks). */
+static const net kinked[] = {
+    {"flatten\nlinear 4 3\nrelu\nlinear 3 3\nleaky_relu 0.1\nlinear 3 3\n",
+     2,
+     {2, 2}},
+    {"conv2d 1 2 2 padding=1\nrelu\nmaxpool2d 2\nflatten\nlinear 8 3\n",
+     3,
+     {1, 3, 3}},
+};
+#define NKINKED (sizeof kinked / sizeof kinked[0])
+
+static void assert_symmetric(double a[MAXP][MAXP], int64_t p,
+                             const char *what) {
+  for (int64_t i = 0; i < p; i++)
+    for (int64_t j = 0; j < i; j++)
+      if (!(fabs(a[i][j] - a[j][i]) <= 1e-12 * (1 + fabs(a[i][j])))) {
+        print_error("%s: [%lld][%lld] = %.17g, [%lld][%lld] = %.17g\n", what,
+                    (long long)i, (long long)j, a[i][j], (long long)j,
+                    (long long)i, a[j][i]);
+        fail();
+      }
+}
+
+/* Both Hessian methods (the R-operator, double backward) against the
+ * finite-difference Hessian, symmetric, and equal to each other to
+ * rounding; the GGN against its finite-difference form. */
 static void test_hessian_and_ggn(void **state) {
-  static double got[MAXP][MAXP], want[MAXP][MAXP];
-  for (size_t net = 0; net < sizeof nets / sizeof nets[0]; net++)
+  static double got[MAXP][MAXP], dbl[MAXP][MAXP], want[MAXP][MAXP];
+  for (size_t net = 0; net < NNETS; net++)
     for (int loss = 0; loss < 3; loss++)
       for (int red = 0; red < 2; red++) {
         problem pb;
         char what[96];
-        setup(&pb, nets[net], (cpk_loss_kind)loss, (cpk_reduction)red, NULL);
-        op_matrix(&pb, CPK_CURV_HESSIAN, got);
+        setup(&pb, &nets[net], (cpk_loss_kind)loss, (cpk_reduction)red, NULL);
+        op_matrix_by(&pb, CPK_CURV_HESSIAN, CPK_HVP_ROP, got);
+        op_matrix_by(&pb, CPK_CURV_HESSIAN, CPK_HVP_DOUBLE_BACKWARD, dbl);
         hessian_fd(&pb, want);
-        snprintf(what, sizeof what, "net %zu %s %s: Hessian", net,
+        snprintf(what, sizeof what, "net %zu %s %s: Hessian (R-op)", net,
                  cpk_loss_name(pb.spec.loss), red ? "sum" : "mean");
         assert_matrix(got, want, pb.p, 1e-9, what);
-        /* symmetry */
-        for (int64_t i = 0; i < pb.p; i++)
-          for (int64_t j = 0; j < i; j++)
-            assert_true(fabs(got[i][j] - got[j][i]) <=
-                        1e-12 * (1 + fabs(got[i][j])));
+        assert_symmetric(got, pb.p, what);
+        snprintf(what, sizeof what, "net %zu %s %s: Hessian (double backward)",
+                 net, cpk_loss_name(pb.spec.loss), red ? "sum" : "mean");
+        assert_matrix(dbl, want, pb.p, 1e-9, what);
+        assert_symmetric(dbl, pb.p, what);
+        snprintf(what, sizeof what, "net %zu %s %s: double backward vs R-op",
+                 net, cpk_loss_name(pb.spec.loss), red ? "sum" : "mean");
+        assert_matrix(dbl, got, pb.p, 1e-12, what);
         op_matrix(&pb, CPK_CURV_GGN, got);
         ggn_fd(&pb, want);
         snprintf(what, sizeof what, "net %zu %s %s: GGN", net,
@@ -224,12 +333,81 @@ static void test_hessian_and_ggn(void **state) {
       }
 }
 
+static double dot(const double *a, const double *b, int64_t n) {
+  double s = 0;
+  for (int64_t i = 0; i < n; i++)
+    s += a[i] * b[i];
+  return s;
+}
+
+/* Hessian products of random blocks, every net and the kinked ones: with
+ * either method a block of K vectors equals K single products; the
+ * methods agree; u^T H v = v^T H u; the double-backward product over
+ * passes of at most 2 samples (cpk_curvature_op_new_ex) equals the
+ * one-pass product. */
+static void test_hessian_blocks(void **state) {
+  enum { K = 4 };
+  for (size_t net = 0; net < NNETS + NKINKED; net++) {
+    problem pb;
+    char what[96];
+    setup(&pb, net < NNETS ? &nets[net] : &kinked[net - NNETS],
+          (cpk_loss_kind)(net % 3), (cpk_reduction)(net % 2), NULL);
+    const int64_t p = pb.p;
+    double *v = malloc((size_t)(K * p) * sizeof *v);
+    double *hv[2], *one = malloc((size_t)p * sizeof *one);
+    for (int64_t i = 0; i < K * p; i++)
+      v[i] = sin(0.37 * (double)i + (double)net) + 0.1;
+    cpk_curvature_op *op;
+    tu_ok(cpk_curvature_op_new(&op, pb.ctx, pb.m, &pb.spec, pb.x, pb.y,
+                               CPK_CURV_HESSIAN));
+    for (int method = 0; method < 2; method++) {
+      hv[method] = malloc((size_t)(K * p) * sizeof *hv[method]);
+      tu_ok(cpk_curvature_op_set_method(op, (cpk_hvp_method)method));
+      tu_ok(cpk_curvature_op_apply(op, K, v, hv[method]));
+      snprintf(what, sizeof what, "net %zu method %d: block column", net,
+               method);
+      for (int j = 0; j < K; j++) {
+        tu_ok(cpk_curvature_op_apply(op, 1, v + j * p, one));
+        tu_assert_close_array(one, hv[method] + j * p, p, 1e-13, 1e-15, what);
+      }
+      for (int a = 0; a < K; a++)
+        for (int b = 0; b < a; b++) {
+          const double uhv = dot(v + a * p, hv[method] + b * p, p);
+          const double vhu = dot(v + b * p, hv[method] + a * p, p);
+          if (!(fabs(uhv - vhu) <= 1e-12 * (1 + fabs(uhv))))
+            fail_msg("net %zu method %d: u^T H v = %.17g, v^T H u = %.17g",
+                     net, method, uhv, vhu);
+        }
+    }
+    snprintf(what, sizeof what, "net %zu: double backward vs R-op, block",
+             net);
+    tu_assert_close_array(hv[1], hv[0], K * p, 1e-12, 1e-15, what);
+    cpk_curvature_op_free(op);
+    /* passes over the batch (one operator on a model at a time: they share
+     * the layers' cached forward state) */
+    double *passes = malloc((size_t)(K * p) * sizeof *passes);
+    tu_ok(cpk_curvature_op_new_ex(&op, pb.ctx, pb.m, &pb.spec, pb.x, pb.y,
+                                  CPK_CURV_HESSIAN, 2));
+    tu_ok(cpk_curvature_op_set_method(op, CPK_HVP_DOUBLE_BACKWARD));
+    tu_ok(cpk_curvature_op_apply(op, K, v, passes));
+    snprintf(what, sizeof what, "net %zu: double backward in passes", net);
+    tu_assert_close_array(passes, hv[1], K * p, 1e-12, 1e-15, what);
+    cpk_curvature_op_free(op);
+    free(passes);
+    free(v);
+    free(one);
+    free(hv[0]);
+    free(hv[1]);
+    teardown(&pb);
+  }
+}
+
 /* Empirical Fisher = sum_n g_n g_n^T with g_n from batch_grad. */
 static void test_empirical_fisher(void **state) {
   static double got[MAXP][MAXP], want[MAXP][MAXP];
   for (int loss = 0; loss < 3; loss++) {
     problem pb;
-    setup(&pb, nets[0], (cpk_loss_kind)loss, CPK_REDUCTION_MEAN, NULL);
+    setup(&pb, &nets[0], (cpk_loss_kind)loss, CPK_REDUCTION_MEAN, NULL);
     op_matrix(&pb, CPK_CURV_EMPIRICAL_FISHER, got);
     cpk_pass_spec spec = pb.spec;
     spec.extensions = "batch_grad";
@@ -266,7 +444,7 @@ static void test_fisher_mc(void **state) {
   static double got[MAXP][MAXP], want[MAXP][MAXP];
   cpk_context_options o = {.seed = 4, .mc_samples = 50000};
   problem pb;
-  setup(&pb, nets[0], CPK_LOSS_CROSS_ENTROPY, CPK_REDUCTION_SUM, &o);
+  setup(&pb, &nets[0], CPK_LOSS_CROSS_ENTROPY, CPK_REDUCTION_SUM, &o);
   op_matrix(&pb, CPK_CURV_FISHER_MC, got);
   op_matrix(&pb, CPK_CURV_GGN, want);
   assert_matrix(got, want, pb.p, 0.03, "Monte Carlo Fisher vs GGN");
@@ -277,13 +455,17 @@ static void test_errors(void **state) {
   problem pb;
   cpk_curvature_op *op;
   cpk_curvature k;
-  setup(&pb, nets[0], CPK_LOSS_MSE, CPK_REDUCTION_SUM, NULL);
+  setup(&pb, &nets[0], CPK_LOSS_MSE, CPK_REDUCTION_SUM, NULL);
   tu_ok(cpk_curvature_op_new(&op, pb.ctx, pb.m, &pb.spec, pb.x, pb.y,
                              CPK_CURV_GGN));
   double v[MAXP] = {0}, out[MAXP];
   v[3] = NAN;
   assert_int_equal(cpk_curvature_op_apply(op, 1, v, out), CPK_ENONFINITE);
   assert_int_equal(cpk_curvature_op_apply(op, 0, v, out), CPK_EINVAL);
+  assert_int_equal(cpk_curvature_op_set_method(op, (cpk_hvp_method)2),
+                   CPK_EINVAL);
+  /* the default */
+  assert_int_equal(cpk_curvature_op_method(op), CPK_HVP_DOUBLE_BACKWARD);
   cpk_curvature_op_free(op);
   tu_ok(cpk_curvature_parse("empirical_fisher", &k));
   assert_int_equal(k, CPK_CURV_EMPIRICAL_FISHER);
@@ -291,9 +473,36 @@ static void test_errors(void **state) {
   teardown(&pb);
 }
 
+/* Batch norm on batch statistics couples the samples nonlinearly; the
+ * Hessian's second-order terms through it are not implemented, and either
+ * method says so instead of leaving them out. */
+static void test_batch_statistics(void **state) {
+  static const net bn = {"linear 2 3\nbatchnorm1d 2 track_running_stats=false\n"
+                         "tanh\nflatten\nlinear 6 3\n",
+                         2,
+                         {2, 2}};
+  problem pb;
+  setup(&pb, &bn, CPK_LOSS_MSE, CPK_REDUCTION_SUM, NULL);
+  double v[MAXP], out[MAXP];
+  for (int64_t i = 0; i < pb.p; i++)
+    v[i] = 1;
+  for (int method = 0; method < 2; method++) {
+    cpk_curvature_op *op;
+    tu_ok(cpk_curvature_op_new(&op, pb.ctx, pb.m, &pb.spec, pb.x, pb.y,
+                               CPK_CURV_HESSIAN));
+    tu_ok(cpk_curvature_op_set_method(op, (cpk_hvp_method)method));
+    assert_int_equal(cpk_curvature_op_apply(op, 1, v, out), CPK_ENOTSUP);
+    assert_non_null(strstr(cpk_last_error(), "batch statistics"));
+    cpk_curvature_op_free(op);
+  }
+  teardown(&pb);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_hessian_and_ggn),
+      cmocka_unit_test(test_hessian_blocks),
+      cmocka_unit_test(test_batch_statistics),
       cmocka_unit_test(test_empirical_fisher),
       cmocka_unit_test(test_fisher_mc),
       cmocka_unit_test(test_errors),

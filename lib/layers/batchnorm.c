@@ -65,6 +65,7 @@
 
 #include "device.h"
 #include "layer.h"
+#include "ops.h"
 #ifdef CPK_HAVE_CUDA
 #include "gpu_ops.h"
 #include "layers_cuda.h"
@@ -474,6 +475,110 @@ static int bn_param_jac_mat(cpk__layer *l, cpk_context *ctx, int p,
   return CPK_OK;
 }
 
+/* out := w[c] istd[c] in over `rows` rows [rows, F, L] (w NULL: 1), on
+ * the context's device. */
+static void bn_scale_on(const cpk__layer *l, const cpk_context *ctx,
+                        cpk_dtype dt, int64_t rows, const void *w,
+                        const void *in, void *out) {
+  const batchnorm *s = l->priv;
+  const int64_t f = s->features, pos = bn_positions(l);
+#ifdef CPK_HAVE_CUDA
+  if (cpk__on_cuda(ctx)) {
+    cpk__cuda_bn_scale(ctx->gpu, dt == CPK_F64, rows, f, pos, w,
+                       (const double *)s->dev->data + f, in, out);
+    return;
+  }
+#endif
+  if (dt == CPK_F32)
+    bn_scale_f32(rows, f, pos, w, s->istd, in, out);
+  else
+    bn_scale_f64(rows, f, pos, w, s->istd, in, out);
+}
+
+/* The mixed second derivatives need evaluation mode: with batch statistics
+ * every output depends on the whole batch, nonlinearly. */
+static int bn_mixed_ready(const cpk__layer *l, const cpk_context *ctx) {
+  const batchnorm *s = l->priv;
+  int rc = bn_require_forward(l, ctx);
+  if (rc == CPK_OK && s->batch_stats)
+    rc = cpk__fail(CPK_ENOTSUP,
+                   "%s: Hessian products through batch statistics (training "
+                   "mode, or track_running_stats=false) are not supported; "
+                   "use evaluation mode with running statistics",
+                   l->where);
+  return rc;
+}
+
+/* Mixed second derivatives (layer.h) of the weight in evaluation mode,
+ * where J_x = diag(weight istd) and dy/dweight = x_hat = (x - mean) istd
+ * (the bias adds nothing); g [N, F, L]:
+ *   to the input:  out[v, n, c, l] += t[v, c] istd[c] g[n, c, l]
+ *                  (bn_scale of g with weight t[v], per column);
+ *   to the weight: out[v, c] += sum_{n,l} u[v, n, c, l] istd[c] g[n, c, l]
+ *                  (istd g once, times every column, then bn_param's sums). */
+static int bn_mixed_jac_t_mat(cpk__layer *l, cpk_context *ctx, int p,
+                              const cpk_tensor *x, const cpk_tensor *g,
+                              const cpk_tensor *t, cpk_tensor *out) {
+  const batchnorm *s = l->priv;
+  const int64_t n = x->shape[0], f = s->features, per = cpk_tensor_numel(x);
+  const int64_t v = cpk_tensor_numel(t) / f;
+  const size_t es = cpk_dtype_size(g->dtype);
+  cpk_tensor *tmp;
+  if (p != s->p_weight)
+    return CPK_OK;
+  int rc = bn_mixed_ready(l, ctx);
+  if (rc != CPK_OK ||
+      (rc = cpk__tensor_new_on(ctx, &tmp, g->dtype, 1, &per)) != CPK_OK)
+    return rc;
+  for (int64_t b = 0; b < v; b++) {
+    const char *tb = (const char *)t->data + (size_t)(b * f) * es;
+    bn_scale_on(l, ctx, g->dtype, n, tb, g->data, tmp->data);
+    cpk__axpy(ctx, g->dtype, per, 1.0, tmp->data,
+              (char *)out->data + (size_t)(b * per) * es);
+  }
+  cpk_tensor_free(tmp);
+  return CPK_OK;
+}
+
+static int bn_mixed_param_jac_t_mat(cpk__layer *l, cpk_context *ctx, int p,
+                                    const cpk_tensor *x, const cpk_tensor *g,
+                                    const cpk_tensor *u, cpk_tensor *out) {
+  const batchnorm *s = l->priv;
+  const int64_t n = x->shape[0], f = s->features, pos = bn_positions(l);
+  const int64_t per = cpk_tensor_numel(x), v = cpk_tensor_numel(u) / per;
+  const int64_t total = v * per;
+  cpk_tensor *gi = NULL, *prod = NULL;
+  if (p != s->p_weight)
+    return CPK_OK;
+  int rc = bn_mixed_ready(l, ctx);
+  if (rc == CPK_OK)
+    rc = cpk__tensor_new_on(ctx, &gi, g->dtype, 1, &per);
+  if (rc == CPK_OK)
+    rc = cpk__tensor_new_on(ctx, &prod, g->dtype, 1, &total);
+  if (rc != CPK_OK)
+    goto done;
+  bn_scale_on(l, ctx, g->dtype, n, NULL, g->data, gi->data);
+  cpk__mul_broadcast(ctx, g->dtype, v, per, gi->data, u->data, prod->data);
+#ifdef CPK_HAVE_CUDA
+  if (cpk__on_cuda(ctx)) {
+    const double *dmean = s->dev->data;
+    cpk__cuda_bn_param(ctx->gpu, g->dtype == CPK_F64, v, n, f, pos, x->data,
+                       dmean, dmean + f, 0, 0, 1.0, prod->data, out->data);
+    goto done;
+  }
+#endif
+  if (g->dtype == CPK_F32)
+    bn_param_f32(v, n, f, pos, x->data, s->mean, s->istd, 0, 0, 1.0,
+                 prod->data, out->data);
+  else
+    bn_param_f64(v, n, f, pos, x->data, s->mean, s->istd, 0, 0, 1.0,
+                 prod->data, out->data);
+done:
+  cpk_tensor_free(gi);
+  cpk_tensor_free(prod);
+  return rc;
+}
+
 /* The device statistics do not outlive a device pass. */
 static void bn_drop_cache(cpk__layer *l) {
   batchnorm *s = l->priv;
@@ -508,6 +613,8 @@ const cpk__layer_kind cpk__batchnorm1d_kind = {
     .jac_mat = bn_jac,
     .param_jac_t_mat = bn_param_jac_t_mat,
     .param_jac_mat = bn_param_jac_mat,
+    .mixed_jac_t_mat = bn_mixed_jac_t_mat,
+    .mixed_param_jac_t_mat = bn_mixed_param_jac_t_mat,
     .init = bn_init,
     .destroy = bn_destroy,
     .drop_cache = bn_drop_cache,
@@ -527,6 +634,8 @@ const cpk__layer_kind cpk__batchnorm2d_kind = {
     .jac_mat = bn_jac,
     .param_jac_t_mat = bn_param_jac_t_mat,
     .param_jac_mat = bn_param_jac_mat,
+    .mixed_jac_t_mat = bn_mixed_jac_t_mat,
+    .mixed_param_jac_t_mat = bn_mixed_param_jac_t_mat,
     .init = bn_init,
     .destroy = bn_destroy,
     .drop_cache = bn_drop_cache,

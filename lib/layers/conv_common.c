@@ -531,6 +531,43 @@ int cpk__conv_param_jac_mat(cpk__layer *l, cpk_context *ctx, int p,
   return rc;
 }
 
+int cpk__conv_mixed_jac_t_mat(cpk__layer *l, cpk_context *ctx, int p,
+                              const cpk_tensor *x, const cpk_tensor *g,
+                              const cpk_tensor *t, cpk_tensor *out) {
+  const cpk__conv *s = l->priv;
+  const int64_t n = x->shape[0], din = cpk__layer_in_numel(l);
+  const int64_t np = cpk_tensor_numel(l->params[0].value);
+  const int64_t v = cpk_tensor_numel(t) / np;
+  const size_t es = cpk_dtype_size(g->dtype);
+  int rc = CPK_OK;
+  if (p != 0)
+    return CPK_OK;
+  for (int64_t b = 0; b < v && rc == CPK_OK; b++) {
+    const char *tb = (const char *)t->data + (size_t)(b * np) * es;
+    char *ob = (char *)out->data + (size_t)(b * n * din) * es;
+    rc = s->transposed
+             ? cpk__conv_apply(s, ctx, g->dtype, n, g->data, tb, NULL, 1.0, ob)
+             : cpk__conv_adjoint(s, ctx, g->dtype, n, g->data, tb, NULL, 1.0,
+                                 ob);
+  }
+  return rc;
+}
+
+int cpk__conv_mixed_param_jac_t_mat(cpk__layer *l, cpk_context *ctx, int p,
+                                    const cpk_tensor *x, const cpk_tensor *g,
+                                    const cpk_tensor *u, cpk_tensor *out) {
+  const cpk__conv *s = l->priv;
+  const int64_t n = x->shape[0];
+  const int64_t v = cpk__block_v(u, n, cpk__layer_in_numel(l));
+  if (p != 0)
+    return CPK_OK;
+  if (s->transposed) /* X = g (the output side), Y = u */
+    return cpk__conv_weight_grad(s, ctx, g->dtype, v, n, g->data, 0, u->data,
+                                 1, 0, 1.0, out->data);
+  return cpk__conv_weight_grad(s, ctx, g->dtype, v, n, u->data, 1, g->data, 0,
+                               0, 1.0, out->data);
+}
+
 /* ------------------------------------------------------ for extensions */
 
 const cpk__conv *cpk__conv_of(const cpk__layer *l) {

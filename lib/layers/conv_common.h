@@ -161,6 +161,21 @@ int cpk__conv_param_jac_mat(cpk__layer *l, cpk_context *ctx, int p,
                             const cpk_tensor *x, const cpk_tensor *t,
                             double beta, cpk_tensor *out);
 
+/* The mixed second derivatives of the weight (layer.h) of both kinds, the
+ * bias adding nothing; g [N, OUT, *out] the gradient at the output:
+ *   to the input, t [V, *W]: out[v] [N, IN, *in] += J_x(W := t[v])^T g,
+ *     the core's adjoint (ConvNd) or apply (ConvTransposeNd) of g with
+ *     weight t[v], one call over the N images per column;
+ *   to the weight, u [V, N, IN, *in]: out[v] += sum_n J_W(x := u[v,n])^T g_n,
+ *     cpk__conv_weight_grad with the input side per column (X = u for
+ *     ConvNd, Y = u for ConvTransposeNd) and g shared. */
+int cpk__conv_mixed_jac_t_mat(cpk__layer *l, cpk_context *ctx, int p,
+                              const cpk_tensor *x, const cpk_tensor *g,
+                              const cpk_tensor *t, cpk_tensor *out);
+int cpk__conv_mixed_param_jac_t_mat(cpk__layer *l, cpk_context *ctx, int p,
+                                    const cpk_tensor *x, const cpk_tensor *g,
+                                    const cpk_tensor *u, cpk_tensor *out);
+
 /* For extensions. The convolution state of layer l, or NULL when l is not
  * one of the six convolution kinds. */
 const cpk__conv *cpk__conv_of(const cpk__layer *l);

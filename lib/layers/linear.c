@@ -173,6 +173,41 @@ static int linear_param_jac_mat(cpk__layer *l, cpk_context *ctx, int p,
   return CPK_OK;
 }
 
+/* Mixed second derivatives (layer.h) of the weight; the bias enters
+ * additively and adds nothing. Over the rows, g [rows, OUT]:
+ *   to the input:  out[v] [rows, IN] += g t[v]          (J_x(W := t[v])^T g),
+ *   to the weight: out[v] [OUT, IN]  += g^T u[v] [rows, IN]
+ *                                       (J_W(X := u[v])^T g),
+ * one strided-batched GEMM over the V columns each. */
+static int linear_mixed_jac_t_mat(cpk__layer *l, cpk_context *ctx, int p,
+                                  const cpk_tensor *x, const cpk_tensor *g,
+                                  const cpk_tensor *t, cpk_tensor *out) {
+  const linear *s = l->priv;
+  const int64_t rows = linear_rows(l, x);
+  const int64_t fo = s->out_features, fi = s->in_features;
+  if (p != 0)
+    return CPK_OK;
+  cpk__gemm_strided(ctx, g->dtype, 0, 0, rows, fi, fo, 1.0, g->data, fo, 0,
+                    t->data, fi, fo * fi, 1.0, out->data, fi, rows * fi,
+                    cpk_tensor_numel(t) / (fo * fi));
+  return CPK_OK;
+}
+
+static int linear_mixed_param_jac_t_mat(cpk__layer *l, cpk_context *ctx, int p,
+                                        const cpk_tensor *x,
+                                        const cpk_tensor *g,
+                                        const cpk_tensor *u, cpk_tensor *out) {
+  const linear *s = l->priv;
+  const int64_t rows = linear_rows(l, x);
+  const int64_t fo = s->out_features, fi = s->in_features;
+  if (p != 0)
+    return CPK_OK;
+  cpk__gemm_strided(ctx, g->dtype, 1, 0, fo, fi, rows, 1.0, g->data, fo, 0,
+                    u->data, fi, rows * fi, 1.0, out->data, fi, fo * fi,
+                    cpk_tensor_numel(u) / (rows * fi));
+  return CPK_OK;
+}
+
 /* KFRA: (1/N) sum_n J_n^T m J_n = W^T m W when a sample is one row; with
  * leading axes the Jacobian is block diagonal and the generic form applies. */
 static int linear_ea_jac_t_mat_jac(cpk__layer *l, cpk_context *ctx,
@@ -223,6 +258,8 @@ const cpk__layer_kind cpk__linear_kind = {
     .init = linear_init,
     .ea_jac_t_mat_jac = linear_ea_jac_t_mat_jac,
     .param_jac_is_input = 1,
+    .mixed_jac_t_mat = linear_mixed_jac_t_mat,
+    .mixed_param_jac_t_mat = linear_mixed_param_jac_t_mat,
     .destroy = linear_destroy,
     .cuda = 1,
 };
