@@ -2,6 +2,8 @@
  * conv_common.c: configuration, shapes and the compute core shared by the
  * convolution and transposed-convolution layers (see conv_common.h).
  */
+#include "config.h"
+
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -302,6 +304,13 @@ int cpk__conv_apply(const cpk__conv *s, const cpk_context *ctx, cpk_dtype dt,
                     double beta, void *y) {
   if (cpk__on_cuda(ctx))
     return cpk__conv_apply_batched(s, ctx, dt, count, x, w, b, beta, y);
+#ifdef CPK_HAVE_DNNL
+  if (dt == CPK_F32 && beta == 0.0) {
+    const int rc = cpk__dnnl_conv_apply(s, count, x, w, b, y);
+    if (rc != CPK__CONV_DECLINED)
+      return rc;
+  }
+#endif
   cpk__conv_dims d = cpk__conv_dims_of(s, dt);
   const int nt = threads_for(&d, count);
   char *scratch;
@@ -326,6 +335,13 @@ int cpk__conv_adjoint(const cpk__conv *s, const cpk_context *ctx, cpk_dtype dt,
                       const void *b, double beta, void *x) {
   if (cpk__on_cuda(ctx))
     return cpk__conv_adjoint_batched(s, ctx, dt, count, y, w, b, beta, x);
+#ifdef CPK_HAVE_DNNL
+  if (dt == CPK_F32 && beta == 0.0 && b == NULL) {
+    const int rc = cpk__dnnl_conv_adjoint(s, count, y, w, x);
+    if (rc != CPK__CONV_DECLINED)
+      return rc;
+  }
+#endif
   cpk__conv_dims d = cpk__conv_dims_of(s, dt);
   const int nt = threads_for(&d, count);
   char *scratch;
@@ -470,6 +486,13 @@ int cpk__conv_weight_grad(const cpk__conv *s, const cpk_context *ctx,
   if (cpk__on_cuda(ctx))
     return cpk__conv_weight_grad_batched(s, ctx, dt, v, n, x, x_has_v, y,
                                          y_has_v, per_sample, beta, out);
+#ifdef CPK_HAVE_DNNL
+  if (dt == CPK_F32 && beta == 0.0 && v == 1 && !per_sample) {
+    const int rc = cpk__dnnl_conv_weight_grad(s, n, x, y, out);
+    if (rc != CPK__CONV_DECLINED)
+      return rc;
+  }
+#endif
   cpk__conv_dims d = cpk__conv_dims_of(s, dt);
   const weight_operands o = {x, y, v, n, x_has_v, y_has_v};
   const int nt = threads_for(&d, n);
