@@ -256,25 +256,40 @@ int cpk__dnnl_conv_apply(const cpk__conv *s, int64_t count, const float *x,
   return rc;
 }
 
+/* c->pd[0] := the forward descriptor (the hint), c->pd[1] := the backward
+ * one: for the data (weights = 0) or for the weights (weights = 1). */
+static int backward_pd(conv_mds *m, int weights, call *c) {
+  dnnl_convolution_desc_t cd;
+  if (forward_pd(m, 0, &c->pd[0]) != CPK_OK)
+    return CPK__CONV_DECLINED;
+  const dnnl_status_t st =
+      weights ? dnnl_dilated_convolution_backward_weights_desc_init(
+                    &cd, dnnl_convolution_direct, &m->src_any, &m->wei_any,
+                    NULL, &m->dst_any, m->strides, m->dilates, m->pad_l,
+                    m->pad_r)
+              : dnnl_dilated_convolution_backward_data_desc_init(
+                    &cd, dnnl_convolution_direct, &m->src_any, &m->wei_any,
+                    &m->dst_any, m->strides, m->dilates, m->pad_l, m->pad_r);
+  if (st != dnnl_success ||
+      dnnl_primitive_desc_create(&c->pd[1], &cd, NULL, engine, c->pd[0]) !=
+          dnnl_success)
+    return CPK__CONV_DECLINED;
+  return CPK_OK;
+}
+
 int cpk__dnnl_conv_adjoint(const cpk__conv *s, int64_t count, const float *y,
                            const float *w, float *x) {
   conv_mds m;
   call c = {0};
-  dnnl_convolution_desc_t cd;
-  if (!usable() || mds_of(s, count, &m) != CPK_OK ||
-      forward_pd(&m, 0, &c.pd[0]) != CPK_OK ||
-      dnnl_dilated_convolution_backward_data_desc_init(
-          &cd, dnnl_convolution_direct, &m.src_any, &m.wei_any, &m.dst_any,
-          m.strides, m.dilates, m.pad_l, m.pad_r) != dnnl_success ||
-      dnnl_primitive_desc_create(&c.pd[1], &cd, NULL, engine, c.pd[0]) !=
-          dnnl_success) {
-    call_free(&c);
-    return CPK__CONV_DECLINED;
+  int rc = usable() ? mds_of(s, count, &m) : CPK__CONV_DECLINED;
+  if (rc == CPK_OK)
+    rc = backward_pd(&m, 0, &c);
+  if (rc == CPK_OK) {
+    operand ops[3] = {OPERAND(DNNL_ARG_DIFF_DST, &m.dst, y, 0),
+                      OPERAND(DNNL_ARG_WEIGHTS, &m.wei, w, 0),
+                      OPERAND(DNNL_ARG_DIFF_SRC, &m.src, x, 1)};
+    rc = run(&c, ops, 3);
   }
-  operand ops[3] = {OPERAND(DNNL_ARG_DIFF_DST, &m.dst, y, 0),
-                    OPERAND(DNNL_ARG_WEIGHTS, &m.wei, w, 0),
-                    OPERAND(DNNL_ARG_DIFF_SRC, &m.src, x, 1)};
-  int rc = run(&c, ops, 3);
   call_free(&c);
   return rc;
 }
@@ -283,22 +298,15 @@ int cpk__dnnl_conv_weight_grad(const cpk__conv *s, int64_t n, const float *x,
                                const float *y, float *dw) {
   conv_mds m;
   call c = {0};
-  dnnl_convolution_desc_t cd;
-  if (!usable() || mds_of(s, n, &m) != CPK_OK ||
-      forward_pd(&m, 0, &c.pd[0]) != CPK_OK ||
-      dnnl_dilated_convolution_backward_weights_desc_init(
-          &cd, dnnl_convolution_direct, &m.src_any, &m.wei_any, NULL,
-          &m.dst_any, m.strides, m.dilates, m.pad_l, m.pad_r) !=
-          dnnl_success ||
-      dnnl_primitive_desc_create(&c.pd[1], &cd, NULL, engine, c.pd[0]) !=
-          dnnl_success) {
-    call_free(&c);
-    return CPK__CONV_DECLINED;
+  int rc = usable() ? mds_of(s, n, &m) : CPK__CONV_DECLINED;
+  if (rc == CPK_OK)
+    rc = backward_pd(&m, 1, &c);
+  if (rc == CPK_OK) {
+    operand ops[3] = {OPERAND(DNNL_ARG_SRC, &m.src, x, 0),
+                      OPERAND(DNNL_ARG_DIFF_DST, &m.dst, y, 0),
+                      OPERAND(DNNL_ARG_DIFF_WEIGHTS, &m.wei, dw, 1)};
+    rc = run(&c, ops, 3);
   }
-  operand ops[3] = {OPERAND(DNNL_ARG_SRC, &m.src, x, 0),
-                    OPERAND(DNNL_ARG_DIFF_DST, &m.dst, y, 0),
-                    OPERAND(DNNL_ARG_DIFF_WEIGHTS, &m.wei, dw, 1)};
-  int rc = run(&c, ops, 3);
   call_free(&c);
   return rc;
 }
