@@ -98,7 +98,7 @@ static void check_case(const conv_case *c, int64_t count) {
     if (with_bias && b == NULL)
       continue;
     cpk__dnnl_enable(1);
-    tu_ok(cpk__dnnl_conv_apply(s, count, x, w, bb, got));
+    tu_ok(cpk__dnnl_conv_apply(s, count, x, w, bb, 0.0f, got));
     cpk__dnnl_enable(0);
     tu_ok(cpk__conv_apply(s, ctx, CPK_F32, count, x, w, bb, 0.0, want));
     expect_close(got, want, ny, c->line, count,
@@ -106,19 +106,46 @@ static void check_case(const conv_case *c, int64_t count) {
   }
   /* adjoint */
   cpk__dnnl_enable(1);
-  tu_ok(cpk__dnnl_conv_adjoint(s, count, y, w, got));
+  tu_ok(cpk__dnnl_conv_adjoint(s, count, y, w, 0.0f, got));
   cpk__dnnl_enable(0);
   tu_ok(cpk__conv_adjoint(s, ctx, CPK_F32, count, y, w, NULL, 0.0, want));
   expect_close(got, want, nx, c->line, count, "adjoint");
   /* weight gradient summed over the images */
   cpk__dnnl_enable(1);
-  tu_ok(cpk__dnnl_conv_weight_grad(s, count, x, y, gw));
+  tu_ok(cpk__dnnl_conv_weight_grad(s, count, x, y, 0.0f, gw));
   cpk__dnnl_enable(0);
   tu_ok(cpk__conv_weight_grad(s, ctx, CPK_F32, 1, count, x, 0, y, 0, 0, 0.0,
                               ww));
   expect_close(gw, ww, d.wsz, c->line, count, "weight gradient");
+  /* accumulating: out := 0.5 out + the result, from the same start */
+  const int64_t most = nx > ny ? (nx > d.wsz ? nx : d.wsz)
+                               : (ny > d.wsz ? ny : d.wsz);
+  float *start = randoms(most, 3);
+  memcpy(got, start, (size_t)ny * sizeof *got);
+  memcpy(want, start, (size_t)ny * sizeof *want);
+  cpk__dnnl_enable(1);
+  tu_ok(cpk__dnnl_conv_apply(s, count, x, w, b, 0.5f, got));
+  cpk__dnnl_enable(0);
+  tu_ok(cpk__conv_apply(s, ctx, CPK_F32, count, x, w, b, 0.5, want));
+  expect_close(got, want, ny, c->line, count, "apply, beta = 0.5");
+  memcpy(got, start, (size_t)nx * sizeof *got);
+  memcpy(want, start, (size_t)nx * sizeof *want);
+  cpk__dnnl_enable(1);
+  tu_ok(cpk__dnnl_conv_adjoint(s, count, y, w, 0.5f, got));
+  cpk__dnnl_enable(0);
+  tu_ok(cpk__conv_adjoint(s, ctx, CPK_F32, count, y, w, NULL, 0.5, want));
+  expect_close(got, want, nx, c->line, count, "adjoint, beta = 0.5");
+  memcpy(gw, start, (size_t)d.wsz * sizeof *gw);
+  memcpy(ww, start, (size_t)d.wsz * sizeof *ww);
+  cpk__dnnl_enable(1);
+  tu_ok(cpk__dnnl_conv_weight_grad(s, count, x, y, 0.5f, gw));
+  cpk__dnnl_enable(0);
+  tu_ok(cpk__conv_weight_grad(s, ctx, CPK_F32, 1, count, x, 0, y, 0, 0, 0.5,
+                              ww));
+  expect_close(gw, ww, d.wsz, c->line, count, "weight gradient, beta = 0.5");
+  free(start);
   /* turned off, oneDNN declines */
-  assert_int_equal(cpk__dnnl_conv_apply(s, count, x, w, b, got),
+  assert_int_equal(cpk__dnnl_conv_apply(s, count, x, w, b, 0.0f, got),
                    CPK__CONV_DECLINED);
   cpk__dnnl_enable(1);
   free(x);

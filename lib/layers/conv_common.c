@@ -305,8 +305,8 @@ int cpk__conv_apply(const cpk__conv *s, const cpk_context *ctx, cpk_dtype dt,
   if (cpk__on_cuda(ctx))
     return cpk__conv_apply_batched(s, ctx, dt, count, x, w, b, beta, y);
 #ifdef CPK_HAVE_DNNL
-  if (dt == CPK_F32 && beta == 0.0) {
-    const int rc = cpk__dnnl_conv_apply(s, count, x, w, b, y);
+  if (dt == CPK_F32) {
+    const int rc = cpk__dnnl_conv_apply(s, count, x, w, b, (float)beta, y);
     if (rc != CPK__CONV_DECLINED)
       return rc;
   }
@@ -336,8 +336,8 @@ int cpk__conv_adjoint(const cpk__conv *s, const cpk_context *ctx, cpk_dtype dt,
   if (cpk__on_cuda(ctx))
     return cpk__conv_adjoint_batched(s, ctx, dt, count, y, w, b, beta, x);
 #ifdef CPK_HAVE_DNNL
-  if (dt == CPK_F32 && beta == 0.0 && b == NULL) {
-    const int rc = cpk__dnnl_conv_adjoint(s, count, y, w, x);
+  if (dt == CPK_F32 && b == NULL) {
+    const int rc = cpk__dnnl_conv_adjoint(s, count, y, w, (float)beta, x);
     if (rc != CPK__CONV_DECLINED)
       return rc;
   }
@@ -487,8 +487,8 @@ int cpk__conv_weight_grad(const cpk__conv *s, const cpk_context *ctx,
     return cpk__conv_weight_grad_batched(s, ctx, dt, v, n, x, x_has_v, y,
                                          y_has_v, per_sample, beta, out);
 #ifdef CPK_HAVE_DNNL
-  if (dt == CPK_F32 && beta == 0.0 && v == 1 && !per_sample) {
-    const int rc = cpk__dnnl_conv_weight_grad(s, n, x, y, out);
+  if (dt == CPK_F32 && v == 1 && !per_sample) {
+    const int rc = cpk__dnnl_conv_weight_grad(s, n, x, y, (float)beta, out);
     if (rc != CPK__CONV_DECLINED)
       return rc;
   }

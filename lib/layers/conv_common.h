@@ -41,16 +41,18 @@ typedef struct cpk__conv {
 /* oneDNN's direct convolutions for the core (conv_dnnl.c, builds with
  * CPK_HAVE_DNNL), float32 on the CPU: they return CPK_OK once computed,
  * CPK__CONV_DECLINED where oneDNN has no implementation (the caller then
- * unfolds), or an error. apply: y := conv(x) (+ b); adjoint: x := conv^T(y);
- * weight_grad: dw := sum over the n images. CPK_DNNL=0 in the environment,
- * or cpk__dnnl_enable(0), turns them off (every call declines). */
+ * unfolds), or an error. apply: y := beta*y + conv(x) (+ b); adjoint:
+ * x := beta*x + conv^T(y); weight_grad: dw := beta*dw + the sum over the n
+ * images. CPK_DNNL=0 in the environment, or cpk__dnnl_enable(0), turns them
+ * off (every call declines). */
 #define CPK__CONV_DECLINED 1
 int cpk__dnnl_conv_apply(const cpk__conv *s, int64_t count, const float *x,
-                         const float *w, const float *b, float *y);
+                         const float *w, const float *b, float beta,
+                         float *y);
 int cpk__dnnl_conv_adjoint(const cpk__conv *s, int64_t count, const float *y,
-                           const float *w, float *x);
+                           const float *w, float beta, float *x);
 int cpk__dnnl_conv_weight_grad(const cpk__conv *s, int64_t n, const float *x,
-                               const float *y, float *dw);
+                               const float *y, float beta, float *dw);
 void cpk__dnnl_enable(int on);
 
 static inline int64_t cpk__conv_kvol(const cpk__im2col_geom *g) {

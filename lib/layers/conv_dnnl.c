@@ -13,7 +13,8 @@
  * *out]; leading padding geom.pad, trailing padding whatever makes the
  * output extent come out (negative where the last inputs are not reached).
  *
- * Each entry point returns CPK_OK once it computed, CPK__CONV_DECLINED when
+ * Each entry point writes out := beta * out + (the result), and returns
+ * CPK_OK once it computed, CPK__CONV_DECLINED when
  * oneDNN has no implementation for the case (the caller then unfolds), or
  * an error (CPK_ENOMEM, or CPK_EIO naming the oneDNN call that failed).
  * Descriptors and primitives are made at each call (oneDNN's primitive
@@ -240,18 +241,46 @@ static int run(call *c, operand *ops, int n) {
   return rc;
 }
 
+/* Where an output with beta != 0 is computed first: a tracked scratch
+ * copy of n floats, combined by finish_beta; the output itself for
+ * beta = 0. */
+static float *output_for(float beta, int64_t n, float *out) {
+  return beta == 0.0f ? out : cpk__malloc((size_t)n * sizeof(float));
+}
+
+/* out := beta * out + r (r = the scratch copy, freed), on success. */
+static int finish_beta(int rc, float beta, int64_t n, float *r, float *out) {
+  if (r == out)
+    return rc;
+  if (rc == CPK_OK) {
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; i++)
+      out[i] = beta * out[i] + r[i];
+  }
+  cpk__free(r);
+  return rc;
+}
+
 int cpk__dnnl_conv_apply(const cpk__conv *s, int64_t count, const float *x,
-                         const float *w, const float *b, float *y) {
+                         const float *w, const float *b, float beta,
+                         float *y) {
   conv_mds m;
   call c = {0};
   if (!usable() || mds_of(s, count, &m) != CPK_OK ||
-      forward_pd(&m, b != NULL, &c.pd[1]) != CPK_OK)
+      forward_pd(&m, b != NULL, &c.pd[1]) != CPK_OK) {
+    call_free(&c);
     return CPK__CONV_DECLINED;
-  operand ops[4] = {OPERAND(DNNL_ARG_SRC, &m.src, x, 0),
-                    OPERAND(DNNL_ARG_WEIGHTS, &m.wei, w, 0),
-                    OPERAND(DNNL_ARG_DST, &m.dst, y, 1),
-                    OPERAND(DNNL_ARG_BIAS, &m.bias, b, 0)};
-  int rc = run(&c, ops, b != NULL ? 4 : 3);
+  }
+  const int64_t n = count * cpk__conv_dims_of(s, CPK_F32).ysz;
+  float *r = output_for(beta, n, y);
+  int rc = CPK_ENOMEM;
+  if (r != NULL) {
+    operand ops[4] = {OPERAND(DNNL_ARG_SRC, &m.src, x, 0),
+                      OPERAND(DNNL_ARG_WEIGHTS, &m.wei, w, 0),
+                      OPERAND(DNNL_ARG_DST, &m.dst, r, 1),
+                      OPERAND(DNNL_ARG_BIAS, &m.bias, b, 0)};
+    rc = finish_beta(run(&c, ops, b != NULL ? 4 : 3), beta, n, r, y);
+  }
   call_free(&c);
   return rc;
 }
@@ -278,34 +307,40 @@ static int backward_pd(conv_mds *m, int weights, call *c) {
 }
 
 int cpk__dnnl_conv_adjoint(const cpk__conv *s, int64_t count, const float *y,
-                           const float *w, float *x) {
+                           const float *w, float beta, float *x) {
   conv_mds m;
   call c = {0};
   int rc = usable() ? mds_of(s, count, &m) : CPK__CONV_DECLINED;
   if (rc == CPK_OK)
     rc = backward_pd(&m, 0, &c);
   if (rc == CPK_OK) {
+    const int64_t n = count * cpk__conv_dims_of(s, CPK_F32).xsz;
+    float *r = output_for(beta, n, x);
     operand ops[3] = {OPERAND(DNNL_ARG_DIFF_DST, &m.dst, y, 0),
                       OPERAND(DNNL_ARG_WEIGHTS, &m.wei, w, 0),
-                      OPERAND(DNNL_ARG_DIFF_SRC, &m.src, x, 1)};
-    rc = run(&c, ops, 3);
+                      OPERAND(DNNL_ARG_DIFF_SRC, &m.src, r, 1)};
+    rc = r == NULL ? CPK_ENOMEM
+                   : finish_beta(run(&c, ops, 3), beta, n, r, x);
   }
   call_free(&c);
   return rc;
 }
 
 int cpk__dnnl_conv_weight_grad(const cpk__conv *s, int64_t n, const float *x,
-                               const float *y, float *dw) {
+                               const float *y, float beta, float *dw) {
   conv_mds m;
   call c = {0};
   int rc = usable() ? mds_of(s, n, &m) : CPK__CONV_DECLINED;
   if (rc == CPK_OK)
     rc = backward_pd(&m, 1, &c);
   if (rc == CPK_OK) {
+    const int64_t k = cpk__conv_dims_of(s, CPK_F32).wsz;
+    float *r = output_for(beta, k, dw);
     operand ops[3] = {OPERAND(DNNL_ARG_SRC, &m.src, x, 0),
                       OPERAND(DNNL_ARG_DIFF_DST, &m.dst, y, 0),
-                      OPERAND(DNNL_ARG_DIFF_WEIGHTS, &m.wei, dw, 1)};
-    rc = run(&c, ops, 3);
+                      OPERAND(DNNL_ARG_DIFF_WEIGHTS, &m.wei, r, 1)};
+    rc = r == NULL ? CPK_ENOMEM
+                   : finish_beta(run(&c, ops, 3), beta, k, r, dw);
   }
   call_free(&c);
   return rc;
