@@ -560,6 +560,7 @@ static void flat_to_dtype(cpk_dtype dt, int64_t n, const double *src,
     return;
   }
   float *dst = (float *)t->data + at;
+#pragma omp parallel for simd schedule(static) if (n > 65536)
   for (int64_t i = 0; i < n; i++)
     dst[i] = (float)src[i];
 }
@@ -572,8 +573,18 @@ static void dtype_to_flat(cpk_dtype dt, int64_t n, const cpk_tensor *t,
     return;
   }
   const float *src = (const float *)t->data + at;
+#pragma omp parallel for simd schedule(static) if (n > 65536)
   for (int64_t i = 0; i < n; i++)
     dst[i] = src[i];
+}
+
+/* Whether all n values are finite (threads over long vectors). */
+static int all_finite(int64_t n, const double *x) {
+  int bad = 0;
+#pragma omp parallel for simd schedule(static) reduction(| : bad) if (n > 65536)
+  for (int64_t i = 0; i < n; i++)
+    bad |= !isfinite(x[i]);
+  return !bad;
 }
 
 /* The k vectors of `in` ([k, P] doubles) as one tensor in the model's
@@ -589,13 +600,10 @@ static int pack_tangents(cpk_curvature_op *op, int64_t k, const double *in,
     const int64_t ne = op->train[t].numel, base = k * op->train[t].offset;
     for (int64_t v = 0; rc == CPK_OK && v < k; v++) {
       const double *src = in + v * op->dim + op->train[t].offset;
-      for (int64_t e = 0; e < ne; e++)
-        if (!isfinite(src[e])) {
-          rc = cpk__fail(CPK_ENONFINITE,
-                         "vector %lld: non-finite value at parameter %d.%s",
-                         (long long)v, op->train[t].layer->index, q->name);
-          break;
-        }
+      if (!all_finite(ne, src))
+        rc = cpk__fail(CPK_ENONFINITE,
+                       "vector %lld: non-finite value at parameter %d.%s",
+                       (long long)v, op->train[t].layer->index, q->name);
       if (rc == CPK_OK)
         flat_to_dtype(dt, ne, src, *out, base + v * ne);
     }
