@@ -2,12 +2,17 @@
  * through here, so that a pass can report the peak memory it allocated.
  * Large blocks that are freed are kept in a small cache and handed out
  * again for the same size: repeated passes (training steps, --repeat,
- * Lanczos products) then neither map nor fault in fresh pages each time. */
+ * Lanczos products) then neither map nor fault in fresh pages each time.
+ * Fresh large blocks ask the kernel for transparent huge pages: a 1.6 GiB
+ * result (fmnist_2c2d's per-sample gradients) otherwise takes 400,000 page
+ * faults, more time than writing it. */
+#define _DEFAULT_SOURCE /* MADV_HUGEPAGE */
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "internal.h"
 
@@ -19,6 +24,27 @@ static atomic_size_t in_use;
 static atomic_size_t peak;
 /* The memory budget (0: none): bytes in use may not grow beyond it. */
 static atomic_size_t limit;
+
+/* Blocks from this size on are backed by huge pages where the kernel has
+ * them (Linux: madvise mode of transparent huge pages). */
+#define HUGE_MIN_BYTES ((size_t)8 << 20)
+#define HUGE_PAGE ((uintptr_t)2 << 20)
+
+/* Ask for huge pages over the 2 MiB-aligned part of a fresh block; a
+ * refusal (no THP, another system) changes nothing but the speed. */
+static void advise_huge(unsigned char *base, size_t total) {
+#ifdef MADV_HUGEPAGE
+  if (total < HUGE_MIN_BYTES)
+    return;
+  const uintptr_t lo = ((uintptr_t)base + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
+  const uintptr_t hi = ((uintptr_t)base + total) & ~(HUGE_PAGE - 1);
+  if (hi > lo)
+    (void)madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
+#else
+  (void)base;
+  (void)total;
+#endif
+}
 
 /* The cache of freed large blocks (by their full size), under a spin lock. */
 #define CACHE_SLOTS 64
@@ -183,6 +209,7 @@ void *cpk__malloc(size_t bytes) {
       fail_alloc(bytes, now - total, budget, 0);
       return NULL;
     }
+    advise_huge(base, total);
   }
   memcpy(base, &total, sizeof total);
   note_peak(now);

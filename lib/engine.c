@@ -680,11 +680,12 @@ static int combine_ranks(cpk_context *ctx, int rc, cpk_results *r) {
  * host); then drop what only they needed. */
 static int finish_shards(const cpk_context *on, const shard_plan *p,
                          int64_t total, cpk_results *r) {
-  char name[96], base[64];
+  char name[96], base[64], full[96];
   int rc = CPK_OK;
   const int count = cpk_results_count(r);
   for (int i = 0; rc == CPK_OK && i < count; i++) {
-    const char *full = cpk_results_name(r, i);
+    /* a copy: adding a result may move the list and its names */
+    snprintf(full, sizeof full, "%s", cpk_results_name(r, i));
     const size_t len = strlen(full);
     const cpk_tensor *t = cpk_results_tensor(r, i);
     cpk_tensor *out;
@@ -721,7 +722,7 @@ static int finish_shards(const cpk_context *on, const shard_plan *p,
     }
   }
   for (int i = cpk_results_count(r) - 1; rc == CPK_OK && i >= 0; i--) {
-    const char *full = cpk_results_name(r, i);
+    snprintf(full, sizeof full, "%s", cpk_results_name(r, i));
     const size_t len = strlen(full);
     if (((p->variance && !p->has_sgs && len > 17 &&
           strcmp(full + len - 17, ".sum_grad_squared") == 0) ||
