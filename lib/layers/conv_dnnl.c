@@ -306,42 +306,41 @@ static int backward_pd(conv_mds *m, int weights, call *c) {
   return CPK_OK;
 }
 
-int cpk__dnnl_conv_adjoint(const cpk__conv *s, int64_t count, const float *y,
-                           const float *w, float beta, float *x) {
+/* The backward map for the data (weights = 0: a = dY, b = W, out = dX) or
+ * for the weights (weights = 1: a = X, b = dY, out = dW), summed over the
+ * count images: out := beta * out + the result. */
+static int backward(const cpk__conv *s, int64_t count, int weights,
+                    const float *a, const float *b, float beta, float *out) {
   conv_mds m;
   call c = {0};
   int rc = usable() ? mds_of(s, count, &m) : CPK__CONV_DECLINED;
   if (rc == CPK_OK)
-    rc = backward_pd(&m, 0, &c);
+    rc = backward_pd(&m, weights, &c);
   if (rc == CPK_OK) {
-    const int64_t n = count * cpk__conv_dims_of(s, CPK_F32).xsz;
-    float *r = output_for(beta, n, x);
-    operand ops[3] = {OPERAND(DNNL_ARG_DIFF_DST, &m.dst, y, 0),
-                      OPERAND(DNNL_ARG_WEIGHTS, &m.wei, w, 0),
-                      OPERAND(DNNL_ARG_DIFF_SRC, &m.src, r, 1)};
+    const cpk__conv_dims d = cpk__conv_dims_of(s, CPK_F32);
+    const int64_t n = weights ? d.wsz : count * d.xsz;
+    float *r = output_for(beta, n, out);
+    const operand data[3] = {OPERAND(DNNL_ARG_DIFF_DST, &m.dst, a, 0),
+                             OPERAND(DNNL_ARG_WEIGHTS, &m.wei, b, 0),
+                             OPERAND(DNNL_ARG_DIFF_SRC, &m.src, r, 1)};
+    const operand wei[3] = {OPERAND(DNNL_ARG_SRC, &m.src, a, 0),
+                            OPERAND(DNNL_ARG_DIFF_DST, &m.dst, b, 0),
+                            OPERAND(DNNL_ARG_DIFF_WEIGHTS, &m.wei, r, 1)};
+    operand ops[3];
+    memcpy(ops, weights ? wei : data, sizeof ops);
     rc = r == NULL ? CPK_ENOMEM
-                   : finish_beta(run(&c, ops, 3), beta, n, r, x);
+                   : finish_beta(run(&c, ops, 3), beta, n, r, out);
   }
   call_free(&c);
   return rc;
 }
 
+int cpk__dnnl_conv_adjoint(const cpk__conv *s, int64_t count, const float *y,
+                           const float *w, float beta, float *x) {
+  return backward(s, count, 0, y, w, beta, x);
+}
+
 int cpk__dnnl_conv_weight_grad(const cpk__conv *s, int64_t n, const float *x,
                                const float *y, float beta, float *dw) {
-  conv_mds m;
-  call c = {0};
-  int rc = usable() ? mds_of(s, n, &m) : CPK__CONV_DECLINED;
-  if (rc == CPK_OK)
-    rc = backward_pd(&m, 1, &c);
-  if (rc == CPK_OK) {
-    const int64_t k = cpk__conv_dims_of(s, CPK_F32).wsz;
-    float *r = output_for(beta, k, dw);
-    operand ops[3] = {OPERAND(DNNL_ARG_SRC, &m.src, x, 0),
-                      OPERAND(DNNL_ARG_DIFF_DST, &m.dst, y, 0),
-                      OPERAND(DNNL_ARG_DIFF_WEIGHTS, &m.wei, r, 1)};
-    rc = r == NULL ? CPK_ENOMEM
-                   : finish_beta(run(&c, ops, 3), beta, k, r, dw);
-  }
-  call_free(&c);
-  return rc;
+  return backward(s, n, 1, x, y, beta, dw);
 }
