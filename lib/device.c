@@ -147,12 +147,6 @@ static int read_data(const cpk_tensor *src, void *dst, size_t bytes) {
   return CPK_OK;
 }
 
-int cpk__tensor_to_host(const cpk_context *ctx, const cpk_tensor *src,
-                        cpk_tensor **out) {
-  (void)ctx; /* src's own handle does the copy */
-  return cpk_tensor_copy_to_host(src, out);
-}
-
 int cpk_tensor_copy_to_host(const cpk_tensor *t, cpk_tensor **out) {
   int rc = cpk__tensor_new_uninit(out, t->dtype, t->ndim, t->shape);
   if (rc != CPK_OK)

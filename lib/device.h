@@ -25,10 +25,6 @@ int cpk__tensor_new_on_uninit(const cpk_context *ctx, cpk_tensor **out,
  * memory of this context) converted to `dtype`. */
 int cpk__tensor_to_device(const cpk_context *ctx, const cpk_tensor *src,
                           cpk_dtype dtype, cpk_tensor **out);
-/* A new host tensor holding `src` (host or device memory of this context;
- * cpk_tensor_copy_to_host). */
-int cpk__tensor_to_host(const cpk_context *ctx, const cpk_tensor *src,
-                        cpk_tensor **out);
 /* Bring t's data to host memory in place (one download, waited for; the
  * device memory is freed): the same cpk_tensor, now a C-order host tensor.
  * CPK_OK at once for a host tensor. */

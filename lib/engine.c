@@ -254,7 +254,7 @@ static int kfra_sum_ranks(cpk__pass *pass, int rc) {
   if (pass->ctx->dist.size <= 1)
     return rc;
   if (rc == CPK_OK && k->device != NULL)
-    rc = cpk__tensor_to_host(pass->ctx, k, &host);
+    rc = cpk_tensor_copy_to_host(k, &host);
   const cpk_tensor *t = host != NULL ? host : k;
   rc = cpk__dist_sum(pass->ctx, rc, k->dtype, rc == CPK_OK ? t->data : NULL,
                      rc == CPK_OK ? cpk_tensor_numel(t) : 0);
@@ -329,7 +329,7 @@ static int loss_step(cpk__pass *pass, enum loss_step step, const cpk_tensor *f,
   cpk_tensor *f_host = NULL, *out_host = NULL;
   int rc = CPK_OK;
   if (cpk__on_cuda(ctx)) {
-    if ((rc = cpk__tensor_to_host(ctx, f, &f_host)) == CPK_OK)
+    if ((rc = cpk_tensor_copy_to_host(f, &f_host)) == CPK_OK)
       rc = cpk_tensor_new(&out_host, out->dtype, out->ndim, out->shape);
     ctx = cpk__context_host(ctx);
     f = f_host;

@@ -145,7 +145,7 @@ static int fetch(cpk_context *ctx, const cpk_tensor *src, cpk_tensor *dst) {
     return CPK_OK;
   }
   if ((rc = cpk__device_sync(ctx)) == CPK_OK &&
-      (rc = cpk__tensor_to_host(ctx, src, &h)) == CPK_OK)
+      (rc = cpk_tensor_copy_to_host(src, &h)) == CPK_OK)
     memcpy(dst->data, h->data, bytes);
   cpk_tensor_free(h);
   return rc;
@@ -159,7 +159,7 @@ static int bring_home(cpk_context *ctx, cpk_tensor **t) {
   cpk_tensor *h = NULL;
   int rc = cpk__device_sync(ctx);
   if (rc == CPK_OK)
-    rc = cpk__tensor_to_host(ctx, *t, &h);
+    rc = cpk_tensor_copy_to_host(*t, &h);
   cpk_tensor_free(*t);
   *t = h;
   return rc;
@@ -712,7 +712,7 @@ static int monte_carlo(cpk_context *ctx, cpk_model *m, const cpk_tensor *x,
     cpk_tensor *yh = NULL;
     if (rc == CPK_OK && cpk__on_cuda(ctx) &&
         (rc = cpk__device_sync(ctx)) == CPK_OK)
-      rc = cpk__tensor_to_host(ctx, pass.acts[m->nlayers], &yh);
+      rc = cpk_tensor_copy_to_host(pass.acts[m->nlayers], &yh);
     if (rc == CPK_OK) {
       const void *y = yh != NULL ? yh->data : pass.acts[m->nlayers]->data;
       if (dt == CPK_F32)
@@ -800,7 +800,7 @@ int cpk_propagate(cpk_context *ctx, cpk_model *model, const cpk_tensor *input,
      * the host, from its host copy on a device pass). */
     const cpk_tensor *x = pass.acts[0];
     if (x->device != NULL) {
-      CPK__TRY(rc, cpk__tensor_to_host(ctx, x, &x_host), done);
+      CPK__TRY(rc, cpk_tensor_copy_to_host(x, &x_host), done);
       x = x_host;
     }
     rc = monte_carlo(ctx, model, x, s, f0, samples, res);

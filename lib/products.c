@@ -298,7 +298,7 @@ static int op_prepare(cpk_curvature_op *op, cpk_context *ctx, cpk_model *model,
                                          op->pass.acts[model->nlayers],
                                          op->pass.n_total);
   if (op->device && (rc = cpk__device_sync(ctx)) == CPK_OK)
-    rc = cpk__tensor_to_host(ctx, op->pass.acts[model->nlayers], &op->f_host);
+    rc = cpk_tensor_copy_to_host(op->pass.acts[model->nlayers], &op->f_host);
   if (rc != CPK_OK)
     goto done;
   if (kind == CPK_CURV_HESSIAN)
@@ -417,7 +417,7 @@ int cpk__curv_output(cpk_curvature_op *op, const cpk_tensor *u,
   cpk_tensor *uh = NULL, *wh = NULL;
   int rc = cpk__device_sync(pass->ctx);
   if (rc == CPK_OK)
-    rc = cpk__tensor_to_host(pass->ctx, u, &uh);
+    rc = cpk_tensor_copy_to_host(u, &uh);
   if (rc == CPK_OK)
     rc = cpk_tensor_new(&wh, w->dtype, w->ndim, w->shape);
   if (rc == CPK_OK)
@@ -662,7 +662,7 @@ static int apply_local(cpk_curvature_op *op, int64_t k, const double *in,
       swap_params(op);
   }
   if (rc == CPK_OK && op->device && (rc = cpk__device_sync(ctx)) == CPK_OK)
-    rc = cpk__tensor_to_host(ctx, prods_d, &prods_h);
+    rc = cpk_tensor_copy_to_host(prods_d, &prods_h);
   const cpk_tensor *prods = op->device ? prods_h : prods_d;
   for (int t = 0; rc == CPK_OK && t < op->ntrain; t++) {
     const int64_t ne = op->train[t].numel, base = k * op->train[t].offset;

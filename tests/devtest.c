@@ -62,7 +62,7 @@ void dt_check_down(cpk_context *ctx, const cpk_tensor *d, const cpk_tensor *c,
                    double rtol, double atol, const char *what) {
   cpk_tensor *h;
   tu_ok(cpk__device_sync(ctx));
-  tu_ok(cpk__tensor_to_host(ctx, d, &h));
+  tu_ok(cpk_tensor_copy_to_host(d, &h));
   tu_assert_close(h, c, rtol, atol, what);
   cpk_tensor_free(h);
 }
