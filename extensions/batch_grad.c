@@ -21,4 +21,5 @@ static int batch_grad_param(cpk__param_site *s) {
   return CPK_OK;
 }
 
-const cpk__extension cpk__batch_grad_ext = {"batch_grad", 0, batch_grad_param};
+const cpk__extension cpk__batch_grad_ext = {"batch_grad", CPK__NEED_GRAD_BATCH,
+                                           batch_grad_param};

@@ -54,7 +54,11 @@ enum {
   CPK__NEED_SQRT_EXACT = 1, /* the exact square root of the loss Hessian */
   CPK__NEED_SQRT_MC = 2,    /* its Monte Carlo estimate */
   CPK__NEED_HESSIAN_TERMS = 4, /* the exact Hessian as terms */
-  CPK__NEED_KFRA = 8        /* KFRA's averaged GGN matrix */
+  CPK__NEED_KFRA = 8,       /* KFRA's averaged GGN matrix */
+  /* All per-sample gradients at once (batch_grad): where they are formed by
+   * per-sample products anyway, the gradient is their sum instead of one
+   * more product (every parameter but a dense linear layer's). */
+  CPK__NEED_GRAD_BATCH = 16
 };
 
 typedef struct cpk__extension {

@@ -2,7 +2,8 @@
  * through here, so that a pass can report the peak memory it allocated.
  * Large blocks that are freed are kept in a small cache and handed out
  * again for the same size: repeated passes (training steps, --repeat,
- * Lanczos products) then neither map nor fault in fresh pages each time.
+ * Lanczos products) then neither map nor fault in fresh pages each time
+ * (up to an eighth of the machine's memory).
  * Fresh large blocks ask the kernel for transparent huge pages: a 1.6 GiB
  * result (fmnist_2c2d's per-sample gradients) otherwise takes 400,000 page
  * faults, more time than writing it. */
@@ -13,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -49,7 +51,7 @@ static void advise_huge(unsigned char *base, size_t total) {
 /* The cache of freed large blocks (by their full size), under a spin lock. */
 #define CACHE_SLOTS 64
 #define CACHE_MIN_BYTES ((size_t)64 << 10)
-#define CACHE_MAX_BYTES ((size_t)1 << 30)
+#define CACHE_FLOOR_BYTES ((size_t)1 << 30)
 static struct {
   unsigned char *base;
   size_t total;
@@ -86,6 +88,23 @@ static unsigned char *cache_take(size_t total) {
   return base;
 }
 
+/* How much the cache may hold: an eighth of the machine's memory, at least
+ * 1 GiB. Large enough for the per-sample results of the DeepOBS problems
+ * (fmnist_2c2d's batch_grad is 1.6 GiB), whose fresh pages the kernel would
+ * otherwise zero on every pass, costing about as much as writing them.
+ * cpk_memory_trim() gives the held blocks back; a memory budget counts
+ * them. Called under the lock. */
+static size_t cache_max_bytes(void) {
+  static size_t max;
+  if (max == 0) {
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    size_t eighth = pages > 0 && page > 0 ? (size_t)pages / 8 * (size_t)page
+                                          : 0;
+    max = eighth > CACHE_FLOOR_BYTES ? eighth : CACHE_FLOOR_BYTES;
+  }
+  return max;
+}
+
 /* Keep a freed block for reuse; 0 when the cache has no room for it. */
 static int cache_put(unsigned char *base, size_t total) {
   int kept = 0;
@@ -94,7 +113,7 @@ static int cache_put(unsigned char *base, size_t total) {
   lock();
   size_t budget = atomic_load(&limit);
   /* Under a budget, blocks held for reuse count against it too. */
-  if (cache_count < CACHE_SLOTS && cache_bytes + total <= CACHE_MAX_BYTES &&
+  if (cache_count < CACHE_SLOTS && cache_bytes + total <= cache_max_bytes() &&
       (budget == 0 || atomic_load(&in_use) + cache_bytes + total <= budget)) {
     cache[cache_count].base = base;
     cache[cache_count++].total = total;

@@ -983,8 +983,8 @@ int cpk_trainer_load(cpk_trainer *tr, const char *dir);
 size_t cpk_memory_in_use(void);
 size_t cpk_memory_peak(void);
 void cpk_memory_reset_peak(void);
-/* Large freed blocks are kept for reuse (at most 1 GiB): give them back to
- * the system. */
+/* Large freed blocks are kept for reuse (at most an eighth of the machine's
+ * memory, and at least 1 GiB): give them back to the system. */
 void cpk_memory_trim(void);
 /* A budget for the library's memory, process-wide (`curvpack --max-memory`):
  * while it is nonzero, an allocation that would bring the bytes in use

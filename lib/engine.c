@@ -168,17 +168,17 @@ static int visit_chunk(void *ud, int64_t first, const cpk_tensor *chunk) {
                                 site->ctx->shard_first + first, chunk);
 }
 
-/* Every requested extension at parameter p of layer l, whose input is
- * acts[l->index] and whose output sees the current blocks. */
-static int run_extensions(cpk__pass *pass, cpk__layer *l, int p,
-                          const cpk_tensor *grad) {
+/* The gradient of parameter p of layer l into grad, and every requested
+ * extension there; the layer's input is acts[l->index] and its output sees
+ * the current blocks. */
+static int grad_and_extensions(cpk__pass *pass, cpk__layer *l, int p,
+                               cpk_tensor *grad) {
   char name[48];
   int rc = CPK_OK;
   const cpk_pass_options *opts = pass->opts;
   const int visit = opts != NULL && (opts->visit_grad_batch != NULL ||
                                      opts->visit_grad_factors != NULL);
-  if (pass->next == 0 && !visit)
-    return CPK_OK;
+  const cpk_tensor *g = pass->blocks[CPK__BLOCK_GRAD];
   snprintf(name, sizeof name, "%d.%s", l->index, l->params[p].name);
   cpk__param_site site = {.ctx = pass->ctx,
                           .layer = l,
@@ -195,6 +195,22 @@ static int run_extensions(cpk__pass *pass, cpk__layer *l, int p,
                           .kfra = pass->kfra,
                           .results = pass->results,
                           .visit_opts = pass->opts};
+  if ((pass->needs & CPK__NEED_GRAD_BATCH) &&
+      !cpk__site_is_dense_linear(&site)) {
+    /* grad = sum_n grad_batch[n] (beta = 0: every element written) */
+    const cpk_tensor *gb;
+    rc = cpk__site_grad_batch(&site, &gb);
+    if (rc == CPK_OK)
+      cpk__sum_rows(pass->ctx, grad->dtype, 1, pass->n, cpk_tensor_numel(grad),
+                    gb->data, 0.0, grad->data);
+  } else { /* beta = 0: param_jac_t_mat writes every element */
+    rc = l->kind->param_jac_t_mat(l, pass->ctx, p, pass->acts[l->index], g, 0,
+                                  0.0, grad);
+  }
+  if (rc != CPK_OK || (pass->next == 0 && !visit)) {
+    cpk__site_release(&site);
+    return rc;
+  }
   for (int e = 0; e < pass->next && rc == CPK_OK; e++) {
     rc = pass->ext[e]->impl->param(&site);
     if (rc == CPK_ENOTSUP && opts != NULL && opts->skip_unsupported) {
@@ -215,7 +231,6 @@ static int run_extensions(cpk__pass *pass, cpk__layer *l, int p,
  * extensions at each. */
 static int param_grads(cpk__pass *pass, int i) {
   cpk__layer *l = pass->model->layers[i];
-  const cpk_tensor *g = pass->blocks[CPK__BLOCK_GRAD];
   for (int p = 0; p < l->nparams; p++) {
     char name[64];
     cpk_tensor *grad;
@@ -223,15 +238,11 @@ static int param_grads(cpk__pass *pass, int i) {
     if (!l->params[p].trainable)
       continue;
     snprintf(name, sizeof name, "%d.%s.grad", i, l->params[p].name);
-    /* beta = 0: param_jac_t_mat writes every element without reading */
     if ((rc = cpk__results_alloc_uninit(pass->results, name,
                                         pass->model->dtype, l->params[p].ndim,
                                         l->params[p].shape, &grad)) != CPK_OK)
       return rc;
-    if ((rc = l->kind->param_jac_t_mat(l, pass->ctx, p, pass->acts[i], g, 0,
-                                       0.0, grad)) != CPK_OK)
-      return rc;
-    if ((rc = run_extensions(pass, l, p, grad)) != CPK_OK)
+    if ((rc = grad_and_extensions(pass, l, p, grad)) != CPK_OK)
       return rc;
   }
   return CPK_OK;
