@@ -5,7 +5,8 @@
  * for linear layers on [N, IN] by its per-sample diagonal alone:
  *   linear weight:  diag[o, i] = sum_n h[n, o] x[n, i]^2,  bias: sum_n h[n,o]
  * because d y_n,o / d W_oi = x_n,i (and no other output depends on W_oi).
- * Results are added to `out` ([*S], or [N, *S] per sample).
+ * The linear form writes `out` ([*S], or [N, *S] per sample); the others
+ * add to it.
  */
 #include <string.h>
 
@@ -27,12 +28,11 @@ int cpk__rows_from_factor(const cpk_context *ctx, const cpk_tensor *S,
 int cpk__diag_dense_linear(cpk__param_site *s, const cpk_tensor *h, int batch,
                            cpk_tensor *out) {
   const int64_t n = s->n, fi = s->x->shape[1], fo = h->shape[1];
-  const size_t es = cpk_dtype_size(h->dtype);
   if (s->p == 1) { /* bias */
     if (batch)
-      cpk__axpy(s->ctx, h->dtype, n * fo, 1.0, h->data, out->data);
+      cpk__copy(s->ctx, h->dtype, n * fo, h->data, out->data);
     else
-      cpk__sum_rows(s->ctx, h->dtype, 1, n, fo, h->data, 1.0, out->data);
+      cpk__sum_rows(s->ctx, h->dtype, 1, n, fo, h->data, 0.0, out->data);
     return CPK_OK;
   }
   cpk_tensor *x2;
@@ -43,16 +43,10 @@ int cpk__diag_dense_linear(cpk__param_site *s, const cpk_tensor *h, int batch,
                      x2->data);
   if (!batch)
     cpk__gemm(s->ctx, h->dtype, 1, 0, fo, fi, n, 1.0, h->data, fo, x2->data,
-              fi, 1.0, out->data, fi);
-  else if (cpk__on_cuda(s->ctx)) /* the rank-one GEMMs in one call */
-    cpk__gemm_strided(s->ctx, h->dtype, 1, 0, fo, fi, 1, 1.0, h->data, fo, fo,
-                      x2->data, fi, fi, 1.0, out->data, fi, fo * fi, n);
-  else /* out[n, o, i] += h[n, o] x2[n, i]: a rank-one GEMM each */
-    for (int64_t j = 0; j < n; j++)
-      cpk__gemm(s->ctx, h->dtype, 1, 0, fo, fi, 1, 1.0,
-                (char *)h->data + (size_t)(j * fo) * es, fo,
-                (char *)x2->data + (size_t)(j * fi) * es, fi, 1.0,
-                (char *)out->data + (size_t)(j * fo * fi) * es, fi);
+              fi, 0.0, out->data, fi);
+  else /* out[n, o, i] = h[n, o] x2[n, i]: streamed, written once */
+    cpk__outer_batch(s->ctx, h->dtype, 1, n, fo, fi, h->data, x2->data,
+                     out->data);
   cpk_tensor_free(x2);
   return CPK_OK;
 }

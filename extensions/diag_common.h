@@ -10,8 +10,9 @@
 int cpk__rows_from_factor(const cpk_context *ctx, const cpk_tensor *S,
                           const cpk_tensor *sign,
                           int64_t n, cpk_tensor **h);
-/* Linear layers on [N, IN]: add the parameter's diagonal for the per-sample
- * output-curvature diagonal h [N, OUT]. */
+/* Linear layers on [N, IN]: write (not add) the parameter's diagonal for
+ * the per-sample output-curvature diagonal h [N, OUT] into out, which need
+ * not be zeroed. */
 int cpk__diag_dense_linear(cpk__param_site *s, const cpk_tensor *h, int batch,
                            cpk_tensor *out);
 /* Any layer: add sum_{v,(n)} sign (J_theta^T S)^2, in chunks of samples. */

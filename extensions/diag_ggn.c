@@ -14,11 +14,14 @@
 static int diag_ggn(cpk__param_site *s, const cpk_tensor *S, int batch,
                     const char *suffix) {
   cpk_tensor *out, *h;
-  int rc = cpk__site_result_like(s, suffix, batch ? s->n : -1, &out);
-  if (rc != CPK_OK)
-    return rc;
+  const int64_t lead = batch ? s->n : -1;
+  int rc;
   if (!cpk__site_is_dense_linear(s))
-    return cpk__diag_from_factor(s, S, NULL, batch, out);
+    return (rc = cpk__site_result_like(s, suffix, lead, &out)) == CPK_OK
+               ? cpk__diag_from_factor(s, S, NULL, batch, out)
+               : rc;
+  if ((rc = cpk__site_result_like_uninit(s, suffix, lead, &out)) != CPK_OK)
+    return rc;
   if ((rc = cpk__rows_from_factor(s->ctx, S, NULL, s->n, &h)) == CPK_OK)
     rc = cpk__diag_dense_linear(s, h, batch, out);
   cpk_tensor_free(h);

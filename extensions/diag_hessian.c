@@ -8,15 +8,24 @@
 #include "extension.h"
 #include "hessian_terms.h"
 
+/* The result; zeroed unless the layer is linear on [N, IN], whose diagonal
+ * is written at once (cpk__diag_dense_linear) rather than added up. */
+static int result(cpk__param_site *s, const char *suffix, int64_t lead,
+                  cpk_tensor **out) {
+  return cpk__site_is_dense_linear(s)
+             ? cpk__site_result_like_uninit(s, suffix, lead, out)
+             : cpk__site_result_like(s, suffix, lead, out);
+}
+
 static int diag_hessian(cpk__param_site *s) {
   cpk_tensor *out;
-  int rc = cpk__site_result_like(s, "diag_h", -1, &out);
+  int rc = result(s, "diag_h", -1, &out);
   return rc == CPK_OK ? cpk__hterms_param_diag(s->hterms, s, 0, out) : rc;
 }
 
 static int batch_diag_hessian(cpk__param_site *s) {
   cpk_tensor *out;
-  int rc = cpk__site_result_like(s, "diag_h_batch", s->n, &out);
+  int rc = result(s, "diag_h_batch", s->n, &out);
   return rc == CPK_OK ? cpk__hterms_param_diag(s->hterms, s, 1, out) : rc;
 }
 

@@ -92,6 +92,9 @@ int cpk__site_result(cpk__param_site *s, const char *suffix, int ndim,
 /* Same with the shape (lead, *S), lead < 0 meaning S alone. */
 int cpk__site_result_like(cpk__param_site *s, const char *suffix,
                           int64_t lead, cpk_tensor **t);
+/* Same, not zeroed: for a caller that writes every element. */
+int cpk__site_result_like_uninit(cpk__param_site *s, const char *suffix,
+                                 int64_t lead, cpk_tensor **t);
 
 /* The per-sample gradients [N, *S] (materialised once per parameter). */
 int cpk__site_grad_batch(cpk__param_site *s, const cpk_tensor **out);

@@ -23,22 +23,40 @@ static const cpk__param *site_param(const cpk__param_site *s) {
   return &s->layer->params[s->p];
 }
 
-int cpk__site_result(cpk__param_site *s, const char *suffix, int ndim,
-                     const int64_t *shape, cpk_tensor **t) {
+static int site_result(cpk__param_site *s, const char *suffix, int ndim,
+                       const int64_t *shape, int zeroed, cpk_tensor **t) {
   char name[96];
   snprintf(name, sizeof name, "%s.%s", s->name, suffix);
-  return cpk__results_alloc(s->results, name, s->grad->dtype, ndim, shape, t);
+  return zeroed ? cpk__results_alloc(s->results, name, s->grad->dtype, ndim,
+                                     shape, t)
+                : cpk__results_alloc_uninit(s->results, name, s->grad->dtype,
+                                            ndim, shape, t);
 }
 
-int cpk__site_result_like(cpk__param_site *s, const char *suffix,
-                          int64_t lead, cpk_tensor **t) {
+int cpk__site_result(cpk__param_site *s, const char *suffix, int ndim,
+                     const int64_t *shape, cpk_tensor **t) {
+  return site_result(s, suffix, ndim, shape, 1, t);
+}
+
+static int site_result_like(cpk__param_site *s, const char *suffix,
+                            int64_t lead, int zeroed, cpk_tensor **t) {
   const cpk__param *p = site_param(s);
   int64_t shape[CPK_MAX_DIMS + 1];
   int k = 0;
   if (lead >= 0)
     shape[k++] = lead;
   memcpy(shape + k, p->shape, (size_t)p->ndim * sizeof *shape);
-  return cpk__site_result(s, suffix, p->ndim + k, shape, t);
+  return site_result(s, suffix, p->ndim + k, shape, zeroed, t);
+}
+
+int cpk__site_result_like(cpk__param_site *s, const char *suffix,
+                          int64_t lead, cpk_tensor **t) {
+  return site_result_like(s, suffix, lead, 1, t);
+}
+
+int cpk__site_result_like_uninit(cpk__param_site *s, const char *suffix,
+                                 int64_t lead, cpk_tensor **t) {
+  return site_result_like(s, suffix, lead, 0, t);
 }
 
 int cpk__site_block_param_jac(cpk__param_site *s, const cpk_tensor *in,
