@@ -58,7 +58,10 @@ enum {
   /* All per-sample gradients at once (batch_grad): where they are formed by
    * per-sample products anyway, the gradient is their sum instead of one
    * more product (every parameter but a dense linear layer's). */
-  CPK__NEED_GRAD_BATCH = 16
+  CPK__NEED_GRAD_BATCH = 16,
+  /* The exact root in the contract's form, not just any factor with its
+   * outer products (sqrt_ggn_exact hands it out). */
+  CPK__NEED_SQRT_CONTRACT = 32
 };
 
 typedef struct cpk__extension {

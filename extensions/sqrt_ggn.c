@@ -28,6 +28,7 @@ static int sqrt_ggn_mc(cpk__param_site *s) {
 }
 
 const cpk__extension cpk__sqrt_ggn_exact_ext = {
-    "sqrt_ggn_exact", CPK__NEED_SQRT_EXACT, sqrt_ggn_exact};
+    "sqrt_ggn_exact", CPK__NEED_SQRT_EXACT | CPK__NEED_SQRT_CONTRACT,
+    sqrt_ggn_exact};
 const cpk__extension cpk__sqrt_ggn_mc_ext = {"sqrt_ggn_mc", CPK__NEED_SQRT_MC,
                                              sqrt_ggn_mc};

@@ -330,7 +330,8 @@ static int backward(cpk__pass *pass) {
 /* The steps of the loss, computed on the host (their size is N times the
  * output features; on a device pass the output comes down and the block
  * goes up). */
-enum loss_step { LOSS_VALUE_GRAD, LOSS_SQRT_EXACT, LOSS_SQRT_MC };
+enum loss_step { LOSS_VALUE_GRAD, LOSS_SQRT_EXACT, LOSS_SQRT_COMPACT,
+                 LOSS_SQRT_MC };
 
 static int loss_step(cpk__pass *pass, enum loss_step step, const cpk_tensor *f,
                      const cpk_tensor *target, double *value, cpk__rng *rng,
@@ -350,6 +351,8 @@ static int loss_step(cpk__pass *pass, enum loss_step step, const cpk_tensor *f,
     rc = loss->value_grad(ctx, pass->scale, f, target, value, o);
   else if (rc == CPK_OK && step == LOSS_SQRT_EXACT)
     rc = loss->sqrt_hessian(ctx, pass->scale, f, target, o);
+  else if (rc == CPK_OK && step == LOSS_SQRT_COMPACT)
+    rc = loss->compact_sqrt_hessian(ctx, pass->scale, f, target, o);
   else if (rc == CPK_OK)
     rc = loss->sqrt_hessian_mc(ctx, pass->scale, f, pass->ctx->mc_samples,
                                rng, o);
@@ -360,19 +363,32 @@ static int loss_step(cpk__pass *pass, enum loss_step step, const cpk_tensor *f,
   return rc;
 }
 
+/* The exact square root of the loss Hessian as a block [V, N, *out] at the
+ * model output: the loss's compact root (fewer columns, the same outer
+ * products) unless an extension hands out the root itself. */
+static int exact_root(cpk__pass *pass, const cpk_tensor *target,
+                      cpk_tensor **root) {
+  const cpk_tensor *f = pass->acts[pass->model->nlayers];
+  const cpk__layer *last = pass->model->layers[pass->model->nlayers - 1];
+  const int compact = pass->loss->compact_sqrt_hessian != NULL &&
+                      !(pass->needs & CPK__NEED_SQRT_CONTRACT);
+  int rc = cpk__block_new_on(pass->ctx, root, f->dtype,
+                             compact ? pass->loss->compact_sqrt_columns(f)
+                                     : pass->loss->sqrt_columns(f),
+                             pass->n, last->out_ndim, last->out_shape);
+  if (rc == CPK_OK)
+    rc = loss_step(pass, compact ? LOSS_SQRT_COMPACT : LOSS_SQRT_EXACT, f,
+                   target, NULL, NULL, *root);
+  return rc;
+}
+
 /* The Hessian terms and KFRA's matrix start from the exact square root of
  * the loss Hessian (computed here unless an extension keeps it anyway). */
 static int start_from_exact_root(cpk__pass *pass, const cpk_tensor *target) {
-  const cpk_tensor *f = pass->acts[pass->model->nlayers];
-  const cpk__layer *last = pass->model->layers[pass->model->nlayers - 1];
   cpk_tensor *root = pass->blocks[CPK__BLOCK_SQRT_EXACT], *own = NULL;
   int rc = CPK_OK;
   if (root == NULL) {
-    rc = cpk__block_new_on(pass->ctx, &own, f->dtype,
-                           pass->loss->sqrt_columns(f), pass->n,
-                           last->out_ndim, last->out_shape);
-    if (rc == CPK_OK)
-      rc = loss_step(pass, LOSS_SQRT_EXACT, f, target, NULL, NULL, own);
+    rc = exact_root(pass, target, &own);
     root = own;
   }
   if (rc == CPK_OK && (pass->needs & CPK__NEED_HESSIAN_TERMS)) {
@@ -398,14 +414,8 @@ static int loss_sqrt_blocks(cpk__pass *pass, const cpk_tensor *target) {
   const cpk_tensor *f = pass->acts[pass->model->nlayers];
   const cpk__layer *last = pass->model->layers[pass->model->nlayers - 1];
   int rc = CPK_OK;
-  if (pass->needs & CPK__NEED_SQRT_EXACT) {
-    rc = cpk__block_new_on(pass->ctx, &pass->blocks[CPK__BLOCK_SQRT_EXACT],
-                           f->dtype, pass->loss->sqrt_columns(f), pass->n,
-                           last->out_ndim, last->out_shape);
-    if (rc == CPK_OK)
-      rc = loss_step(pass, LOSS_SQRT_EXACT, f, target, NULL, NULL,
-                     pass->blocks[CPK__BLOCK_SQRT_EXACT]);
-  }
+  if (pass->needs & CPK__NEED_SQRT_EXACT)
+    rc = exact_root(pass, target, &pass->blocks[CPK__BLOCK_SQRT_EXACT]);
   if (rc == CPK_OK && (pass->needs & (CPK__NEED_HESSIAN_TERMS | CPK__NEED_KFRA)))
     rc = start_from_exact_root(pass, target);
   if (rc == CPK_OK && (pass->needs & CPK__NEED_SQRT_MC)) {

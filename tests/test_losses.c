@@ -106,6 +106,59 @@ static void test_cross_entropy_spatial(void **state) {
   cpk_tensor_free(rg);
 }
 
+/* Cross-entropy's compact square root ((C-1) columns per position) has
+ * the outer products of the loss Hessian, per sample: sum_v S S^T equals
+ * c (diag(p) - p p^T) at each position and 0 across positions, built here
+ * column by column from hessian_mat applied to unit vectors. Also for the
+ * smallest case, two classes (one column), and with a class of
+ * probability near 1 (q_last near 1) and near 0. */
+static void test_cross_entropy_compact_root(void **state) {
+  const cpk__loss_def *d = &cpk__cross_entropy_loss;
+  static const struct {
+    int ndim;
+    int64_t shape[3];
+    double spread;
+  } cases[] = {{2, {3, 10}, 2}, {2, {2, 2}, 1}, {3, {2, 4, 3}, 3},
+               {2, {2, 5}, 40}};
+  (void)state;
+  for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+    cpk_tensor *f = tu_random(CPK_F64, cases[t].ndim, cases[t].shape,
+                              -cases[t].spread, cases[t].spread, 11 + t);
+    const int64_t n = f->shape[0], per = cpk_tensor_numel(f) / n;
+    const int64_t v = d->compact_sqrt_columns(f);
+    const double c = 0.25;
+    assert_int_equal(v, (f->shape[1] - 1) * (per / f->shape[1]));
+    int64_t rshape[CPK_MAX_DIMS + 1] = {v}, eshape[CPK_MAX_DIMS + 1] = {per};
+    memcpy(rshape + 1, f->shape, (size_t)f->ndim * sizeof(int64_t));
+    memcpy(eshape + 1, f->shape, (size_t)f->ndim * sizeof(int64_t));
+    cpk_tensor *root, *unit, *h;
+    tu_ok(cpk_tensor_new(&root, CPK_F64, f->ndim + 1, rshape));
+    tu_ok(d->compact_sqrt_hessian(NULL, c, f, NULL, root));
+    /* unit[e, m] = e-th unit vector of every sample; h = H unit */
+    tu_ok(cpk_tensor_new(&unit, CPK_F64, f->ndim + 1, eshape));
+    tu_ok(cpk_tensor_new(&h, CPK_F64, f->ndim + 1, eshape));
+    for (int64_t e = 0; e < per; e++)
+      for (int64_t m = 0; m < n; m++)
+        cpk_tensor_set(unit, (e * n + m) * per + e, 1.0);
+    tu_ok(d->hessian_mat(NULL, c, f, unit, h));
+    for (int64_t m = 0; m < n; m++)
+      for (int64_t a = 0; a < per; a++)
+        for (int64_t b = 0; b < per; b++) {
+          double got = 0;
+          for (int64_t k = 0; k < v; k++)
+            got += cpk_tensor_get(root, (k * n + m) * per + a) *
+                   cpk_tensor_get(root, (k * n + m) * per + b);
+          double want = cpk_tensor_get(h, (b * n + m) * per + a);
+          tu_assert_close_array(&got, &want, 1, 1e-12, 1e-15,
+                                "compact root outer products");
+        }
+    cpk_tensor_free(f);
+    cpk_tensor_free(root);
+    cpk_tensor_free(unit);
+    cpk_tensor_free(h);
+  }
+}
+
 /* Every loss and reduction: gradient against central differences. */
 static void test_gradients_fd(void **state) {
   const cpk__loss_def *defs[3] = {&cpk__cross_entropy_loss, &cpk__mse_loss,
@@ -205,6 +258,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_closed_forms),
       cmocka_unit_test(test_cross_entropy_spatial),
+      cmocka_unit_test(test_cross_entropy_compact_root),
       cmocka_unit_test(test_gradients_fd),
       cmocka_unit_test(test_target_checks),
       cmocka_unit_test(test_names),

@@ -123,6 +123,45 @@ static int ce_sqrt_hessian(cpk_context *ctx, double c, const cpk_tensor *f,
   return CPK_OK;
 }
 
+static int64_t ce_compact_sqrt_columns(const cpk_tensor *f) {
+  return (f->shape[1] - 1) * spatial(f);
+}
+
+/* c (diag(p) - p p^T) = c diag(q) (I - q q^T) diag(q) with q = sqrt(p),
+ * |q| = 1, has rank C-1. The Householder reflection that takes q to -e_last
+ * has columns j < C-1 that are an orthonormal basis Q of q's complement,
+ * Q[i, j] = delta_ij - w_i q_j / (1 + q_last) with w = q + e_last (stable:
+ * 1 + q_last >= 1), and Q Q^T = I - q q^T. So C-1 columns suffice:
+ *   out[(j,s), n, i, s] = sqrt(c) q_i Q[i, j],   j < C-1,
+ * a tenth less work than the contract's C columns for 10 classes. */
+static int ce_compact_sqrt_hessian(cpk_context *ctx, double c,
+                                   const cpk_tensor *f,
+                                   const cpk_tensor *target, cpk_tensor *out) {
+  const int64_t n = f->shape[0], classes = f->shape[1], s = spatial(f);
+  const int64_t per = classes * s, last = classes - 1;
+  double *p = cpk__malloc((size_t)classes * sizeof *p);
+  (void)ctx;
+  (void)target;
+  if (p == NULL)
+    return CPK_ENOMEM;
+  for (int64_t i = 0; i < n; i++)
+    for (int64_t pos = 0; pos < s; pos++) {
+      softmax_at(f, i * per + pos, classes, s, p);
+      const double q_last = sqrt(p[last]), rc = sqrt(c);
+      for (int64_t j = 0; j < last; j++) {
+        const int64_t v = j * s + pos;
+        const double qj = sqrt(p[j]);
+        for (int64_t k = 0; k < classes; k++) {
+          const double qk = sqrt(p[k]), wk = k == last ? q_last + 1 : qk;
+          cpk_tensor_set(out, (v * n + i) * per + k * s + pos,
+                         rc * qk * ((k == j) - wk * qj / (1 + q_last)));
+        }
+      }
+    }
+  cpk__free(p);
+  return CPK_OK;
+}
+
 /* out[m, n] = sqrt(c / M) (p - onehot(y_m)) with y_m ~ Categorical(p) at
  * every position. */
 static int ce_sqrt_hessian_mc(cpk_context *ctx, double c, const cpk_tensor *f,
@@ -191,6 +230,8 @@ const cpk__loss_def cpk__cross_entropy_loss = {
     .value_grad = ce_value_grad,
     .sqrt_columns = ce_sqrt_columns,
     .sqrt_hessian = ce_sqrt_hessian,
+    .compact_sqrt_columns = ce_compact_sqrt_columns,
+    .compact_sqrt_hessian = ce_compact_sqrt_hessian,
     .sqrt_hessian_mc = ce_sqrt_hessian_mc,
     .hessian_mat = ce_hessian_mat,
 };

@@ -30,6 +30,13 @@ typedef struct cpk__loss_def {
    * "Square roots of the loss Hessian"). */
   int (*sqrt_hessian)(cpk_context *ctx, double c, const cpk_tensor *f,
                       const cpk_tensor *target, cpk_tensor *out);
+  /* Optional: a square root with fewer columns (the Hessian's rank), any
+   * factor with the same outer products, for the extensions that only use
+   * those (diagonals, Kronecker factors, Hessian terms); NULL where the
+   * contract's root is already minimal. */
+  int64_t (*compact_sqrt_columns)(const cpk_tensor *f);
+  int (*compact_sqrt_hessian)(cpk_context *ctx, double c, const cpk_tensor *f,
+                              const cpk_tensor *target, cpk_tensor *out);
   /* Monte Carlo square root, out [M, N, *out]: the loss gradient at targets
    * drawn from the model's likelihood, times sqrt(c / M), so that
    * E[sum_m out[m,n] out[m,n]^T] = c * d^2 l_n / d f_n^2. */
