@@ -71,8 +71,8 @@ static int output_factor(cpk__param_site *s, const cpk_tensor *S, int64_t c,
       rc = sum_positions(s->ctx, S, s->n, c, &rows);
     const cpk_tensor *r = positions ? rows : S;
     if (rc == CPK_OK)
-      cpk__gemm(s->ctx, S->dtype, 1, 0, c, c, S->shape[0] * s->n, 1.0,
-                r->data, c, r->data, c, 0.0, g->data, c);
+      cpk__syrk(s->ctx, S->dtype, 1, c, S->shape[0] * s->n, 1.0, r->data, c,
+                0.0, g->data, c);
   }
   if (rc == CPK_OK && groups <= 1) {
     rc = cpk__site_result(s, name, 2, full, &out);
@@ -97,24 +97,30 @@ static int output_factor(cpk__param_site *s, const cpk_tensor *S, int64_t c,
 
 /* The input factor of a convolution weight: per group, the unfolded input
  * patches U [N, G, R, L] give (1/N) sum_{n,l} u u^T, [R, R] (or
- * [G, R, R]). */
+ * [G, R, R]). A group's patches of all samples are gathered side by side,
+ * [R, N*L], for one symmetric product with N*L terms per entry. */
 static int conv_input_factor(cpk__param_site *s, const char *name) {
-  cpk_tensor *u, *out;
+  cpk_tensor *u, *side = NULL, *out;
   int rc = cpk__conv_unfold_input(s->layer, s->ctx, s->x, &u);
   if (rc != CPK_OK)
     return rc;
   const int64_t groups = u->shape[1], r = u->shape[2], l = u->shape[3];
-  int64_t shape[3] = {groups, r, r};
+  const int64_t n = s->n, shape[3] = {groups, r, r}, sshape[2] = {r, n * l};
   rc = groups > 1 ? cpk__site_result(s, name, 3, shape, &out)
                   : cpk__site_result(s, name, 2, shape + 1, &out);
+  if (rc == CPK_OK)
+    rc = cpk__tensor_new_on_uninit(s->ctx, &side, u->dtype, 2, sshape);
   const size_t es = cpk_dtype_size(u->dtype);
-  for (int64_t g = 0; rc == CPK_OK && g < groups; g++)
-    for (int64_t j = 0; j < s->n; j++)
-      cpk__gemm(s->ctx, u->dtype, 0, 1, r, r, l, 1.0 / (double)s->n_mean,
-                (char *)u->data + (size_t)((j * groups + g) * r * l) * es, l,
-                (char *)u->data + (size_t)((j * groups + g) * r * l) * es, l,
-                j == 0 ? 0.0 : 1.0, (char *)out->data + (size_t)(g * r * r) * es,
-                r);
+  for (int64_t g = 0; rc == CPK_OK && g < groups; g++) {
+    for (int64_t j = 0; j < n; j++) /* side[:, j*L..] = U[j, g] */
+      cpk__copy_2d(s->ctx, u->dtype, r, l,
+                   (char *)u->data + (size_t)((j * groups + g) * r * l) * es,
+                   l, (char *)side->data + (size_t)(j * l) * es, n * l);
+    cpk__syrk(s->ctx, u->dtype, 0, r, n * l, 1.0 / (double)s->n_mean,
+              side->data, n * l, 0.0,
+              (char *)out->data + (size_t)(g * r * r) * es, r);
+  }
+  cpk_tensor_free(side);
   cpk_tensor_free(u);
   return rc;
 }
@@ -145,8 +151,8 @@ static int kron_factors(cpk__param_site *s, const cpk_tensor *S,
     return rc;
   if ((rc = cpk__site_result(s, name1, 2, ashape, &a)) != CPK_OK)
     return rc;
-  cpk__gemm(s->ctx, s->x->dtype, 1, 0, fi, fi, s->n, 1.0 / (double)s->n_mean,
-            s->x->data, fi, s->x->data, fi, 0.0, a->data, fi);
+  cpk__syrk(s->ctx, s->x->dtype, 1, fi, s->n, 1.0 / (double)s->n_mean,
+            s->x->data, fi, 0.0, a->data, fi);
   return CPK_OK;
 }
 
@@ -165,8 +171,8 @@ int cpk__kfra_start(cpk_context *ctx, const cpk_tensor *sqrt_exact,
   int64_t shape[2] = {d, d};
   int rc = cpk__tensor_new_on(ctx, gbar, sqrt_exact->dtype, 2, shape);
   if (rc == CPK_OK)
-    cpk__gemm(ctx, sqrt_exact->dtype, 1, 0, d, d, v * n, 1.0,
-              sqrt_exact->data, d, sqrt_exact->data, d, 0.0, (*gbar)->data, d);
+    cpk__syrk(ctx, sqrt_exact->dtype, 1, d, v * n, 1.0, sqrt_exact->data, d,
+              0.0, (*gbar)->data, d);
   return rc;
 }
 

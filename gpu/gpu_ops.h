@@ -65,6 +65,9 @@ void cpk__cuda_gemm_strided(cpk__gpu *g, int f64, int trans_a, int trans_b,
                             double beta, void *c, int64_t ldc,
                             int64_t stride_c, int64_t count);
 void cpk__cuda_copy(cpk__gpu *g, int f64, int64_t n, const void *x, void *y);
+/* y[i, :cols] := x[i, :cols] for i < rows, rows at strides ldx, ldy. */
+void cpk__cuda_copy_2d(cpk__gpu *g, int f64, int64_t rows, int64_t cols,
+                       const void *x, int64_t ldx, void *y, int64_t ldy);
 void cpk__cuda_axpy(cpk__gpu *g, int f64, int64_t n, double alpha,
                     const void *x, void *y);
 void cpk__cuda_scale(cpk__gpu *g, int f64, int64_t n, double alpha, void *x);

@@ -637,6 +637,19 @@ extern "C" void cpk__cuda_copy(cpk__gpu *g, int f64, int64_t n, const void *x,
         "cudaMemcpyAsync (copy)");
 }
 
+extern "C" void cpk__cuda_copy_2d(cpk__gpu *g, int f64, int64_t rows,
+                                  int64_t cols, const void *x, int64_t ldx,
+                                  void *y, int64_t ldy) {
+  if (rows <= 0 || cols <= 0 || !enter(g))
+    return;
+  const size_t es = f64 ? sizeof(double) : sizeof(float);
+  check(g,
+        cudaMemcpy2DAsync(y, (size_t)ldy * es, x, (size_t)ldx * es,
+                          (size_t)cols * es, (size_t)rows,
+                          cudaMemcpyDeviceToDevice, g->stream),
+        "cudaMemcpy2DAsync (copy_2d)");
+}
+
 extern "C" void cpk__cuda_axpy(cpk__gpu *g, int f64, int64_t n, double alpha,
                                const void *x, void *y) {
   if (n <= 0 || !enter(g))

@@ -28,6 +28,21 @@ void cpk__gemm_strided(const cpk_context *ctx, cpk_dtype dt, int trans_a,
                        int64_t stride_b, double beta, void *c, int64_t ldc,
                        int64_t stride_c, int64_t count);
 
+/* Symmetric rank-k update, C [n, n] := alpha op(A) op(A)^T + beta C, with
+ * op(A) = A [n, k] (trans 0) or A^T for A [k, n] (trans 1); all of C is
+ * written (a nonzero beta needs C symmetric). Half a GEMM's products where
+ * k is large enough for that to pay (BLAS syrk, then the lower triangle
+ * mirrored); otherwise, and on the GPU, the GEMM. */
+void cpk__syrk(const cpk_context *ctx, cpk_dtype dt, int trans, int64_t n,
+               int64_t k, double alpha, const void *a, int64_t lda, double beta,
+               void *c, int64_t ldc);
+
+/* y[i, j] := x[i, j] for i < rows, j < cols, rows at strides ldx and ldy
+ * (elements). */
+void cpk__copy_2d(const cpk_context *ctx, cpk_dtype dt, int64_t rows,
+                  int64_t cols, const void *x, int64_t ldx, void *y,
+                  int64_t ldy);
+
 /* y[i] := x[i], i < n. */
 void cpk__copy(const cpk_context *ctx, cpk_dtype dt, int64_t n, const void *x,
                void *y);

@@ -86,6 +86,52 @@ void cpk__gemm_strided(const cpk_context *ctx, cpk_dtype dt, int trans_a,
               (char *)c + (size_t)(i * stride_c) * es, ldc);
 }
 
+/* c[i, j] := c[j, i] below the diagonal, in tiles (both reads and writes
+ * stay in cache). */
+static void mirror_upper(cpk_dtype dt, int64_t n, void *c, int64_t ldc) {
+  const int64_t tile = 64, tiles = (n + tile - 1) / tile;
+  const size_t es = cpk_dtype_size(dt);
+#pragma omp parallel for schedule(dynamic) if (n > 256)
+  for (int64_t ti = 0; ti < tiles; ti++)
+    for (int64_t tj = 0; tj <= ti; tj++)
+      for (int64_t i = ti * tile; i < n && i < (ti + 1) * tile; i++)
+        for (int64_t j = tj * tile; j < i && j < (tj + 1) * tile; j++)
+          memcpy((char *)c + (size_t)(i * ldc + j) * es,
+                 (const char *)c + (size_t)(j * ldc + i) * es, es);
+}
+
+void cpk__syrk(const cpk_context *ctx, cpk_dtype dt, int trans, int64_t n,
+               int64_t k, double alpha, const void *a, int64_t lda, double beta,
+               void *c, int64_t ldc) {
+  /* BLAS syrk runs below the GEMM's rate; with few products per entry
+   * (k < n/2) the GEMM's full square is faster. */
+  if ((ctx != NULL && ctx->device == CPK_DEVICE_CUDA) || 2 * k < n) {
+    cpk__gemm(ctx, dt, trans, !trans, n, n, k, alpha, a, lda, a, lda, beta, c,
+              ldc);
+    return;
+  }
+  const enum CBLAS_TRANSPOSE t = trans ? CblasTrans : CblasNoTrans;
+  if (dt == CPK_F32)
+    cblas_ssyrk(CblasRowMajor, CblasUpper, t, (blasint)n, (blasint)k,
+                (float)alpha, a, (blasint)lda, (float)beta, c, (blasint)ldc);
+  else
+    cblas_dsyrk(CblasRowMajor, CblasUpper, t, (blasint)n, (blasint)k, alpha, a,
+                (blasint)lda, beta, c, (blasint)ldc);
+  mirror_upper(dt, n, c, ldc);
+}
+
+void cpk__copy_2d(const cpk_context *ctx, cpk_dtype dt, int64_t rows,
+                  int64_t cols, const void *x, int64_t ldx, void *y,
+                  int64_t ldy) {
+  ON_CUDA(ctx, cpk__cuda_copy_2d((ctx)->gpu, F64(dt), rows, cols, x, ldx, y,
+                                 ldy));
+  const size_t es = cpk_dtype_size(dt);
+#pragma omp parallel for schedule(static) if (rows * cols > 65536)
+  for (int64_t i = 0; i < rows; i++)
+    memcpy((char *)y + (size_t)(i * ldy) * es,
+           (const char *)x + (size_t)(i * ldx) * es, (size_t)cols * es);
+}
+
 void cpk__copy(const cpk_context *ctx, cpk_dtype dt, int64_t n, const void *x,
                void *y) {
   ON_CUDA(ctx, cpk__cuda_copy((ctx)->gpu, F64(dt), n, x, y));
