@@ -13,6 +13,8 @@
 #include <string.h>
 
 #include "context.h"
+#include "layers/conv_common.h"
+#include "model.h"
 #include "testutil.h"
 
 #define N 3
@@ -448,6 +450,90 @@ static void test_generic_ggn_path(void **state) {
   }
 }
 
+/* Kronecker factors of convolutions, grouped and not, f64 and f32:
+ * - the bias's G equals the exact GGN block of the bias, F F^T over the
+ *   rows of sqrt_ggn_exact (the contract's root, another path);
+ * - the weight's G is the bias's G, in diagonal blocks per group;
+ * - the weight's A is (1/N) sum_{n,l} u u^T over the unfolded patches of
+ *   each group, summed here entry by entry;
+ * and KFAC's A is KFLR's. */
+static void check_conv_kron(cpk_dtype dt, int64_t groups0) {
+  char text[160];
+  snprintf(text, sizeof text,
+           "conv2d 2 4 3 padding=1 groups=%lld\ntanh\nconv2d 4 3 2\n"
+           "flatten\nlinear 48 3\n",
+           (long long)groups0);
+  const int64_t shape[3] = {2, 5, 5}, xs[4] = {N, 2, 5, 5};
+  const double tol = dt == CPK_F64 ? 1e-10 : 2e-4;
+  cpk_context *ctx;
+  cpk_model *m;
+  cpk_results *r;
+  tu_ok(cpk_context_new(&ctx, NULL));
+  tu_ok(cpk_model_parse(&m, text, "net"));
+  tu_ok(cpk_model_build(m, 3, shape, dt));
+  tu_ok(cpk_model_init_params(m, 2));
+  cpk_tensor *x = tu_random(dt, 4, xs, -1, 1, 3);
+  cpk_tensor *y = make_target(CPK_LOSS_CROSS_ENTROPY, N);
+  cpk_pass_spec spec = {CPK_LOSS_CROSS_ENTROPY, CPK_REDUCTION_MEAN,
+                        "kflr,kfac,sqrt_ggn_exact", 0};
+  tu_ok(cpk_compute(ctx, m, &spec, x, y, &r));
+  for (int layer = 0; layer <= 2; layer += 2) {
+    char w[32], b[32];
+    snprintf(w, sizeof w, "%d.weight", layer);
+    snprintf(b, sizeof b, "%d.bias", layer);
+    const cpk_tensor *gb = result(r, b, "kflr.0"), *gw = result(r, w, "kflr.0");
+    const cpk_tensor *fb = result(r, b, "sqrt_ggn_exact");
+    const int64_t c = gb->shape[0], cols = fb->shape[0] * fb->shape[1];
+    const int64_t groups = layer == 0 ? groups0 : 1, cg = c / groups;
+    for (int64_t i = 0; i < c; i++)
+      for (int64_t j = 0; j < c; j++) {
+        double want = 0, got = cpk_tensor_get(gb, i * c + j);
+        for (int64_t k = 0; k < cols; k++)
+          want += cpk_tensor_get(fb, k * c + i) * cpk_tensor_get(fb, k * c + j);
+        tu_assert_close_array(&got, &want, 1, tol, tol * 1e-3, b);
+        if (i / cg != j / cg)
+          continue;
+        double wg = cpk_tensor_get(
+            gw, ((i / cg) * cg + i % cg) * cg + j % cg);
+        tu_assert_close_array(&wg, &got, 1, tol, tol * 1e-3, w);
+      }
+    if (layer == 2)
+      continue; /* A: layer 0's, whose input is x */
+    cpk_tensor *u; /* the unfolded input, [N, G, R, L] */
+    tu_ok(cpk__conv_unfold_input(m->layers[0], NULL, x, &u));
+    const int64_t rr = u->shape[2], l = u->shape[3];
+    const cpk_tensor *a = result(r, w, "kflr.1"), *ak = result(r, w, "kfac.1");
+    assert_int_equal(a->ndim, groups > 1 ? 3 : 2);
+    assert_int_equal(cpk_tensor_numel(a), groups * rr * rr);
+    for (int64_t g = 0; g < groups; g++)
+      for (int64_t i = 0; i < rr; i++)
+        for (int64_t j = 0; j < rr; j++) {
+          double want = 0;
+          for (int64_t n = 0; n < N; n++)
+            for (int64_t q = 0; q < l; q++)
+              want += cpk_tensor_get(u, ((n * groups + g) * rr + i) * l + q) *
+                      cpk_tensor_get(u, ((n * groups + g) * rr + j) * l + q);
+          want /= N;
+          const int64_t at = (g * rr + i) * rr + j;
+          double got = cpk_tensor_get(a, at), gotk = cpk_tensor_get(ak, at);
+          tu_assert_close_array(&got, &want, 1, tol, tol * 1e-3, "A");
+          tu_assert_close_array(&gotk, &want, 1, tol, tol * 1e-3, "kfac A");
+        }
+    cpk_tensor_free(u);
+  }
+  cpk_results_free(r);
+  cpk_tensor_free(x);
+  cpk_tensor_free(y);
+  cpk_model_free(m);
+  cpk_context_free(ctx);
+}
+
+static void test_conv_kron_factors(void **state) {
+  check_conv_kron(CPK_F64, 2);
+  check_conv_kron(CPK_F64, 1);
+  check_conv_kron(CPK_F32, 2);
+}
+
 /* Monte Carlo diagonals and factors converge to the exact ones. */
 static void test_mc_converges(void **state) {
   cpk_context_options o = {.seed = 3, .mc_samples = 40000};
@@ -511,6 +597,7 @@ int main(void) {
       cmocka_unit_test(test_kfra_batch_one),
       cmocka_unit_test(test_diag_hessian),
       cmocka_unit_test(test_generic_ggn_path),
+      cmocka_unit_test(test_conv_kron_factors),
       cmocka_unit_test(test_mc_converges),
       cmocka_unit_test(test_mc_seeded),
   };
