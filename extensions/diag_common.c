@@ -59,7 +59,9 @@ int cpk__diag_from_factor(cpk__param_site *s, const cpk_tensor *S,
   int64_t shape[CPK_MAX_DIMS + 2] = {v, step};
   memcpy(shape + 2, p->shape, (size_t)p->ndim * sizeof *shape);
   cpk_tensor *jt;
-  int rc = cpk__tensor_new_on(s->ctx, &jt, S->dtype, p->ndim + 2, shape);
+  /* param_jac_t_mat (beta 0) writes every element */
+  int rc =
+      cpk__tensor_new_on_uninit(s->ctx, &jt, S->dtype, p->ndim + 2, shape);
   for (int64_t first = 0; rc == CPK_OK && first < s->n; first += step) {
     const int64_t count = s->n - first < step ? s->n - first : step;
     jt->shape[1] = count;
