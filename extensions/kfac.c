@@ -61,6 +61,18 @@ static int output_factor(cpk__param_site *s, const cpk_tensor *S, int64_t c,
                          int64_t groups, const char *name) {
   int64_t full[2] = {c, c};
   cpk_tensor *g = NULL, *rows = NULL, *out;
+  if (s->p == 1) { /* the bias's G is the weight's, ungrouped: reuse it */
+    char key[96];
+    snprintf(key, sizeof key, "%d.%s.%s", s->layer->index,
+             s->layer->params[0].name, name);
+    const cpk_tensor *w = cpk_results_find(s->results, key);
+    if (w != NULL && w->ndim == 2 && w->shape[0] == c && w->shape[1] == c) {
+      int rc = cpk__site_result(s, name, 2, full, &out);
+      if (rc == CPK_OK)
+        cpk__copy(s->ctx, w->dtype, c * c, w->data, out->data);
+      return rc;
+    }
+  }
   int rc = cpk__tensor_new_on(s->ctx, &g, s->grad->dtype, 2, full);
   if (rc == CPK_OK && S == NULL) {
     rc = sum_position_pairs(s->ctx, s->kfra, c, g);
