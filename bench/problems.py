@@ -261,13 +261,16 @@ def pass_cost(name, ext, batch, classes=CLASSES, mc_samples=1):
       entry); linear batch_l2 2N(IN+OUT); second moment 2N*IN*OUT (GEMM of
       squares; conv: via per-sample gradients); batch_dot 2N^2(IN+OUT) for
       linear (Gram of inputs times Gram of output gradients), N^2*P for
-      conv; GGN-type quantities propagate V columns (V = classes for exact,
-      mc_samples for MC) through every layer below the loss (2*V*N*macs per
-      layer, first layer excepted) and form the parameter part (linear
-      diagonal 2N*IN*OUT; per-sample or square-root factors V*N*P; conv:
-      2*V*N*macs); Kronecker factors add 2*V*N*OUT^2 and 2*N*L*IN^2; KFRA
-      propagates a dense averaged matrix (2*OUT^2*IN + 2*OUT*IN^2 per linear
-      layer, 2*N*D^2 per activation, 2*D_out*macs + 2*D_in*macs per conv);
+      conv; GGN-type quantities propagate V columns (V = classes - 1 for
+      exact: the cross-entropy Hessian's rank, the compact root; classes
+      for sqrt_ggn_exact, which hands out the contract's root; mc_samples
+      for MC) through every layer below the loss (2*V*N*macs per layer,
+      first layer excepted) and form the parameter part (linear diagonal
+      2N*IN*OUT; per-sample or square-root factors V*N*P; conv:
+      2*V*N*macs); Kronecker factors add V*N*OUT^2 and N*L*IN^2 (symmetric
+      products, half a GEMM); KFRA propagates a dense averaged matrix
+      (2*OUT^2*IN + 2*OUT*IN^2 per linear layer, 2*N*D^2 per activation,
+      2*D_out*macs + 2*D_in*macs per conv) and forms A at N*L*IN^2;
       the diagonal Hessian adds, for each activation with nonzero second
       derivative (sigmoid, tanh) of width D, D more columns propagated below.
     - Bytes written: loss, output (N*classes), gradient (P) and each
@@ -313,7 +316,7 @@ def pass_cost(name, ext, batch, classes=CLASSES, mc_samples=1):
         f = 0.0
         for i in param_idx:
             r = layers[i]
-            f += 2.0 * V * N * r["out_feat"] ** 2 + 2.0 * N * r["positions"] * r["in_feat"] ** 2
+            f += 1.0 * V * N * r["out_feat"] ** 2 + 1.0 * N * r["positions"] * r["in_feat"] ** 2
         return f
 
     def hessian_residual_columns():
@@ -354,7 +357,7 @@ def pass_cost(name, ext, batch, classes=CLASSES, mc_samples=1):
             elems += N * N * ptensors
         elif e in ("diag_ggn_exact", "diag_ggn_mc", "batch_diag_ggn_exact", "batch_diag_ggn_mc",
                    "diag_hessian", "batch_diag_hessian"):
-            V = mc_samples if e.endswith("_mc") else classes
+            V = mc_samples if e.endswith("_mc") else classes - 1
             per_sample = e.startswith("batch_")
             flops += propagate(V) + param_part(V, per_sample)
             if "hessian" in e:
@@ -362,7 +365,7 @@ def pass_cost(name, ext, batch, classes=CLASSES, mc_samples=1):
                     flops += propagate(D, below=idx) + param_part(D, per_sample, below=idx)
             elems += N * P if per_sample else P
         elif e in ("kfac", "kflr"):
-            V = mc_samples if e == "kfac" else classes
+            V = mc_samples if e == "kfac" else classes - 1
             flops += propagate(V) + kron_part(V)
             for i in param_idx:
                 r = layers[i]
@@ -375,12 +378,12 @@ def pass_cost(name, ext, batch, classes=CLASSES, mc_samples=1):
                     fi, fo = r["in_feat"], r["out_feat"]
                     if i != first:
                         flops += 2.0 * fo * fo * fi + 2.0 * fo * fi * fi
-                    flops += 2.0 * N * fi * fi
+                    flops += 1.0 * N * fi * fi
                 elif r["kind"] == "conv2d":
                     d_out, d_in = math.prod(r["out_shape"]), math.prod(r["in_shape"])
                     if i != first:
                         flops += 2.0 * d_out * r["macs"] + 2.0 * d_in * r["macs"]
-                    flops += 2.0 * N * r["positions"] * r["in_feat"] ** 2
+                    flops += 1.0 * N * r["positions"] * r["in_feat"] ** 2
                 elif r["kind"] in ("relu", "sigmoid", "tanh") and i > first:
                     D = math.prod(r["out_shape"])
                     flops += 2.0 * N * D * D
