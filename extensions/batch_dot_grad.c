@@ -71,4 +71,5 @@ static int batch_dot_param(cpk__param_site *s) {
   return rc;
 }
 
-const cpk__extension cpk__batch_dot_grad_ext = {"batch_dot_grad", 0, batch_dot_param};
+const cpk__extension cpk__batch_dot_grad_ext = {"batch_dot_grad", CPK__NEED_PER_SAMPLE,
+                                                batch_dot_param};

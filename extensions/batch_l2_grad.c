@@ -45,4 +45,5 @@ static int batch_l2_param(cpk__param_site *s) {
   return rc;
 }
 
-const cpk__extension cpk__batch_l2_grad_ext = {"batch_l2_grad", 0, batch_l2_param};
+const cpk__extension cpk__batch_l2_grad_ext = {"batch_l2_grad", CPK__NEED_PER_SAMPLE,
+                                               batch_l2_param};

@@ -61,7 +61,11 @@ enum {
   CPK__NEED_GRAD_BATCH = 16,
   /* The exact root in the contract's form, not just any factor with its
    * outer products (sqrt_ggn_exact hands it out). */
-  CPK__NEED_SQRT_CONTRACT = 32
+  CPK__NEED_SQRT_CONTRACT = 32,
+  /* Walks the per-sample gradients (in chunks) where no closed form
+   * exists: when one chunk holds the whole batch anyway, they are formed
+   * once, serve every such extension, and sum to the gradient. */
+  CPK__NEED_PER_SAMPLE = 64
 };
 
 typedef struct cpk__extension {

@@ -16,4 +16,5 @@ static int sgs_param(cpk__param_site *s) {
   return rc;
 }
 
-const cpk__extension cpk__sum_grad_squared_ext = {"sum_grad_squared", 0, sgs_param};
+const cpk__extension cpk__sum_grad_squared_ext = {"sum_grad_squared", CPK__NEED_PER_SAMPLE,
+                                                  sgs_param};

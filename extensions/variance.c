@@ -22,4 +22,5 @@ static int variance_param(cpk__param_site *s) {
   return CPK_OK;
 }
 
-const cpk__extension cpk__variance_ext = {"variance", 0, variance_param};
+const cpk__extension cpk__variance_ext = {"variance", CPK__NEED_PER_SAMPLE,
+                                          variance_param};

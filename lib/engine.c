@@ -195,8 +195,10 @@ static int grad_and_extensions(cpk__pass *pass, cpk__layer *l, int p,
                           .kfra = pass->kfra,
                           .results = pass->results,
                           .visit_opts = pass->opts};
-  if ((pass->needs & CPK__NEED_GRAD_BATCH) &&
-      !cpk__site_is_dense_linear(&site)) {
+  const int dense = cpk__site_is_dense_linear(&site);
+  if (!dense && ((pass->needs & CPK__NEED_GRAD_BATCH) ||
+                 ((pass->needs & CPK__NEED_PER_SAMPLE) &&
+                  cpk__site_chunk_samples(&site, 1) >= pass->n))) {
     /* grad = sum_n grad_batch[n] (beta = 0: every element written) */
     const cpk_tensor *gb;
     rc = cpk__site_grad_batch(&site, &gb);

@@ -213,15 +213,19 @@ static void test_alone_equals_together(void **state) {
   cpk_context_free(ctx);
 }
 
-/* With batch_grad asked for, the gradient of a parameter whose per-sample
- * gradients come from per-sample products (convolutions, batch norm, a
- * linear layer on [N, R, IN]) is their sum: it equals the gradient of a
- * pass without extensions, and the sum of grad_batch. */
-static void test_gradient_with_batch_grad(void **state) {
+/* With batch_grad asked for (or another extension that walks per-sample
+ * gradients, when one chunk holds the batch), the gradient of a parameter
+ * whose per-sample gradients come from per-sample products (convolutions,
+ * batch norm, a linear layer on [N, R, IN]) is their sum: it equals the
+ * gradient of a pass without extensions, and the sum of grad_batch. */
+static void test_gradient_from_per_sample(void **state) {
   static const char *const text =
       "conv_transpose2d 2 3 3 stride=2 padding=1 output_padding=1\n"
       "batchnorm2d 3\nelu\nconv2d 3 2 3 dilation=2 groups=1\nflatten\n"
       "linear 32 5\ntanh\nlinear 5 3\n";
+  static const char *const lists[] = {"batch_grad", "batch_l2_grad",
+                                      "sum_grad_squared,variance",
+                                      "batch_dot_grad", all_ext};
   const int64_t sample_shape[3] = {2, 4, 4}, xs[4] = {N, 2, 4, 4};
   cpk_context *ctx;
   cpk_model *m;
@@ -233,32 +237,40 @@ static void test_gradient_with_batch_grad(void **state) {
   cpk_tensor *x = tu_random(CPK_F64, 4, xs, -1, 1, 5);
   cpk_tensor *y = target_for(CPK_LOSS_CROSS_ENTROPY, N, 2);
   cpk_pass_spec plain = {CPK_LOSS_CROSS_ENTROPY, CPK_REDUCTION_MEAN, NULL, 0};
-  cpk_pass_spec with = {CPK_LOSS_CROSS_ENTROPY, CPK_REDUCTION_MEAN,
-                        "batch_grad", 0};
-  cpk_results *rp, *rw;
+  cpk_results *rp;
   tu_ok(cpk_compute(ctx, m, &plain, x, y, &rp));
-  tu_ok(cpk_compute(ctx, m, &with, x, y, &rw));
-  for (int p = 0; p < cpk_model_num_params(m); p++) {
-    const char *name;
-    cpk_tensor *theta;
-    tu_ok(cpk_model_param(m, p, &name, &theta));
-    const int64_t k = cpk_tensor_numel(theta);
-    char key[96];
-    snprintf(key, sizeof key, "%s.grad", name);
-    if (cpk_results_find(rp, key) == NULL)
-      continue; /* a buffer (batch norm's running statistics) */
-    const cpk_tensor *gp = find(rp, name, "grad"), *gw = find(rw, name, "grad");
-    const cpk_tensor *gb = find(rw, name, "grad_batch");
-    double sum[256] = {0};
-    assert_true(k <= 256);
-    for (int64_t n = 0; n < N; n++)
-      for (int64_t i = 0; i < k; i++)
-        sum[i] += cpk_tensor_get(gb, n * k + i);
-    tu_assert_close(gw, gp, 1e-12, 1e-15, name);
-    tu_assert_close_array(gw->data, sum, k, 1e-12, 1e-15, name);
+  for (size_t e = 0; e < sizeof lists / sizeof lists[0]; e++) {
+    cpk_pass_spec with = {CPK_LOSS_CROSS_ENTROPY, CPK_REDUCTION_MEAN,
+                          lists[e], 0};
+    cpk_results *rw;
+    tu_ok(cpk_compute(ctx, m, &with, x, y, &rw));
+    for (int p = 0; p < cpk_model_num_params(m); p++) {
+      const char *name;
+      cpk_tensor *theta;
+      char key[96], what[160];
+      tu_ok(cpk_model_param(m, p, &name, &theta));
+      const int64_t k = cpk_tensor_numel(theta);
+      snprintf(key, sizeof key, "%s.grad", name);
+      if (cpk_results_find(rp, key) == NULL)
+        continue; /* a buffer (batch norm's running statistics) */
+      snprintf(what, sizeof what, "%s with %s", key, lists[e]);
+      const cpk_tensor *gp = find(rp, name, "grad"),
+                       *gw = find(rw, name, "grad");
+      tu_assert_close(gw, gp, 1e-12, 1e-15, what);
+      snprintf(key, sizeof key, "%s.grad_batch", name);
+      const cpk_tensor *gb = cpk_results_find(rw, key);
+      if (gb == NULL)
+        continue;
+      double sum[256] = {0};
+      assert_true(k <= 256);
+      for (int64_t n = 0; n < N; n++)
+        for (int64_t i = 0; i < k; i++)
+          sum[i] += cpk_tensor_get(gb, n * k + i);
+      tu_assert_close_array(gw->data, sum, k, 1e-12, 1e-15, what);
+    }
+    cpk_results_free(rw);
   }
   cpk_results_free(rp);
-  cpk_results_free(rw);
   cpk_tensor_free(x);
   cpk_tensor_free(y);
   cpk_model_free(m);
@@ -312,7 +324,7 @@ int main(void) {
       cmocka_unit_test(test_dense_with_batch_grad),
       cmocka_unit_test(test_chunked_generic),
       cmocka_unit_test(test_alone_equals_together),
-      cmocka_unit_test(test_gradient_with_batch_grad),
+      cmocka_unit_test(test_gradient_from_per_sample),
       cmocka_unit_test(test_float32),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
