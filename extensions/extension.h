@@ -47,6 +47,7 @@ typedef struct cpk__param_site {
   cpk_tensor *grad_batch;       /* [N, *S], or NULL until needed */
   int grad_batch_in_results;    /* grad_batch is owned by results */
   cpk_tensor *sum_grad_squared; /* S, or NULL until needed */
+  int sum_grad_squared_in_results; /* sum_grad_squared owned by results */
 } cpk__param_site;
 
 /* What an extension needs the engine to backpropagate besides g. */

@@ -14,7 +14,8 @@
 void cpk__site_release(cpk__param_site *s) {
   if (!s->grad_batch_in_results)
     cpk_tensor_free(s->grad_batch);
-  cpk_tensor_free(s->sum_grad_squared);
+  if (!s->sum_grad_squared_in_results)
+    cpk_tensor_free(s->sum_grad_squared);
   s->grad_batch = NULL;
   s->sum_grad_squared = NULL;
 }
@@ -195,13 +196,17 @@ static int linear_sum_grad_squared(cpk__param_site *s, cpk_tensor *sgs) {
 int cpk__site_sum_grad_squared(cpk__param_site *s, const cpk_tensor **out) {
   if (s->sum_grad_squared == NULL) {
     const cpk__param *p = site_param(s);
-    int rc = cpk__tensor_new_on(s->ctx, &s->sum_grad_squared, s->grad->dtype,
-                                p->ndim, p->shape);
+    /* The closed form writes every element; the chunks add up. */
+    const int closed = cpk__site_is_dense_linear(s) && s->grad_batch == NULL;
+    int rc = closed ? cpk__tensor_new_on_uninit(s->ctx, &s->sum_grad_squared,
+                                                s->grad->dtype, p->ndim,
+                                                p->shape)
+                    : cpk__tensor_new_on(s->ctx, &s->sum_grad_squared,
+                                         s->grad->dtype, p->ndim, p->shape);
     square_sum q = {s, s->sum_grad_squared};
     if (rc == CPK_OK)
-      rc = cpk__site_is_dense_linear(s) && s->grad_batch == NULL
-               ? linear_sum_grad_squared(s, s->sum_grad_squared)
-               : cpk__site_foreach_chunk(s, add_squares, &q);
+      rc = closed ? linear_sum_grad_squared(s, s->sum_grad_squared)
+                  : cpk__site_foreach_chunk(s, add_squares, &q);
     if (rc != CPK_OK) {
       cpk_tensor_free(s->sum_grad_squared);
       s->sum_grad_squared = NULL;
