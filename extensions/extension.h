@@ -97,6 +97,9 @@ void cpk__site_release(cpk__param_site *s);
  * shape in the model's dtype; *t is owned by the results. */
 int cpk__site_result(cpk__param_site *s, const char *suffix, int ndim,
                      const int64_t *shape, cpk_tensor **t);
+/* Same, not zeroed: for a caller that writes every element. */
+int cpk__site_result_uninit(cpk__param_site *s, const char *suffix, int ndim,
+                            const int64_t *shape, cpk_tensor **t);
 /* Same with the shape (lead, *S), lead < 0 meaning S alone. */
 int cpk__site_result_like(cpk__param_site *s, const char *suffix,
                           int64_t lead, cpk_tensor **t);

@@ -9,6 +9,8 @@
  * KFRA (P.kfra.0, P.kfra.1) takes G = Gbar, the averaged GGN propagated
  * backward as one matrix (cpk__kfra_start / cpk__kfra_through), and the
  * same A.
+ * Every factor is written whole (BLAS with beta 0, copies), so none is
+ * zeroed first.
  * Convolutions (and transposed ones, for weight.transpose(0, 1)): G from S
  * summed over the output positions first (the bias's GGN), A = (1/N)
  * sum_{n,l} u u^T over the unfolded input patches u (C_in/G * prod(K)); with
@@ -26,7 +28,7 @@ static int sum_positions(const cpk_context *ctx, const cpk_tensor *S,
                          int64_t n, int64_t c, cpk_tensor **out) {
   const int64_t v = S->shape[0], l = cpk_tensor_numel(S) / (v * n * c);
   int64_t shape[2] = {v * n, c};
-  int rc = cpk__tensor_new_on(ctx, out, S->dtype, 2, shape);
+  int rc = cpk__tensor_new_on_uninit(ctx, out, S->dtype, 2, shape);
   if (rc == CPK_OK)
     cpk__sum_rows(ctx, S->dtype, v * n * c, l, 1, S->data, 0.0, (*out)->data);
   return rc;
@@ -43,7 +45,7 @@ static int sum_position_pairs(const cpk_context *ctx, const cpk_tensor *gbar,
   }
   int64_t shape[3] = {c, l, c};
   cpk_tensor *t;
-  int rc = cpk__tensor_new_on(ctx, &t, gbar->dtype, 3, shape);
+  int rc = cpk__tensor_new_on_uninit(ctx, &t, gbar->dtype, 3, shape);
   if (rc != CPK_OK)
     return rc;
   cpk__sum_rows(ctx, gbar->dtype, c * l * c, l, 1, gbar->data, 0.0, t->data);
@@ -67,13 +69,13 @@ static int output_factor(cpk__param_site *s, const cpk_tensor *S, int64_t c,
              s->layer->params[0].name, name);
     const cpk_tensor *w = cpk_results_find(s->results, key);
     if (w != NULL && w->ndim == 2 && w->shape[0] == c && w->shape[1] == c) {
-      int rc = cpk__site_result(s, name, 2, full, &out);
+      int rc = cpk__site_result_uninit(s, name, 2, full, &out);
       if (rc == CPK_OK)
         cpk__copy(s->ctx, w->dtype, c * c, w->data, out->data);
       return rc;
     }
   }
-  int rc = cpk__tensor_new_on(s->ctx, &g, s->grad->dtype, 2, full);
+  int rc = cpk__tensor_new_on_uninit(s->ctx, &g, s->grad->dtype, 2, full);
   if (rc == CPK_OK && S == NULL) {
     rc = sum_position_pairs(s->ctx, s->kfra, c, g);
   } else if (rc == CPK_OK) {
@@ -87,14 +89,14 @@ static int output_factor(cpk__param_site *s, const cpk_tensor *S, int64_t c,
                 0.0, g->data, c);
   }
   if (rc == CPK_OK && groups <= 1) {
-    rc = cpk__site_result(s, name, 2, full, &out);
+    rc = cpk__site_result_uninit(s, name, 2, full, &out);
     if (rc == CPK_OK)
       cpk__copy(s->ctx, g->dtype, c * c, g->data, out->data);
   } else if (rc == CPK_OK) {
     const int64_t cg = c / groups;
     int64_t shape[3] = {groups, cg, cg};
     const size_t es = cpk_dtype_size(g->dtype);
-    if ((rc = cpk__site_result(s, name, 3, shape, &out)) == CPK_OK)
+    if ((rc = cpk__site_result_uninit(s, name, 3, shape, &out)) == CPK_OK)
       for (int64_t k = 0; k < groups; k++) /* out[k, i, :] = g[k*cg + i, k*cg..] */
         for (int64_t i = 0; i < cg; i++)
           cpk__copy(s->ctx, g->dtype, cg,
@@ -118,8 +120,8 @@ static int conv_input_factor(cpk__param_site *s, const char *name) {
     return rc;
   const int64_t groups = u->shape[1], r = u->shape[2], l = u->shape[3];
   const int64_t n = s->n, shape[3] = {groups, r, r}, sshape[2] = {r, n * l};
-  rc = groups > 1 ? cpk__site_result(s, name, 3, shape, &out)
-                  : cpk__site_result(s, name, 2, shape + 1, &out);
+  rc = groups > 1 ? cpk__site_result_uninit(s, name, 3, shape, &out)
+                  : cpk__site_result_uninit(s, name, 2, shape + 1, &out);
   if (rc == CPK_OK)
     rc = cpk__tensor_new_on_uninit(s->ctx, &side, u->dtype, 2, sshape);
   const size_t es = cpk_dtype_size(u->dtype);
@@ -161,7 +163,7 @@ static int kron_factors(cpk__param_site *s, const cpk_tensor *S,
   rc = output_factor(s, S, s->g->shape[2], 1, name0);
   if (rc != CPK_OK || s->p == 1) /* bias */
     return rc;
-  if ((rc = cpk__site_result(s, name1, 2, ashape, &a)) != CPK_OK)
+  if ((rc = cpk__site_result_uninit(s, name1, 2, ashape, &a)) != CPK_OK)
     return rc;
   cpk__syrk(s->ctx, s->x->dtype, 1, fi, s->n, 1.0 / (double)s->n_mean,
             s->x->data, fi, 0.0, a->data, fi);
@@ -181,7 +183,7 @@ int cpk__kfra_start(cpk_context *ctx, const cpk_tensor *sqrt_exact,
   const int64_t v = sqrt_exact->shape[0], n = sqrt_exact->shape[1];
   const int64_t d = cpk_tensor_numel(sqrt_exact) / (v * n);
   int64_t shape[2] = {d, d};
-  int rc = cpk__tensor_new_on(ctx, gbar, sqrt_exact->dtype, 2, shape);
+  int rc = cpk__tensor_new_on_uninit(ctx, gbar, sqrt_exact->dtype, 2, shape);
   if (rc == CPK_OK)
     cpk__syrk(ctx, sqrt_exact->dtype, 1, d, v * n, 1.0, sqrt_exact->data, d,
               0.0, (*gbar)->data, d);

@@ -39,6 +39,11 @@ int cpk__site_result(cpk__param_site *s, const char *suffix, int ndim,
   return site_result(s, suffix, ndim, shape, 1, t);
 }
 
+int cpk__site_result_uninit(cpk__param_site *s, const char *suffix, int ndim,
+                            const int64_t *shape, cpk_tensor **t) {
+  return site_result(s, suffix, ndim, shape, 0, t);
+}
+
 static int site_result_like(cpk__param_site *s, const char *suffix,
                             int64_t lead, int zeroed, cpk_tensor **t) {
   const cpk__param *p = site_param(s);
