@@ -14,7 +14,8 @@ static int sqrt_ggn(cpk__param_site *s, const cpk_tensor *S,
   for (int i = 0; i < p->ndim; i++)
     shape[i + 2] = p->shape[i];
   cpk_tensor *out;
-  int rc = cpk__site_result(s, suffix, p->ndim + 2, shape, &out);
+  /* param_jac_t_mat (beta 0) writes every element */
+  int rc = cpk__site_result_uninit(s, suffix, p->ndim + 2, shape, &out);
   if (rc == CPK_OK)
     rc = cpk__site_block_param_jac(s, S, 0, s->n, out);
   return rc;

@@ -9,7 +9,7 @@ static int variance_param(cpk__param_site *s) {
   cpk_tensor *out;
   int rc = cpk__site_sum_grad_squared(s, &sgs);
   if (rc == CPK_OK)
-    rc = cpk__site_result_like(s, "variance", -1, &out);
+    rc = cpk__site_result_like_uninit(s, "variance", -1, &out);
   if (rc != CPK_OK)
     return rc;
   /* out = sgs / N - (grad / N)^2 = (sgs - grad^2 / N) / N */
