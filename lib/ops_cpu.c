@@ -100,6 +100,40 @@ static void mirror_upper(cpk_dtype dt, int64_t n, void *c, int64_t ldc) {
                  (const char *)c + (size_t)(j * ldc + i) * es, es);
 }
 
+/* The upper triangle of C := alpha op(A) op(A)^T + beta C, one BLAS call. */
+static void syrk_upper(cpk_dtype dt, int trans, int64_t n, int64_t k,
+                       double alpha, const void *a, int64_t lda, double beta,
+                       void *c, int64_t ldc) {
+  const enum CBLAS_TRANSPOSE t = trans ? CblasTrans : CblasNoTrans;
+  if (dt == CPK_F32)
+    cblas_ssyrk(CblasRowMajor, CblasUpper, t, (blasint)n, (blasint)k,
+                (float)alpha, a, (blasint)lda, (float)beta, c, (blasint)ldc);
+  else
+    cblas_dsyrk(CblasRowMajor, CblasUpper, t, (blasint)n, (blasint)k, alpha, a,
+                (blasint)lda, beta, c, (blasint)ldc);
+}
+
+/* c[i, j] += sum_p part[p][i, j] over the upper triangle; parts [n, n]. */
+static void add_upper(cpk_dtype dt, int64_t n, int64_t parts,
+                      const void *part, void *c, int64_t ldc) {
+#pragma omp parallel for schedule(dynamic, 16) if (n > 128)
+  for (int64_t i = 0; i < n; i++)
+    for (int64_t p = 0; p < parts; p++) {
+      const int64_t off = p * n * n + i * n;
+      if (dt == CPK_F32) {
+        const float *src = (const float *)part + off;
+        float *dst = (float *)c + i * ldc;
+        for (int64_t j = i; j < n; j++)
+          dst[j] += src[j];
+      } else {
+        const double *src = (const double *)part + off;
+        double *dst = (double *)c + i * ldc;
+        for (int64_t j = i; j < n; j++)
+          dst[j] += src[j];
+      }
+    }
+}
+
 void cpk__syrk(const cpk_context *ctx, cpk_dtype dt, int trans, int64_t n,
                int64_t k, double alpha, const void *a, int64_t lda, double beta,
                void *c, int64_t ldc) {
@@ -110,13 +144,35 @@ void cpk__syrk(const cpk_context *ctx, cpk_dtype dt, int trans, int64_t n,
               ldc);
     return;
   }
-  const enum CBLAS_TRANSPOSE t = trans ? CblasTrans : CblasNoTrans;
-  if (dt == CPK_F32)
-    cblas_ssyrk(CblasRowMajor, CblasUpper, t, (blasint)n, (blasint)k,
-                (float)alpha, a, (blasint)lda, (float)beta, c, (blasint)ldc);
-  else
-    cblas_dsyrk(CblasRowMajor, CblasUpper, t, (blasint)n, (blasint)k, alpha, a,
-                (blasint)lda, beta, c, (blasint)ldc);
+  /* OpenBLAS threads a syrk over the rows of C, which leaves a small C
+   * (n = 75 with k = 100,000: a convolution's input factor) on one core
+   * much of the time. With several threads the k products are split
+   * instead: each thread's part into its own [n, n] (at most 64 MiB in
+   * all), then added. */
+  const size_t es = cpk_dtype_size(dt);
+  int64_t parts = omp_in_parallel() ? 1 : omp_get_max_threads();
+  if (parts > k / 256)
+    parts = k / 256;
+  char *part = NULL;
+  if (parts > 1 && (size_t)(parts - 1) * (size_t)(n * n) * es <= (64u << 20))
+    part = cpk__malloc((size_t)(parts - 1) * (size_t)(n * n) * es);
+  if (part == NULL) {
+    cpk_clear_error(); /* a failed scratch only costs the split */
+    syrk_upper(dt, trans, n, k, alpha, a, lda, beta, c, ldc);
+  } else {
+#pragma omp parallel for num_threads(parts) schedule(static, 1)
+    for (int64_t p = 0; p < parts; p++) {
+      const int64_t k0 = p * k / parts, k1 = (p + 1) * k / parts;
+      const char *ap = (const char *)a + (size_t)(trans ? k0 * lda : k0) * es;
+      if (p == 0)
+        syrk_upper(dt, trans, n, k1 - k0, alpha, ap, lda, beta, c, ldc);
+      else
+        syrk_upper(dt, trans, n, k1 - k0, alpha, ap, lda, 0.0,
+                   part + (size_t)((p - 1) * n * n) * es, n);
+    }
+    add_upper(dt, n, parts - 1, part, c, ldc);
+    cpk__free(part);
+  }
   mirror_upper(dt, n, c, ldc);
 }
 
