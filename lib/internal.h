@@ -75,4 +75,15 @@ int cpk__check_finite_in(const cpk_tensor *t, cpk_dtype as, const char *what);
 /* Duplicate a string through malloc (NULL on failure, with message). */
 char *cpk__strdup(const char *s);
 
+/* oneDNN (builds with CPK_HAVE_DNNL; lib/layers/conv_dnnl.c). On unless
+ * CPK_DNNL=0 in the environment or cpk__dnnl_enable(0). */
+int cpk__dnnl_enabled(void);
+/* oneDNN's single-precision GEMM, row-major as cblas_sgemm: about a tenth
+ * faster than OpenBLAS's on this library's shapes (its beta = 0 fill
+ * included). CPK_OK once computed; nonzero where oneDNN is off or fails
+ * (the caller then uses BLAS). */
+int cpk__dnnl_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+                    float alpha, const float *a, int64_t lda, const float *b,
+                    int64_t ldb, float beta, float *c, int64_t ldc);
+
 #endif /* CPK_INTERNAL_H */

@@ -53,6 +53,12 @@ void cpk__gemm(const cpk_context *ctx, cpk_dtype dt, int trans_a, int trans_b,
     return;
   enum CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans;
   enum CBLAS_TRANSPOSE tb = trans_b ? CblasTrans : CblasNoTrans;
+#ifdef CPK_HAVE_DNNL
+  if (dt == CPK_F32 && cpk__dnnl_sgemm(trans_a, trans_b, m, n, k, (float)alpha,
+                                       a, lda, b, ldb, (float)beta, c,
+                                       ldc) == CPK_OK)
+    return;
+#endif
   if (dt == CPK_F32)
     cblas_sgemm(CblasRowMajor, ta, tb, (blasint)m, (blasint)n, (blasint)k,
                 (float)alpha, a, (blasint)lda, b, (blasint)ldb, (float)beta, c,

@@ -7,7 +7,8 @@
  * inputs that the last window does not reach, dilation, groups and the
  * transposed convolutions' core, on a batch and on blocks of V images.
  * Each case must really run in oneDNN (not decline to the fallback), and
- * CPK_DNNL=0 / cpk__dnnl_enable(0) must turn it off.
+ * CPK_DNNL=0 / cpk__dnnl_enable(0) must turn it off. Also oneDNN's sgemm,
+ * which cpk__gemm uses in float32, against a triple loop.
  */
 #include <math.h>
 #include <stdio.h>
@@ -16,6 +17,7 @@
 
 #include "config.h"
 #include "devtest.h"
+#include "internal.h"
 #include "layers/conv_common.h"
 #include "model.h"
 
@@ -166,9 +168,67 @@ static void test_dnnl_matches_unfolding(void **state) {
   }
 }
 
+/* cpk__gemm in float32 (oneDNN's sgemm) equals a plain triple loop in
+ * double, for every transpose pair, leading dimensions wider than the
+ * rows, beta 0 (over NaN: never read) and 0.5, inside a parallel region
+ * too; switched off it declines. */
+static void test_dnnl_sgemm(void **state) {
+  static const int64_t sizes[][3] = {{1, 1, 1}, {7, 5, 3}, {33, 17, 65},
+                                     {128, 100, 64}};
+  (void)state;
+  for (size_t z = 0; z < sizeof sizes / sizeof sizes[0]; z++)
+    for (int ta = 0; ta < 2; ta++)
+      for (int tb = 0; tb < 2; tb++)
+        for (int bi = 0; bi < 2; bi++) {
+          const int64_t m = sizes[z][0], n = sizes[z][1], k = sizes[z][2];
+          const int64_t lda = (ta ? m : k) + 3, ldb = (tb ? k : n) + 2,
+                        ldc = n + 1;
+          const double beta = bi ? 0.5 : 0.0;
+          float *a = malloc(sizeof(float) * (size_t)((ta ? k : m) * lda));
+          float *b = malloc(sizeof(float) * (size_t)((tb ? n : k) * ldb));
+          float *c = malloc(sizeof(float) * (size_t)(m * ldc));
+          double *want = malloc(sizeof(double) * (size_t)(m * n));
+          for (int64_t i = 0; i < (ta ? k : m) * lda; i++)
+            a[i] = (float)((i * 37 % 101) - 50) / 50.0f;
+          for (int64_t i = 0; i < (tb ? n : k) * ldb; i++)
+            b[i] = (float)((i * 53 % 97) - 48) / 48.0f;
+          for (int64_t i = 0; i < m * ldc; i++)
+            c[i] = bi ? (float)(i % 7) : NAN;
+          for (int64_t i = 0; i < m; i++)
+            for (int64_t j = 0; j < n; j++) {
+              double acc = 0;
+              for (int64_t q = 0; q < k; q++)
+                acc += (double)(ta ? a[q * lda + i] : a[i * lda + q]) *
+                       (double)(tb ? b[j * ldb + q] : b[q * ldb + j]);
+              want[i * n + j] = 0.75 * acc + (bi ? beta * c[i * ldc + j] : 0);
+            }
+#pragma omp parallel num_threads(2) if (z == 2)
+          {
+#pragma omp single
+            assert_int_equal(cpk__dnnl_sgemm(ta, tb, m, n, k, 0.75f, a, lda, b,
+                                             ldb, (float)beta, c, ldc),
+                             CPK_OK);
+          }
+          for (int64_t i = 0; i < m; i++)
+            for (int64_t j = 0; j < n; j++)
+              assert_true(fabs(c[i * ldc + j] - want[i * n + j]) <=
+                          1e-5 * (1 + fabs(want[i * n + j])));
+          cpk__dnnl_enable(0);
+          assert_int_not_equal(cpk__dnnl_sgemm(ta, tb, m, n, k, 1.0f, a, lda,
+                                               b, ldb, 0.0f, c, ldc),
+                               CPK_OK);
+          cpk__dnnl_enable(1);
+          free(a);
+          free(b);
+          free(c);
+          free(want);
+        }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_dnnl_matches_unfolding),
+      cmocka_unit_test(test_dnnl_sgemm),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -40,17 +40,32 @@ static void engine_init(void) {
 
 void cpk__dnnl_enable(int on) { enabled = on != 0; }
 
-/* On unless CPK_DNNL=0 (the environment, read once) or cpk__dnnl_enable(0),
- * and an engine could be made. */
-static int usable(void) {
+/* On unless CPK_DNNL=0 (the environment, read once) or cpk__dnnl_enable(0). */
+int cpk__dnnl_enabled(void) {
   if (enabled < 0) {
     const char *env = getenv("CPK_DNNL");
     enabled = !(env != NULL && strcmp(env, "0") == 0);
   }
-  if (!enabled)
+  return enabled;
+}
+
+/* Enabled, and an engine could be made. */
+static int usable(void) {
+  if (!cpk__dnnl_enabled())
     return 0;
   pthread_once(&engine_once, engine_init);
   return engine_ok;
+}
+
+int cpk__dnnl_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+                    float alpha, const float *a, int64_t lda, const float *b,
+                    int64_t ldb, float beta, float *c, int64_t ldc) {
+  if (!cpk__dnnl_enabled())
+    return CPK__CONV_DECLINED;
+  return dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', m, n, k, alpha,
+                    a, lda, b, ldb, beta, c, ldc) == dnnl_success
+             ? CPK_OK
+             : CPK__CONV_DECLINED;
 }
 
 /* The core's descriptors in C order: src = X, wei = W, dst = Y. */
