@@ -97,6 +97,11 @@ void cpk__site_release(cpk__param_site *s);
  * shape in the model's dtype; *t is owned by the results. */
 int cpk__site_result(cpk__param_site *s, const char *suffix, int ndim,
                      const int64_t *shape, cpk_tensor **t);
+/* Hand a cached intermediate of the site (grad_batch, sum_grad_squared) to
+ * the results as "NAME.SUFFIX"; the site keeps reading it and *owned tells
+ * its release not to free it. On failure it is freed and *cached NULL. */
+int cpk__site_result_take(cpk__param_site *s, const char *suffix,
+                          cpk_tensor **cached, int *owned);
 /* Same, not zeroed: for a caller that writes every element. */
 int cpk__site_result_uninit(cpk__param_site *s, const char *suffix, int ndim,
                             const int64_t *shape, cpk_tensor **t);

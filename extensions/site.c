@@ -39,6 +39,18 @@ int cpk__site_result(cpk__param_site *s, const char *suffix, int ndim,
   return site_result(s, suffix, ndim, shape, 1, t);
 }
 
+int cpk__site_result_take(cpk__param_site *s, const char *suffix,
+                          cpk_tensor **cached, int *owned) {
+  char name[96];
+  snprintf(name, sizeof name, "%s.%s", s->name, suffix);
+  int rc = cpk__results_add(s->results, name, *cached);
+  if (rc != CPK_OK)
+    *cached = NULL; /* freed by cpk__results_add */
+  else
+    *owned = 1;
+  return rc;
+}
+
 int cpk__site_result_uninit(cpk__param_site *s, const char *suffix, int ndim,
                             const int64_t *shape, cpk_tensor **t) {
   return site_result(s, suffix, ndim, shape, 0, t);
