@@ -191,15 +191,15 @@ static int linear_sum_grad_squared(cpk__param_site *s, cpk_tensor *sgs) {
   const int64_t n = s->n, fo = s->g->shape[2], fi = s->x->shape[1];
   int64_t gshape[2] = {n, fo}, xshape[2] = {n, fi};
   cpk_tensor *g2 = NULL, *x2 = NULL;
-  int rc = cpk__tensor_new_on(s->ctx, &g2, s->g->dtype, 2, gshape);
+  int rc = cpk__tensor_new_on_uninit(s->ctx, &g2, s->g->dtype, 2, gshape);
   if (rc != CPK_OK)
     return rc;
   cpk__mul_broadcast(s->ctx, s->g->dtype, 1, n * fo, s->g->data, s->g->data,
                      g2->data);
   if (s->p == 1) { /* bias */
     cpk__sum_rows(s->ctx, s->g->dtype, 1, n, fo, g2->data, 0.0, sgs->data);
-  } else if ((rc = cpk__tensor_new_on(s->ctx, &x2, s->x->dtype, 2, xshape)) ==
-             CPK_OK) {
+  } else if ((rc = cpk__tensor_new_on_uninit(s->ctx, &x2, s->x->dtype, 2,
+                                              xshape)) == CPK_OK) {
     cpk__mul_broadcast(s->ctx, s->x->dtype, 1, n * fi, s->x->data, s->x->data,
                        x2->data);
     cpk__gemm(s->ctx, s->g->dtype, 1, 0, fo, fi, n, 1.0, g2->data, fo,

@@ -12,13 +12,8 @@ static int variance_param(cpk__param_site *s) {
     rc = cpk__site_result_like_uninit(s, "variance", -1, &out);
   if (rc != CPK_OK)
     return rc;
-  /* out = sgs / N - (grad / N)^2 = (sgs - grad^2 / N) / N */
-  const int64_t k = cpk_tensor_numel(sgs);
-  cpk__mul_broadcast(s->ctx, out->dtype, 1, k, s->grad->data, s->grad->data,
-                     out->data);
-  cpk__scale(s->ctx, out->dtype, k, -1.0 / (double)s->n, out->data);
-  cpk__axpy(s->ctx, out->dtype, k, 1.0, sgs->data, out->data);
-  cpk__scale(s->ctx, out->dtype, k, 1.0 / (double)s->n, out->data);
+  cpk__variance_of(s->ctx, out->dtype, cpk_tensor_numel(sgs), (double)s->n,
+                   sgs->data, s->grad->data, out->data);
   return CPK_OK;
 }
 

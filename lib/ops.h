@@ -64,6 +64,11 @@ void cpk__sum_rows(const cpk_context *ctx, cpk_dtype dt, int64_t blocks,
 void cpk__mul_broadcast(const cpk_context *ctx, cpk_dtype dt, int64_t v,
                         int64_t m, const void *d, const void *in, void *out);
 
+/* The biased variance from the moments over n samples:
+ *   out[i] := (sgs[i] - grad[i]^2 / n) / n   (= sgs/n - (grad/n)^2). */
+void cpk__variance_of(const cpk_context *ctx, cpk_dtype dt, int64_t k,
+                      double n, const void *sgs, const void *grad, void *out);
+
 /* Outer products per sample and column: out[c, j] := a[c, j] b[j]^T for
  * a [V, N, M], b [N, K], out [V, N, M, K] (per-sample gradients of a
  * linear weight). */

@@ -238,6 +238,21 @@ void cpk__mul_broadcast(const cpk_context *ctx, cpk_dtype dt, int64_t v,
     mul_broadcast_f64(v, m, d, in, out);
 }
 
+void cpk__variance_of(const cpk_context *ctx, cpk_dtype dt, int64_t k,
+                      double n, const void *sgs, const void *grad, void *out) {
+  if (ctx != NULL && ctx->device == CPK_DEVICE_CUDA) { /* the device's ops */
+    cpk__mul_broadcast(ctx, dt, 1, k, grad, grad, out);
+    cpk__scale(ctx, dt, k, -1.0 / n, out);
+    cpk__axpy(ctx, dt, k, 1.0, sgs, out);
+    cpk__scale(ctx, dt, k, 1.0 / n, out);
+    return;
+  }
+  if (dt == CPK_F32)
+    variance_of_f32(k, n, sgs, grad, out);
+  else
+    variance_of_f64(k, n, sgs, grad, out);
+}
+
 void cpk__act_d1_mul(const cpk_context *ctx, cpk_dtype dt, cpk__act act,
                      double param, int64_t n, const void *x, const void *y,
                      const void *in, void *out) {
