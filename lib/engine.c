@@ -187,7 +187,7 @@ static int grad_and_extensions(cpk__pass *pass, cpk__layer *l, int p,
                           .n = pass->n,
                           .n_mean = pass->n_total,
                           .x = pass->acts[l->index],
-                          .g = pass->blocks[CPK__BLOCK_GRAD],
+                          .g = g,
                           .grad = grad,
                           .sqrt_exact = pass->blocks[CPK__BLOCK_SQRT_EXACT],
                           .sqrt_mc = pass->blocks[CPK__BLOCK_SQRT_MC],
@@ -221,7 +221,7 @@ static int grad_and_extensions(cpk__pass *pass, cpk__layer *l, int p,
     }
   }
   if (rc == CPK_OK && visit && opts->visit_grad_factors != NULL && p == 0 &&
-      cpk__site_is_dense_linear(&site))
+      dense)
     rc = visit_factors(&site);
   else if (rc == CPK_OK && visit && opts->visit_grad_batch != NULL)
     rc = cpk__site_foreach_chunk(&site, visit_chunk, &site);
