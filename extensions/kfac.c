@@ -75,9 +75,13 @@ static int output_factor(cpk__param_site *s, const cpk_tensor *S, int64_t c,
       return rc;
     }
   }
-  int rc = cpk__tensor_new_on_uninit(s->ctx, &g, s->grad->dtype, 2, full);
+  /* Ungrouped, G goes straight into the result; grouped, through g. */
+  int rc = groups <= 1
+               ? cpk__site_result_uninit(s, name, 2, full, &out)
+               : cpk__tensor_new_on_uninit(s->ctx, &g, s->grad->dtype, 2, full);
+  cpk_tensor *whole = groups <= 1 ? out : g;
   if (rc == CPK_OK && S == NULL) {
-    rc = sum_position_pairs(s->ctx, s->kfra, c, g);
+    rc = sum_position_pairs(s->ctx, s->kfra, c, whole);
   } else if (rc == CPK_OK) {
     /* one position (linear layers): S itself is [V*N, C] */
     const int positions = cpk_tensor_numel(S) / (S->shape[0] * s->n) != c;
@@ -86,13 +90,9 @@ static int output_factor(cpk__param_site *s, const cpk_tensor *S, int64_t c,
     const cpk_tensor *r = positions ? rows : S;
     if (rc == CPK_OK)
       cpk__syrk(s->ctx, S->dtype, 1, c, S->shape[0] * s->n, 1.0, r->data, c,
-                0.0, g->data, c);
+                0.0, whole->data, c);
   }
-  if (rc == CPK_OK && groups <= 1) {
-    rc = cpk__site_result_uninit(s, name, 2, full, &out);
-    if (rc == CPK_OK)
-      cpk__copy(s->ctx, g->dtype, c * c, g->data, out->data);
-  } else if (rc == CPK_OK) {
+  if (rc == CPK_OK && groups > 1) {
     const int64_t cg = c / groups;
     int64_t shape[3] = {groups, cg, cg};
     const size_t es = cpk_dtype_size(g->dtype);
