@@ -372,8 +372,11 @@ static int exact_root(cpk__pass *pass, const cpk_tensor *target,
                       cpk_tensor **root) {
   const cpk_tensor *f = pass->acts[pass->model->nlayers];
   const cpk__layer *last = pass->model->layers[pass->model->nlayers - 1];
+  /* (one class: the compact root has no column, the Hessian is 0; the
+   * contract's root, a column of zeros, keeps every block non-empty) */
   const int compact = pass->loss->compact_sqrt_hessian != NULL &&
-                      !(pass->needs & CPK__NEED_SQRT_CONTRACT);
+                      !(pass->needs & CPK__NEED_SQRT_CONTRACT) &&
+                      pass->loss->compact_sqrt_columns(f) > 0;
   int rc = cpk__block_new_on(pass->ctx, root, f->dtype,
                              compact ? pass->loss->compact_sqrt_columns(f)
                                      : pass->loss->sqrt_columns(f),

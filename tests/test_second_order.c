@@ -534,6 +534,54 @@ static void test_conv_kron_factors(void **state) {
   check_conv_kron(CPK_F32, 2);
 }
 
+/* Cross-entropy over one class: the loss is 0 whatever the output, so
+ * every curvature quantity is 0 (the compact root would have no column;
+ * the pass keeps the contract's root of zeros), in float64 and float32. */
+static void test_one_class(void **state) {
+  static const char *const ext =
+      "diag_ggn_exact,batch_diag_ggn_exact,diag_ggn_mc,kflr,kfac,kfra,"
+      "diag_hessian,batch_diag_hessian,sqrt_ggn_mc";
+  const int64_t shape[1] = {3}, xs[2] = {N, 3};
+  (void)state;
+  for (int f32 = 0; f32 < 2; f32++) {
+    const cpk_dtype dt = f32 ? CPK_F32 : CPK_F64;
+    cpk_context *ctx;
+    cpk_model *m;
+    cpk_results *r;
+    tu_ok(cpk_context_new(&ctx, NULL));
+    tu_ok(cpk_model_parse(&m, "linear 3 2\nsigmoid\nlinear 2 1\n", "net"));
+    tu_ok(cpk_model_build(m, 1, shape, dt));
+    tu_ok(cpk_model_init_params(m, 4));
+    cpk_tensor *x = tu_random(dt, 2, xs, -1, 1, 6), *y;
+    int64_t n = N;
+    tu_ok(cpk_tensor_new(&y, CPK_I64, 1, &n));
+    cpk_pass_spec spec = {CPK_LOSS_CROSS_ENTROPY, CPK_REDUCTION_MEAN, ext, 0};
+    tu_ok(cpk_compute(ctx, m, &spec, x, y, &r));
+    int checked = 0;
+    for (int i = 0; i < cpk_results_count(r); i++) {
+      const char *name = cpk_results_name(r, i);
+      const cpk_tensor *t = cpk_results_tensor(r, i);
+      if (strstr(name, ".kflr.1") || strstr(name, ".kfac.1") ||
+          strstr(name, ".kfra.1") || !strchr(name, '.') ||
+          strstr(name, "output"))
+        continue; /* input factors and the output are not curvature */
+      for (int64_t k = 0; k < cpk_tensor_numel(t); k++)
+        if (cpk_tensor_get(t, k) != 0.0) {
+          print_error("%s[%lld] = %g, expected 0\n", name, (long long)k,
+                      cpk_tensor_get(t, k));
+          fail();
+        }
+      checked++;
+    }
+    assert_true(checked > 20);
+    cpk_results_free(r);
+    cpk_tensor_free(x);
+    cpk_tensor_free(y);
+    cpk_model_free(m);
+    cpk_context_free(ctx);
+  }
+}
+
 /* Monte Carlo diagonals and factors converge to the exact ones. */
 static void test_mc_converges(void **state) {
   cpk_context_options o = {.seed = 3, .mc_samples = 40000};
@@ -598,6 +646,7 @@ int main(void) {
       cmocka_unit_test(test_diag_hessian),
       cmocka_unit_test(test_generic_ggn_path),
       cmocka_unit_test(test_conv_kron_factors),
+      cmocka_unit_test(test_one_class),
       cmocka_unit_test(test_mc_converges),
       cmocka_unit_test(test_mc_seeded),
   };
