@@ -538,10 +538,13 @@ int cpk__conv_weight_grad(const cpk__conv *s, const cpk_context *ctx,
   int rc = scratch_new(&d, nt, &scratch);
   if (rc != CPK_OK)
     return rc;
-  if (per_sample && v > 1 && !x_has_v) {
-    /* the gathered Y and the stacked result, per thread */
-    const int64_t per_thread = v * d.g * d.cyg * (d.ly + d.kx);
-    char *stacked = cpk__malloc((size_t)(nt * per_thread) * d.es);
+  /* the gathered Y and the stacked result, per thread, within the work
+   * budget (many columns, e.g. a root per output position, go one by one) */
+  const size_t stacked_bytes =
+      (size_t)nt * (size_t)(v * d.g * d.cyg * (d.ly + d.kx)) * d.es;
+  if (per_sample && v > 1 && !x_has_v &&
+      stacked_bytes <= (ctx != NULL ? ctx->work_bytes : (size_t)64 << 20)) {
+    char *stacked = cpk__malloc(stacked_bytes);
     if (stacked == NULL) {
       cpk__free(scratch);
       return CPK_ENOMEM;
