@@ -24,10 +24,17 @@ static const cpk__param *site_param(const cpk__param_site *s) {
   return &s->layer->params[s->p];
 }
 
+/* "NAME.SUFFIX", the name of the site's result SUFFIX. */
+static const char *result_name(const cpk__param_site *s, const char *suffix,
+                               char name[96]) {
+  snprintf(name, 96, "%s.%s", s->name, suffix);
+  return name;
+}
+
 static int site_result(cpk__param_site *s, const char *suffix, int ndim,
                        const int64_t *shape, int zeroed, cpk_tensor **t) {
   char name[96];
-  snprintf(name, sizeof name, "%s.%s", s->name, suffix);
+  result_name(s, suffix, name);
   return zeroed ? cpk__results_alloc(s->results, name, s->grad->dtype, ndim,
                                      shape, t)
                 : cpk__results_alloc_uninit(s->results, name, s->grad->dtype,
@@ -42,8 +49,7 @@ int cpk__site_result(cpk__param_site *s, const char *suffix, int ndim,
 int cpk__site_result_take(cpk__param_site *s, const char *suffix,
                           cpk_tensor **cached, int *owned) {
   char name[96];
-  snprintf(name, sizeof name, "%s.%s", s->name, suffix);
-  int rc = cpk__results_add(s->results, name, *cached);
+  int rc = cpk__results_add(s->results, result_name(s, suffix, name), *cached);
   if (rc != CPK_OK)
     *cached = NULL; /* freed by cpk__results_add */
   else

@@ -8,6 +8,7 @@
 #include <omp.h>
 #include <string.h>
 
+#include "device.h"
 #include "ops.h"
 #ifdef CPK_HAVE_CUDA
 #include "gpu_ops.h"
@@ -145,7 +146,7 @@ void cpk__syrk(const cpk_context *ctx, cpk_dtype dt, int trans, int64_t n,
                void *c, int64_t ldc) {
   /* BLAS syrk runs below the GEMM's rate; with few products per entry
    * (k < n/2) the GEMM's full square is faster. */
-  if ((ctx != NULL && ctx->device == CPK_DEVICE_CUDA) || 2 * k < n) {
+  if (cpk__on_cuda(ctx) || 2 * k < n) {
     cpk__gemm(ctx, dt, trans, !trans, n, n, k, alpha, a, lda, a, lda, beta, c,
               ldc);
     return;
@@ -160,10 +161,10 @@ void cpk__syrk(const cpk_context *ctx, cpk_dtype dt, int trans, int64_t n,
   if (parts > k / 256)
     parts = k / 256;
   char *part = NULL;
-  if (parts > 1 && (size_t)(parts - 1) * (size_t)(n * n) * es <= (64u << 20))
-    part = cpk__malloc((size_t)(parts - 1) * (size_t)(n * n) * es);
-  if (part == NULL) {
+  if (parts > 1 && (size_t)(parts - 1) * (size_t)(n * n) * es <= (64u << 20) &&
+      (part = cpk__malloc((size_t)(parts - 1) * (size_t)(n * n) * es)) == NULL)
     cpk_clear_error(); /* a failed scratch only costs the split */
+  if (part == NULL) {
     syrk_upper(dt, trans, n, k, alpha, a, lda, beta, c, ldc);
   } else {
 #pragma omp parallel for num_threads(parts) schedule(static, 1)
@@ -240,7 +241,7 @@ void cpk__mul_broadcast(const cpk_context *ctx, cpk_dtype dt, int64_t v,
 
 void cpk__variance_of(const cpk_context *ctx, cpk_dtype dt, int64_t k,
                       double n, const void *sgs, const void *grad, void *out) {
-  if (ctx != NULL && ctx->device == CPK_DEVICE_CUDA) { /* the device's ops */
+  if (cpk__on_cuda(ctx)) { /* the device's ops */
     cpk__mul_broadcast(ctx, dt, 1, k, grad, grad, out);
     cpk__scale(ctx, dt, k, -1.0 / n, out);
     cpk__axpy(ctx, dt, k, 1.0, sgs, out);
