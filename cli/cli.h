@@ -69,7 +69,9 @@ size_t cli_machine_memory(void);
 /* The help line of --max-memory. */
 #define CLI_MAX_MEMORY_HELP                                                    \
   "memory budget of the library, e.g. 512M or 4G (default: the machine's "     \
-  "memory); a step that needs more fails, saying how much it asked for"
+  "memory); a step that needs more fails, saying how much it asked for "    \
+  "(compute first runs the pass again on halves of the batch, except for "   \
+  "kfra)"
 /* Parse a non-negative integer option. Returns 0 or an exit status. */
 int cli_parse_int(const char *name, const char *text, int64_t min,
                   int64_t *out);

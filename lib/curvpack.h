@@ -379,7 +379,10 @@ typedef struct cpk_pass_options {
    * (memory of one sub-batch, besides per-sample results). kfra cannot be
    * combined that way (its recursion averages over the whole batch at
    * every layer): CPK_ENOTSUP when it would take more than one pass.
-   * Visitors need max_batch = 0. */
+   * Visitors need max_batch = 0. Independently of it, a pass (or one of
+   * these passes) that fails with CPK_ENOMEM runs again on halves of its
+   * batch, down to one sample, except in training mode, with kfra or with
+   * visitors. */
   int64_t max_batch;
   /* Nonzero: on a CUDA context, leave the results in device memory instead
    * of downloading each to the host at the end of the pass (what a caller

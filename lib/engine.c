@@ -761,6 +761,20 @@ static int finish_shards(const cpk_context *on, const shard_plan *p,
   return rc;
 }
 
+/* Whether a pass that runs out of memory may be retried on halves of its
+ * batch (each rank on its own: nothing collective differs), giving the
+ * same results: not in training mode (batch norm's statistics and dropout
+ * depend on the whole batch), not for kfra (see max_batch), not with
+ * per-sample visitors (they need one pass). */
+static int splits_on_oom(const cpk_pass_spec *spec,
+                         const cpk_pass_options *opts) {
+  shard_plan plan;
+  if (spec->training || (opts != NULL && (opts->visit_grad_batch != NULL ||
+                                          opts->visit_grad_factors != NULL)))
+    return 0;
+  return plan_shards(spec->extensions, &plan) == CPK_OK && !plan.kfra;
+}
+
 int cpk_compute_ex(cpk_context *ctx, cpk_model *model,
                    const cpk_pass_spec *spec, const cpk_pass_options *opts,
                    const cpk_tensor *input, const cpk_tensor *target,
@@ -772,15 +786,24 @@ int cpk_compute_ex(cpk_context *ctx, cpk_model *model,
   rc = cpk_check_pass(model, spec, input, target);
   if (rc == CPK_OK)
     n = input->shape[0];
-  const int64_t step = opts != NULL && opts->max_batch > 0 ? opts->max_batch : n;
+  int64_t step = opts != NULL && opts->max_batch > 0 ? opts->max_batch : n;
   if (rc == CPK_OK && opts != NULL && opts->max_batch < 0)
     rc = cpk__fail(CPK_EINVAL, "max_batch must be positive, got %lld",
                    (long long)opts->max_batch);
   if (rc == CPK_OK && step < n && opts->visit_grad_batch != NULL)
     rc = cpk__fail(CPK_EINVAL, "per-sample gradient visitors need one pass "
                                "over the batch (max_batch = 0)");
-  if (ctx->dist.size <= 1 && (rc != CPK_OK || step >= n))
-    return rc != CPK_OK ? rc : one_pass(ctx, model, spec, opts, input, target, out);
+  const int split = ctx->dist.size <= 1 && splits_on_oom(spec, opts);
+  if (ctx->dist.size <= 1 && (rc != CPK_OK || step >= n)) {
+    if (rc != CPK_OK)
+      return rc;
+    rc = one_pass(ctx, model, spec, opts, input, target, out);
+    if (rc != CPK_ENOMEM || !split || n == 1)
+      return rc;
+    cpk_clear_error(); /* over the memory: the batch in two halves */
+    rc = CPK_OK;
+    step = (n + 1) / 2;
+  }
 
   /* Shards: this rank's samples, in passes of at most `step`. */
   shard_plan plan;
@@ -805,6 +828,13 @@ int cpk_compute_ex(cpk_context *ctx, cpk_model *model,
     ctx->shard_total = total;
     rc = one_pass(ctx, model, &local, opts, &xin, &tin, &part);
     ctx->shard_first = ctx->shard_total = 0;
+    if (rc == CPK_ENOMEM && split && count > 1) {
+      cpk_clear_error(); /* this pass again, and the rest, in halves */
+      rc = CPK_OK;
+      step = (count + 1) / 2;
+      at -= step; /* the loop's step brings it back */
+      continue;
+    }
     if (rc == CPK_OK)
       rc = accumulate(ctx, &acc, part, at, n);
     cpk_results_free(part);

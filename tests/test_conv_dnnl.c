@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "context.h"
 #include "devtest.h"
 #include "internal.h"
 #include "layers/conv_common.h"
@@ -145,6 +146,31 @@ static void check_case(const conv_case *c, int64_t count) {
   tu_ok(cpk__conv_weight_grad(s, ctx, CPK_F32, 1, count, x, 0, y, 0, 0, 0.5,
                               ww));
   expect_close(gw, ww, d.wsz, c->line, count, "weight gradient, beta = 0.5");
+  /* through the core, oneDNN on, with a work budget of one image per call:
+   * the chunks together equal the unfolding core (the weight gradient
+   * accumulates over them after the first's beta) */
+  ctx->work_bytes = 1;
+  for (int op = 0; op < 3; op++) {
+    const int64_t k = op == 0 ? ny : op == 1 ? nx : d.wsz;
+    float *g = op == 2 ? gw : got, *r = op == 2 ? ww : want;
+    memcpy(g, start, (size_t)k * sizeof *g);
+    memcpy(r, start, (size_t)k * sizeof *r);
+    for (int on = 1; on >= 0; on--) {
+      float *o = on ? g : r;
+      cpk__dnnl_enable(on);
+      if (op == 0)
+        tu_ok(cpk__conv_apply(s, ctx, CPK_F32, count, x, w, b, 0.5, o));
+      else if (op == 1)
+        tu_ok(cpk__conv_adjoint(s, ctx, CPK_F32, count, y, w, NULL, 0.5, o));
+      else
+        tu_ok(cpk__conv_weight_grad(s, ctx, CPK_F32, 1, count, x, 0, y, 0, 0,
+                                    0.5, o));
+    }
+    expect_close(g, r, k, c->line, count,
+                 op == 0   ? "apply, one image per oneDNN call"
+                 : op == 1 ? "adjoint, one image per oneDNN call"
+                           : "weight gradient, one image per oneDNN call");
+  }
   free(start);
   /* turned off, oneDNN declines */
   assert_int_equal(cpk__dnnl_conv_apply(s, count, x, w, b, 0.0f, got),

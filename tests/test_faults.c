@@ -214,6 +214,81 @@ static void test_max_memory_option(void **state) {
   cpk_tensor_free(b);
 }
 
+/* A pass over its memory budget runs again on halves of the batch: the
+ * results equal those of one pass. diag_hessian through a convolution
+ * expands the Hessian's diagonal terms into one-hot blocks [D, N, D], so
+ * its memory grows with N and half the batch needs much less. */
+static void test_budget_splits_the_batch(void **state) {
+  (void)state;
+  enum { N = 16 };
+  const char *ext = "diag_hessian,diag_ggn_exact,diag_ggn_mc,batch_l2_grad";
+  const int64_t sample[3] = {2, 8, 8}, xs[4] = {N, 2, 8, 8};
+  cpk_model *m;
+  cpk_context *ctx;
+  cpk_results *whole, *half, *split;
+  tu_ok(cpk_context_new(&ctx, NULL));
+  tu_ok(cpk_model_parse(&m,
+                        "conv2d 2 3 3 padding=1\nsigmoid\n"
+                        "conv2d 3 3 3 padding=1\ntanh\nflatten\n"
+                        "linear 192 4\n",
+                        "net"));
+  tu_ok(cpk_model_build(m, 3, sample, CPK_F64));
+  tu_ok(cpk_model_init_params(m, 5));
+  cpk_tensor *x = tu_random(CPK_F64, 4, xs, -1.0, 1.0, 8), *y, *xh, *yh;
+  const int64_t ys[1] = {N};
+  tu_ok(cpk_tensor_new(&y, CPK_I64, 1, ys));
+  for (int64_t i = 0; i < N; i++)
+    ((int64_t *)y->data)[i] = i % 4;
+  const cpk_pass_spec spec = {CPK_LOSS_CROSS_ENTROPY, CPK_REDUCTION_MEAN, ext,
+                              0};
+  cpk_memory_set_limit(0);
+  cpk_memory_trim();
+  size_t base = cpk_memory_in_use();
+  cpk_memory_reset_peak();
+  tu_ok(cpk_compute(ctx, m, &spec, x, y, &whole));
+  const size_t peak_whole = cpk_memory_peak() - base;
+  /* the first half alone, for its peak */
+  const int64_t xhs[4] = {N / 2, 2, 8, 8}, yhs[1] = {N / 2};
+  tu_ok(cpk_tensor_new(&xh, CPK_F64, 4, xhs));
+  tu_ok(cpk_tensor_new(&yh, CPK_I64, 1, yhs));
+  memcpy(xh->data, x->data, (size_t)cpk_tensor_numel(xh) * sizeof(double));
+  memcpy(yh->data, y->data, (size_t)(N / 2) * sizeof(int64_t));
+  base = cpk_memory_in_use();
+  cpk_memory_reset_peak();
+  tu_ok(cpk_compute(ctx, m, &spec, xh, yh, &half));
+  cpk_tensor_free(xh);
+  cpk_tensor_free(yh);
+  const size_t peak_half = cpk_memory_peak() - base;
+  cpk_results_free(half);
+  assert_true(peak_half < peak_whole * 3 / 4);
+  /* a budget between the two: one pass fails, two halves fit */
+  cpk_memory_trim();
+  base = cpk_memory_in_use();
+  cpk_memory_set_limit(base + (peak_half + peak_whole) / 2);
+  tu_ok(cpk_compute(ctx, m, &spec, x, y, &split));
+  cpk_memory_set_limit(0);
+  assert_int_equal(cpk_results_count(split), cpk_results_count(whole));
+  for (int i = 0; i < cpk_results_count(whole); i++) {
+    const char *name = cpk_results_name(whole, i);
+    const cpk_tensor *a = cpk_results_find(split, name);
+    assert_non_null(a);
+    tu_assert_close(a, cpk_results_tensor(whole, i), 1e-12, 1e-300, name);
+  }
+  cpk_results_free(split);
+  /* kfra cannot be combined over halves: the budget's error stands */
+  const cpk_pass_spec kfra = {CPK_LOSS_CROSS_ENTROPY, CPK_REDUCTION_MEAN,
+                              "kfra", 0};
+  cpk_memory_set_limit(base + 1024);
+  assert_int_equal(cpk_compute(ctx, m, &kfra, x, y, &split), CPK_ENOMEM);
+  assert_contains(cpk_last_error(), "memory budget");
+  cpk_memory_set_limit(0);
+  cpk_results_free(whole);
+  cpk_tensor_free(x);
+  cpk_tensor_free(y);
+  cpk_model_free(m);
+  cpk_context_free(ctx);
+}
+
 /* A float64 input, target or parameter beyond float32's range becomes inf
  * in a float32 run: an error naming the array. */
 static void test_beyond_float32(void **state) {
@@ -357,6 +432,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_memory_budget_api),
       cmocka_unit_test(test_more_than_the_machine),
+      cmocka_unit_test(test_budget_splits_the_batch),
       T(test_max_memory_option),
       T(test_beyond_float32),
       T(test_read_only_output),

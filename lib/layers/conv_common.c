@@ -278,6 +278,19 @@ static int scratch_new(cpk__conv_dims *d, int nt, char **out) {
   return *out ? CPK_OK : CPK_ENOMEM;
 }
 
+#ifdef CPK_HAVE_DNNL
+/* Images per oneDNN call: it may copy its operands into layouts of its
+ * own, so the images of one call, input and output, stay within the work
+ * budget (at least one image per call). */
+static int64_t dnnl_images(const cpk_context *ctx, const cpk__conv_dims *d,
+                           int64_t count) {
+  const size_t budget = ctx != NULL ? ctx->work_bytes : (size_t)64 << 20;
+  const size_t one = (size_t)(d->xsz + d->ysz) * d->es;
+  const int64_t c = (int64_t)(budget / (one ? one : 1));
+  return c < 1 ? 1 : c > count ? count : c;
+}
+#endif
+
 /* The unfolding of image x into this thread's buffer (or x itself). */
 static const char *unfold_into(const cpk__conv *s, const cpk__conv_dims *d,
                                const cpk_context *ctx, cpk_dtype dt,
@@ -304,14 +317,20 @@ int cpk__conv_apply(const cpk__conv *s, const cpk_context *ctx, cpk_dtype dt,
                     double beta, void *y) {
   if (cpk__on_cuda(ctx))
     return cpk__conv_apply_batched(s, ctx, dt, count, x, w, b, beta, y);
+  cpk__conv_dims d = cpk__conv_dims_of(s, dt);
 #ifdef CPK_HAVE_DNNL
   if (dt == CPK_F32) {
-    const int rc = cpk__dnnl_conv_apply(s, count, x, w, b, (float)beta, y);
-    if (rc != CPK__CONV_DECLINED)
+    int rc = CPK_OK;
+    const int64_t step = dnnl_images(ctx, &d, count);
+    for (int64_t at = 0; at < count && rc == CPK_OK; at += step)
+      rc = cpk__dnnl_conv_apply(
+          s, count - at < step ? count - at : step,
+          (const float *)x + at * d.xsz, w, b, (float)beta,
+          (float *)y + at * d.ysz);
+    if (rc != CPK__CONV_DECLINED) /* (shapes decide: the first chunk) */
       return rc;
   }
 #endif
-  cpk__conv_dims d = cpk__conv_dims_of(s, dt);
   const int nt = threads_for(&d, count);
   char *scratch;
   int rc = scratch_new(&d, nt, &scratch);
@@ -335,14 +354,20 @@ int cpk__conv_adjoint(const cpk__conv *s, const cpk_context *ctx, cpk_dtype dt,
                       const void *b, double beta, void *x) {
   if (cpk__on_cuda(ctx))
     return cpk__conv_adjoint_batched(s, ctx, dt, count, y, w, b, beta, x);
+  cpk__conv_dims d = cpk__conv_dims_of(s, dt);
 #ifdef CPK_HAVE_DNNL
   if (dt == CPK_F32 && b == NULL) {
-    const int rc = cpk__dnnl_conv_adjoint(s, count, y, w, (float)beta, x);
-    if (rc != CPK__CONV_DECLINED)
+    int rc = CPK_OK;
+    const int64_t step = dnnl_images(ctx, &d, count);
+    for (int64_t at = 0; at < count && rc == CPK_OK; at += step)
+      rc = cpk__dnnl_conv_adjoint(
+          s, count - at < step ? count - at : step,
+          (const float *)y + at * d.ysz, w, (float)beta,
+          (float *)x + at * d.xsz);
+    if (rc != CPK__CONV_DECLINED) /* (shapes decide: the first chunk) */
       return rc;
   }
 #endif
-  cpk__conv_dims d = cpk__conv_dims_of(s, dt);
   const int nt = threads_for(&d, count);
   char *scratch;
   int rc = scratch_new(&d, nt, &scratch);
@@ -524,14 +549,20 @@ int cpk__conv_weight_grad(const cpk__conv *s, const cpk_context *ctx,
   if (cpk__on_cuda(ctx))
     return cpk__conv_weight_grad_batched(s, ctx, dt, v, n, x, x_has_v, y,
                                          y_has_v, per_sample, beta, out);
+  cpk__conv_dims d = cpk__conv_dims_of(s, dt);
 #ifdef CPK_HAVE_DNNL
   if (dt == CPK_F32 && v == 1 && !per_sample) {
-    const int rc = cpk__dnnl_conv_weight_grad(s, n, x, y, (float)beta, out);
-    if (rc != CPK__CONV_DECLINED)
+    int rc = CPK_OK;
+    const int64_t step = dnnl_images(ctx, &d, n);
+    for (int64_t at = 0; at < n && rc == CPK_OK; at += step)
+      rc = cpk__dnnl_conv_weight_grad(
+          s, n - at < step ? n - at : step, (const float *)x + at * d.xsz,
+          (const float *)y + at * d.ysz, at == 0 ? (float)beta : 1.0f,
+          out);
+    if (rc != CPK__CONV_DECLINED) /* (shapes decide: the first chunk) */
       return rc;
   }
 #endif
-  cpk__conv_dims d = cpk__conv_dims_of(s, dt);
   const weight_operands o = {x, y, v, n, x_has_v, y_has_v};
   const int nt = threads_for(&d, n);
   char *scratch;
