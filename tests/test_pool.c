@@ -584,13 +584,14 @@ static void max_inside_brute(const char *line, int64_t k, int64_t st,
   const int64_t c = shape[0], h = shape[ndim - 2], w = shape[ndim - 1];
   const int64_t ho = (h - k) / st + 1, wo = (w - k) / st + 1;
   const int64_t nin = c * depth * h * w, nout = c * depth * ho * wo;
-  double x[512], g[256], gin[512], want_gin[512], want_y[256];
-  assert_true(nin <= 512 && nout <= 256);
+  double *x = malloc((size_t)nin * sizeof *x), *gin = malloc((size_t)nin * sizeof *gin);
+  double *want_gin = calloc((size_t)nin, sizeof *want_gin);
+  double *g = malloc((size_t)nout * sizeof *g), *want_y = malloc((size_t)nout * sizeof *want_y);
+  assert_true(x && gin && want_gin && g && want_y);
   for (int64_t i = 0; i < nin; i++)
     x[i] = i % 37 == 5 ? NAN : (double)((i * 7 + i / 5) % 3);
   for (int64_t o = 0; o < nout; o++)
     g[o] = (double)(o + 1);
-  memset(want_gin, 0, sizeof want_gin);
   for (int64_t sl = 0; sl < c * depth; sl++)
     for (int64_t oh = 0; oh < ho; oh++)
       for (int64_t ow = 0; ow < wo; ow++) {
@@ -621,6 +622,11 @@ static void max_inside_brute(const char *line, int64_t k, int64_t st,
       fail_msg("%s: J^T g [%lld] = %g, expected %g", line, (long long)i,
                gin[i], want_gin[i]);
   cpk_tensor_free(y);
+  free(x);
+  free(gin);
+  free(want_gin);
+  free(g);
+  free(want_y);
 }
 
 static void test_max_inside(void **state) {
@@ -633,6 +639,12 @@ static void test_max_inside(void **state) {
   max_inside_brute("maxpool2d 3 stride=1", 3, 1, 3, (const int64_t[]){2, 6, 7});
   max_inside_brute("maxpool3d 1,3,3 stride=1,2,2", 3, 2, 4,
                    (const int64_t[]){2, 2, 5, 6});
+  /* rows wider than one block of the kernel's buffers (2048 / k outputs)
+   * and strips of a few rows */
+  max_inside_brute("maxpool2d 3 stride=2", 3, 2, 3, (const int64_t[]){1, 7, 1501});
+  max_inside_brute("maxpool2d 2", 2, 2, 3, (const int64_t[]){2, 5, 2100});
+  max_inside_brute("maxpool2d 3 stride=1", 3, 1, 3, (const int64_t[]){1, 6, 1400});
+  max_inside_brute("maxpool2d 3 stride=2", 3, 2, 3, (const int64_t[]){1, 41, 201});
 }
 
 static void test_by_hand(void **state) {
