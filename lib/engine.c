@@ -761,16 +761,17 @@ static int finish_shards(const cpk_context *on, const shard_plan *p,
   return rc;
 }
 
-/* Whether a pass that runs out of memory may be retried on halves of its
- * batch (each rank on its own: nothing collective differs), giving the
- * same results: not in training mode (batch norm's statistics and dropout
+/* Whether a pass that ran out of memory may run again on halves of its
+ * batch, giving the same results: not with MPI ranks (each would split on
+ * its own), not in training mode (batch norm's statistics and dropout
  * depend on the whole batch), not for kfra (see max_batch), not with
  * per-sample visitors (they need one pass). */
-static int splits_on_oom(const cpk_pass_spec *spec,
+static int splits_on_oom(const cpk_context *ctx, const cpk_pass_spec *spec,
                          const cpk_pass_options *opts) {
   shard_plan plan;
-  if (spec->training || (opts != NULL && (opts->visit_grad_batch != NULL ||
-                                          opts->visit_grad_factors != NULL)))
+  if (ctx->dist.size > 1 || spec->training ||
+      (opts != NULL && (opts->visit_grad_batch != NULL ||
+                        opts->visit_grad_factors != NULL)))
     return 0;
   return plan_shards(spec->extensions, &plan) == CPK_OK && !plan.kfra;
 }
@@ -793,12 +794,11 @@ int cpk_compute_ex(cpk_context *ctx, cpk_model *model,
   if (rc == CPK_OK && step < n && opts->visit_grad_batch != NULL)
     rc = cpk__fail(CPK_EINVAL, "per-sample gradient visitors need one pass "
                                "over the batch (max_batch = 0)");
-  const int split = ctx->dist.size <= 1 && splits_on_oom(spec, opts);
   if (ctx->dist.size <= 1 && (rc != CPK_OK || step >= n)) {
     if (rc != CPK_OK)
       return rc;
     rc = one_pass(ctx, model, spec, opts, input, target, out);
-    if (rc != CPK_ENOMEM || !split || n == 1)
+    if (rc != CPK_ENOMEM || n == 1 || !splits_on_oom(ctx, spec, opts))
       return rc;
     cpk_clear_error(); /* over the memory: the batch in two halves */
     rc = CPK_OK;
@@ -828,7 +828,7 @@ int cpk_compute_ex(cpk_context *ctx, cpk_model *model,
     ctx->shard_total = total;
     rc = one_pass(ctx, model, &local, opts, &xin, &tin, &part);
     ctx->shard_first = ctx->shard_total = 0;
-    if (rc == CPK_ENOMEM && split && count > 1) {
+    if (rc == CPK_ENOMEM && count > 1 && splits_on_oom(ctx, spec, opts)) {
       cpk_clear_error(); /* this pass again, and the rest, in halves */
       rc = CPK_OK;
       step = (count + 1) / 2;

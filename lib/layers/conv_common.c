@@ -289,6 +289,40 @@ static int64_t dnnl_images(const cpk_context *ctx, const cpk__conv_dims *d,
   const int64_t c = (int64_t)(budget / (one ? one : 1));
   return c < 1 ? 1 : c > count ? count : c;
 }
+
+enum dnnl_op { DNNL_APPLY, DNNL_ADJOINT, DNNL_WEIGHT_GRAD };
+
+/* One of oneDNN's maps over count images, in chunks (dnnl_images):
+ *   apply:        out [count, cy, ..] := beta out + W * in [count, cx, ..] + b
+ *   adjoint:      out [count, cx, ..] := beta out + W^T in [count, cy, ..]
+ *   weight grad:  out [cy, cx/G, *K] := beta out + sum_n in_n (x) y_n
+ * (the weight gradient accumulates over the chunks after the first's
+ * beta). CPK__CONV_DECLINED when oneDNN declines the shapes, which it
+ * decides at the first chunk. */
+static int dnnl_in_chunks(const cpk__conv *s, const cpk_context *ctx,
+                          const cpk__conv_dims *d, enum dnnl_op op,
+                          int64_t count, const float *in, const float *w,
+                          const float *b, float beta, float *out) {
+  const int64_t step = dnnl_images(ctx, d, count);
+  int rc = CPK_OK;
+  for (int64_t at = 0; at < count && rc == CPK_OK; at += step) {
+    const int64_t c = count - at < step ? count - at : step;
+    if (op == DNNL_APPLY)
+      rc = cpk__dnnl_conv_apply(s, c, in + at * d->xsz, w, b, beta,
+                                out + at * d->ysz);
+    else if (op == DNNL_ADJOINT)
+      rc = cpk__dnnl_conv_adjoint(s, c, in + at * d->ysz, w, beta,
+                                  out + at * d->xsz);
+    else /* w is Y [count, cy, ..] here */
+      rc = cpk__dnnl_conv_weight_grad(s, c, in + at * d->xsz,
+                                      w + at * d->ysz, at == 0 ? beta : 1.0f,
+                                      out);
+    if (rc == CPK__CONV_DECLINED && at > 0) /* earlier chunks are written */
+      rc = cpk__fail(CPK_EIO, "oneDNN declined %lld images of a shape it "
+                              "took before", (long long)c);
+  }
+  return rc;
+}
 #endif
 
 /* The unfolding of image x into this thread's buffer (or x itself). */
@@ -320,14 +354,9 @@ int cpk__conv_apply(const cpk__conv *s, const cpk_context *ctx, cpk_dtype dt,
   cpk__conv_dims d = cpk__conv_dims_of(s, dt);
 #ifdef CPK_HAVE_DNNL
   if (dt == CPK_F32) {
-    int rc = CPK_OK;
-    const int64_t step = dnnl_images(ctx, &d, count);
-    for (int64_t at = 0; at < count && rc == CPK_OK; at += step)
-      rc = cpk__dnnl_conv_apply(
-          s, count - at < step ? count - at : step,
-          (const float *)x + at * d.xsz, w, b, (float)beta,
-          (float *)y + at * d.ysz);
-    if (rc != CPK__CONV_DECLINED) /* (shapes decide: the first chunk) */
+    const int rc = dnnl_in_chunks(s, ctx, &d, DNNL_APPLY, count, x, w, b,
+                                  (float)beta, y);
+    if (rc != CPK__CONV_DECLINED)
       return rc;
   }
 #endif
@@ -357,14 +386,9 @@ int cpk__conv_adjoint(const cpk__conv *s, const cpk_context *ctx, cpk_dtype dt,
   cpk__conv_dims d = cpk__conv_dims_of(s, dt);
 #ifdef CPK_HAVE_DNNL
   if (dt == CPK_F32 && b == NULL) {
-    int rc = CPK_OK;
-    const int64_t step = dnnl_images(ctx, &d, count);
-    for (int64_t at = 0; at < count && rc == CPK_OK; at += step)
-      rc = cpk__dnnl_conv_adjoint(
-          s, count - at < step ? count - at : step,
-          (const float *)y + at * d.ysz, w, (float)beta,
-          (float *)x + at * d.xsz);
-    if (rc != CPK__CONV_DECLINED) /* (shapes decide: the first chunk) */
+    const int rc = dnnl_in_chunks(s, ctx, &d, DNNL_ADJOINT, count, y, w, NULL,
+                                  (float)beta, x);
+    if (rc != CPK__CONV_DECLINED)
       return rc;
   }
 #endif
@@ -552,14 +576,9 @@ int cpk__conv_weight_grad(const cpk__conv *s, const cpk_context *ctx,
   cpk__conv_dims d = cpk__conv_dims_of(s, dt);
 #ifdef CPK_HAVE_DNNL
   if (dt == CPK_F32 && v == 1 && !per_sample) {
-    int rc = CPK_OK;
-    const int64_t step = dnnl_images(ctx, &d, n);
-    for (int64_t at = 0; at < n && rc == CPK_OK; at += step)
-      rc = cpk__dnnl_conv_weight_grad(
-          s, n - at < step ? n - at : step, (const float *)x + at * d.xsz,
-          (const float *)y + at * d.ysz, at == 0 ? (float)beta : 1.0f,
-          out);
-    if (rc != CPK__CONV_DECLINED) /* (shapes decide: the first chunk) */
+    const int rc = dnnl_in_chunks(s, ctx, &d, DNNL_WEIGHT_GRAD, n, x, y, NULL,
+                                  (float)beta, out);
+    if (rc != CPK__CONV_DECLINED)
       return rc;
   }
 #endif
