@@ -80,15 +80,23 @@ static int linear_forward(cpk__layer *l, cpk_context *ctx, const cpk_tensor *x,
   return CPK_OK;
 }
 
-/* [V*rows, OUT] -> [V*rows, IN]: out := in W. */
+/* [V*rows, OUT] -> [V*rows, IN]: out := in W. Behind a ReLU each row's
+ * block is zero in the units it switched off, and for blocks of several
+ * rows (V) the product skips them (cpk__block_times_skip_zero). */
 static int linear_jac_t_mat(cpk__layer *l, cpk_context *ctx,
                             const cpk_tensor *x, const cpk_tensor *y,
                             const cpk_tensor *in, cpk_tensor *out) {
   const linear *s = l->priv;
-  int64_t vrows = cpk_tensor_numel(in) / s->out_features;
+  const int64_t vrows = cpk_tensor_numel(in) / s->out_features;
+  const int64_t rows = linear_rows(l, x);
+  const void *w = cpk__param_value(l, ctx, 0)->data;
+  if (cpk__block_times_skip_zero(ctx, in->dtype, vrows / rows, rows,
+                                 s->out_features, s->in_features, in->data, w,
+                                 out->data))
+    return CPK_OK;
   cpk__gemm(ctx, in->dtype, 0, 0, vrows, s->in_features, s->out_features, 1.0,
-            in->data, s->out_features, cpk__param_value(l, ctx, 0)->data,
-            s->in_features, 0.0, out->data, s->in_features);
+            in->data, s->out_features, w, s->in_features, 0.0, out->data,
+            s->in_features);
   return CPK_OK;
 }
 
