@@ -47,6 +47,9 @@
 #define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define VLOAD(msk, p) _mm512_maskz_loadu_ps(msk, p)
 #define VSTORE(p, msk, x) _mm512_mask_storeu_ps(p, msk, x)
+#define VNONZERO(msk, p)                                                       \
+  _mm512_mask_cmp_ps_mask(msk, _mm512_maskz_loadu_ps(msk, p),                  \
+                          _mm512_setzero_ps(), _CMP_NEQ_UQ)
 #include "kernels/skip_zero.inc"
 #undef T
 #undef SFX
@@ -58,6 +61,7 @@
 #undef VFMA
 #undef VLOAD
 #undef VSTORE
+#undef VNONZERO
 
 #define T double
 #define SFX f64
@@ -69,6 +73,9 @@
 #define VFMA(a, b, c) _mm512_fmadd_pd(a, b, c)
 #define VLOAD(msk, p) _mm512_maskz_loadu_pd(msk, p)
 #define VSTORE(p, msk, x) _mm512_mask_storeu_pd(p, msk, x)
+#define VNONZERO(msk, p)                                                       \
+  _mm512_mask_cmp_pd_mask(msk, _mm512_maskz_loadu_pd(msk, p),                  \
+                          _mm512_setzero_pd(), _CMP_NEQ_UQ)
 #include "kernels/skip_zero.inc"
 #undef T
 #undef SFX
@@ -80,6 +87,7 @@
 #undef VFMA
 #undef VLOAD
 #undef VSTORE
+#undef VNONZERO
 
 static int have_avx512(void) {
   static int known = -1;
@@ -119,8 +127,11 @@ int cpk__block_times_skip_zero(const cpk_context *ctx, cpk_dtype dt, int64_t v,
     return 0;
   const size_t es = cpk_dtype_size(dt);
   const int threads = omp_get_max_threads();
-  /* Per thread: the active columns [k] and the packed chunk [k, NR]. */
-  const size_t act_bytes = ((size_t)k * sizeof(int32_t) + 63) / 64 * 64;
+  /* Per thread: the active columns [k], their nonzero bits and the packed
+   * chunk [k, NR]. */
+  /* (the flags: one bit per column, at most two bytes per 8 columns) */
+  const size_t act_bytes = ((size_t)k * sizeof(int32_t) + (size_t)k / 4 + 66) /
+                           64 * 64;
   const size_t per_thread =
       (act_bytes + (size_t)k * CPK__SKIP_NR * es + 63) / 64 * 64;
   char *scratch = cpk__malloc(per_thread * (size_t)threads);
@@ -130,13 +141,14 @@ int cpk__block_times_skip_zero(const cpk_context *ctx, cpk_dtype dt, int64_t v,
   {
     char *mine = scratch + per_thread * (size_t)omp_get_thread_num();
     int32_t *act = (int32_t *)mine;
+    void *nz = act + k;
     void *cp = mine + act_bytes;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t r = 0; r < rows; r++) {
       if (dt == CPK_F32)
-        skip_zero_row_f32(v, rows, k, m, r, in, w, out, act, cp);
+        skip_zero_row_f32(v, rows, k, m, r, in, w, out, act, nz, cp);
       else
-        skip_zero_row_f64(v, rows, k, m, r, in, w, out, act, cp);
+        skip_zero_row_f64(v, rows, k, m, r, in, w, out, act, nz, cp);
     }
   }
   cpk__free(scratch);
