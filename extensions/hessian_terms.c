@@ -139,8 +139,12 @@ static int factor_through(cpk__hterms *h, cpk__layer *l, cpk_context *ctx,
     return CPK_OK;
   int64_t shape[CPK_MAX_DIMS] = {h->f->shape[0]};
   memcpy(shape + 1, x->shape, (size_t)x->ndim * sizeof *shape);
-  cpk_tensor *out;
-  int rc = cpk__tensor_new_on(ctx, &out, h->f->dtype, x->ndim + 1, shape);
+  cpk_tensor *out; /* zeroed only for kinds that add into it */
+  int rc = l->kind->fills_output
+               ? cpk__tensor_new_on_uninit(ctx, &out, h->f->dtype,
+                                           x->ndim + 1, shape)
+               : cpk__tensor_new_on(ctx, &out, h->f->dtype, x->ndim + 1,
+                                    shape);
   if (rc == CPK_OK)
     rc = l->kind->jac_t_mat(l, ctx, x, y, h->f, out);
   if (rc != CPK_OK) {
