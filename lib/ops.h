@@ -31,12 +31,15 @@ void cpk__gemm_strided(const cpk_context *ctx, cpk_dtype dt, int trans_a,
 /* out[v, r, :] := sum_c in[v, r, c] w[c, :] for in [V, R, K], w [K, M],
  * out [V, R, M] (all row major), skipping for each batch row r the columns
  * c where in[:, r, c] is zero for every v (a ReLU's zeros). Returns 1 when
- * done; 0 where it declined (not the CPU, no AVX-512, V below 4, or too few
- * zeros to pay): then nothing is written and the caller runs the GEMM.
- * ops_skip_zero.c. */
+ * done; 0 where it declined (not the CPU, neither AVX-512 nor AVX2, V below
+ * 4, or too few zeros to pay): then nothing is written and the caller runs
+ * the GEMM. ops_skip_zero.c. */
 int cpk__block_times_skip_zero(const cpk_context *ctx, cpk_dtype dt, int64_t v,
                                int64_t rows, int64_t k, int64_t m,
                                const void *in, const void *w, void *out);
+/* For tests: the widest instruction set cpk__block_times_skip_zero may use
+ * (2 AVX-512, 1 AVX2 with FMA, 0 none: it declines), within the CPU's. */
+void cpk__skip_zero_cap_isa(int cap);
 
 /* Symmetric rank-k update, C [n, n] := alpha op(A) op(A)^T + beta C, with
  * op(A) = A [n, k] (trans 0) or A^T for A [k, n] (trans 1); all of C is

@@ -9,93 +9,146 @@
  * every v: the units the sample switched off, about half of them. A dense
  * GEMM multiplies those zeros; here each batch row packs its V rows over
  * the columns with a nonzero and multiplies only those (kernels/
- * skip_zero.inc, AVX-512 tiles). With half the columns zero that is half the
- * products of the GEMM at about the GEMM's rate per product.
+ * skip_zero.inc: tiles in AVX-512 registers, or AVX2 with FMA on CPUs
+ * without AVX-512). With half the columns zero that is half the products of
+ * the GEMM at about the GEMM's rate per product.
  *
- * It declines (returns 0; the caller runs the GEMM) off the CPU, without
- * AVX-512, for fewer than CPK__SKIP_MIN_V block rows (a tile of few rows
- * loads w as often as it multiplies with it), and where too few columns are
- * zero to pay for the packing. A zero entry contributes nothing even where
- * w holds an infinity or NaN (the GEMM would give NaN there).
+ * It declines (returns 0; the caller runs the GEMM) off the CPU, on CPUs
+ * with neither instruction set, for fewer than CPK__SKIP_MIN_V block rows
+ * (a tile of few rows loads w as often as it multiplies with it), and where
+ * too few columns are zero to pay for the packing. A zero entry contributes
+ * nothing even where w holds an infinity or NaN (the GEMM would give NaN
+ * there).
  */
 #include "config.h"
 
-#include <immintrin.h>
 #include <omp.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "internal.h"
 #include "ops.h"
 
-#define CPK__SKIP_NR 12    /* block rows per tile: 24 of 32 vector registers */
 #define CPK__SKIP_MIN_V 4  /* fewest block rows that beat the GEMM */
 #define CPK__SKIP_MAX_DENSITY 0.7 /* most active share of columns that does */
+#define CPK__SKIP_MAX_NR 12 /* most block rows of a tile (AVX-512) */
 
 #define CPK_CAT_(a, b) a##b
 #define CPK_CAT(a, b) CPK_CAT_(a, b)
 
 #if defined(__x86_64__) && defined(__GNUC__)
-#define CPK_AVX512 __attribute__((target("avx512f")))
+#include <immintrin.h>
 
+#define CPK_AVX512 __attribute__((target("avx512f")))
+#define CPK_AVX2 __attribute__((target("avx2,fma")))
+
+/* AVX-512: 32 registers, tiles of 12 rows (24 accumulators). */
+#define AVX512_MASK(n, LANES)                                                  \
+  ((n) >= LANES ? -1 : (n) <= 0 ? 0 : (int)((1u << (n)) - 1))
+
+#define ISA CPK_AVX512
+#define SFX f32_avx512
 #define T float
-#define SFX f32
 #define VEC __m512
-#define MASK_T __mmask16
 #define LANES 16
+#define NR 12
+#define MASK_T __mmask16
+#define MASK_FIRST(n) ((__mmask16)AVX512_MASK(n, 16))
 #define VZERO() _mm512_setzero_ps()
 #define VSET1(x) _mm512_set1_ps(x)
 #define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define VLOAD(msk, p) _mm512_maskz_loadu_ps(msk, p)
 #define VSTORE(p, msk, x) _mm512_mask_storeu_ps(p, msk, x)
-#define VNONZERO(msk, p)                                                       \
-  _mm512_mask_cmp_ps_mask(msk, _mm512_maskz_loadu_ps(msk, p),                  \
-                          _mm512_setzero_ps(), _CMP_NEQ_UQ)
+#define NONZERO_BITS(n, p)                                                     \
+  ((unsigned)_mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(MASK_FIRST(n), p),       \
+                                _mm512_setzero_ps(), _CMP_NEQ_UQ))
 #include "kernels/skip_zero.inc"
-#undef T
-#undef SFX
-#undef VEC
-#undef MASK_T
-#undef LANES
-#undef VZERO
-#undef VSET1
-#undef VFMA
-#undef VLOAD
-#undef VSTORE
-#undef VNONZERO
 
+#define ISA CPK_AVX512
+#define SFX f64_avx512
 #define T double
-#define SFX f64
 #define VEC __m512d
-#define MASK_T __mmask8
 #define LANES 8
+#define NR 12
+#define MASK_T __mmask8
+#define MASK_FIRST(n) ((__mmask8)AVX512_MASK(n, 8))
 #define VZERO() _mm512_setzero_pd()
 #define VSET1(x) _mm512_set1_pd(x)
 #define VFMA(a, b, c) _mm512_fmadd_pd(a, b, c)
 #define VLOAD(msk, p) _mm512_maskz_loadu_pd(msk, p)
 #define VSTORE(p, msk, x) _mm512_mask_storeu_pd(p, msk, x)
-#define VNONZERO(msk, p)                                                       \
-  _mm512_mask_cmp_pd_mask(msk, _mm512_maskz_loadu_pd(msk, p),                  \
-                          _mm512_setzero_pd(), _CMP_NEQ_UQ)
+#define NONZERO_BITS(n, p)                                                     \
+  ((unsigned)_mm512_cmp_pd_mask(_mm512_maskz_loadu_pd(MASK_FIRST(n), p),       \
+                                _mm512_setzero_pd(), _CMP_NEQ_UQ))
 #include "kernels/skip_zero.inc"
-#undef T
-#undef SFX
-#undef VEC
-#undef MASK_T
-#undef LANES
-#undef VZERO
-#undef VSET1
-#undef VFMA
-#undef VLOAD
-#undef VSTORE
-#undef VNONZERO
 
-static int have_avx512(void) {
+/* AVX2 with FMA: 16 registers, tiles of 6 rows (12 accumulators); lane
+ * masks are vectors of all-ones lanes. */
+CPK_AVX2 static inline __m256i first_lanes32(int64_t n) {
+  const int c = n < 0 ? 0 : n > 8 ? 8 : (int)n;
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(c),
+                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+CPK_AVX2 static inline __m256i first_lanes64(int64_t n) {
+  const long long c = n < 0 ? 0 : n > 4 ? 4 : n;
+  return _mm256_cmpgt_epi64(_mm256_set1_epi64x(c),
+                            _mm256_setr_epi64x(0, 1, 2, 3));
+}
+
+#define ISA CPK_AVX2
+#define SFX f32_avx2
+#define T float
+#define VEC __m256
+#define LANES 8
+#define NR 6
+#define MASK_T __m256i
+#define MASK_FIRST(n) first_lanes32(n)
+#define VZERO() _mm256_setzero_ps()
+#define VSET1(x) _mm256_set1_ps(x)
+#define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define VLOAD(msk, p) _mm256_maskload_ps(p, msk)
+#define VSTORE(p, msk, x) _mm256_maskstore_ps(p, msk, x)
+#define NONZERO_BITS(n, p)                                                     \
+  ((unsigned)_mm256_movemask_ps(_mm256_cmp_ps(                                 \
+      _mm256_maskload_ps(p, first_lanes32(n)), _mm256_setzero_ps(),            \
+      _CMP_NEQ_UQ)))
+#include "kernels/skip_zero.inc"
+
+#define ISA CPK_AVX2
+#define SFX f64_avx2
+#define T double
+#define VEC __m256d
+#define LANES 4
+#define NR 6
+#define MASK_T __m256i
+#define MASK_FIRST(n) first_lanes64(n)
+#define VZERO() _mm256_setzero_pd()
+#define VSET1(x) _mm256_set1_pd(x)
+#define VFMA(a, b, c) _mm256_fmadd_pd(a, b, c)
+#define VLOAD(msk, p) _mm256_maskload_pd(p, msk)
+#define VSTORE(p, msk, x) _mm256_maskstore_pd(p, msk, x)
+#define NONZERO_BITS(n, p)                                                     \
+  ((unsigned)_mm256_movemask_pd(_mm256_cmp_pd(                                 \
+      _mm256_maskload_pd(p, first_lanes64(n)), _mm256_setzero_pd(),            \
+      _CMP_NEQ_UQ)))
+#include "kernels/skip_zero.inc"
+
+/* The widest instruction set of this CPU (2 AVX-512, 1 AVX2 with FMA, 0
+ * neither), at most the cap a test set. */
+static atomic_int isa_cap = 2;
+
+void cpk__skip_zero_cap_isa(int cap) { atomic_store(&isa_cap, cap); }
+
+static int isa_level(void) {
   static int known = -1;
   if (known < 0) {
     __builtin_cpu_init();
-    known = __builtin_cpu_supports("avx512f") != 0;
+    known = __builtin_cpu_supports("avx512f")                             ? 2
+            : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1
+                                                                              : 0;
   }
-  return known;
+  const int cap = atomic_load(&isa_cap);
+  return known < cap ? known : cap;
 }
 
 /* Share of (batch row, column) pairs with a nonzero among the V rows,
@@ -120,42 +173,55 @@ static double active_share(cpk_dtype dt, int64_t v, int64_t rows, int64_t k,
 int cpk__block_times_skip_zero(const cpk_context *ctx, cpk_dtype dt, int64_t v,
                                int64_t rows, int64_t k, int64_t m,
                                const void *in, const void *w, void *out) {
-  if ((ctx != NULL && ctx->device != CPK_DEVICE_CPU) ||
+  const int isa = isa_level();
+  if ((ctx != NULL && ctx->device != CPK_DEVICE_CPU) || isa == 0 ||
       v < CPK__SKIP_MIN_V || rows <= 0 || k <= 0 || m <= 0 || k > INT32_MAX ||
-      !have_avx512() ||
       active_share(dt, v, rows, k, in) > CPK__SKIP_MAX_DENSITY)
     return 0;
   const size_t es = cpk_dtype_size(dt);
   const int threads = omp_get_max_threads();
-  /* Per thread: the active columns [k], their nonzero bits and the packed
-   * chunk [k, NR]. */
-  /* (the flags: one bit per column, at most two bytes per 8 columns) */
-  const size_t act_bytes = ((size_t)k * sizeof(int32_t) + (size_t)k / 4 + 66) /
-                           64 * 64;
+  /* Per thread: the active columns [k], the nonzero bits (a word per at
+   * least 4 columns: at most k words) and the packed chunk [k, NR]. */
+  const size_t lists = ((size_t)k * (sizeof(int32_t) + sizeof(unsigned)) + 63) /
+                       64 * 64;
   const size_t per_thread =
-      (act_bytes + (size_t)k * CPK__SKIP_NR * es + 63) / 64 * 64;
+      (lists + (size_t)k * CPK__SKIP_MAX_NR * es + 63) / 64 * 64;
   char *scratch = cpk__malloc(per_thread * (size_t)threads);
-  if (scratch == NULL)
+  if (scratch == NULL) {
+    cpk_clear_error(); /* the GEMM needs no scratch */
     return 0;
+  }
+  const int kernel = 2 * isa + (dt == CPK_F64); /* 2..5 */
 #pragma omp parallel num_threads(threads)
   {
     char *mine = scratch + per_thread * (size_t)omp_get_thread_num();
     int32_t *act = (int32_t *)mine;
-    void *nz = act + k;
-    void *cp = mine + act_bytes;
+    unsigned *nz = (unsigned *)(act + k);
+    void *cp = mine + lists;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t r = 0; r < rows; r++) {
-      if (dt == CPK_F32)
-        skip_zero_row_f32(v, rows, k, m, r, in, w, out, act, nz, cp);
-      else
-        skip_zero_row_f64(v, rows, k, m, r, in, w, out, act, nz, cp);
+      switch (kernel) {
+      case 4:
+        skip_zero_row_f32_avx512(v, rows, k, m, r, in, w, out, act, nz, cp);
+        break;
+      case 5:
+        skip_zero_row_f64_avx512(v, rows, k, m, r, in, w, out, act, nz, cp);
+        break;
+      case 2:
+        skip_zero_row_f32_avx2(v, rows, k, m, r, in, w, out, act, nz, cp);
+        break;
+      default:
+        skip_zero_row_f64_avx2(v, rows, k, m, r, in, w, out, act, nz, cp);
+      }
     }
   }
   cpk__free(scratch);
   return 1;
 }
 
-#else /* no AVX-512 tiles for this compiler or target */
+#else /* no vector tiles for this compiler or target */
+
+void cpk__skip_zero_cap_isa(int cap) { (void)cap; }
 
 int cpk__block_times_skip_zero(const cpk_context *ctx, cpk_dtype dt, int64_t v,
                                int64_t rows, int64_t k, int64_t m,
