@@ -191,6 +191,30 @@ void cpk__syrk(const cpk_context *ctx, cpk_dtype dt, int trans, int64_t n,
   mirror_upper(dt, n, c, ldc);
 }
 
+void cpk__gemm_tn_symmetric(const cpk_context *ctx, cpk_dtype dt, int64_t n,
+                            int64_t k, const void *a, int64_t lda,
+                            const void *b, int64_t ldb, void *c, int64_t ldc) {
+  /* Four column blocks: the 10 block products on and above the diagonal
+   * are 5/8 of the GEMM, and the mirror costs what n*n copies do; with few
+   * products per entry (k < n/2) or a small C that does not pay. */
+  const int64_t blocks = 4;
+  if (cpk__on_cuda(ctx) || n < 512 || 2 * k < n) {
+    cpk__gemm(ctx, dt, 1, 0, n, n, k, 1.0, a, lda, b, ldb, 0.0, c, ldc);
+    return;
+  }
+  const size_t es = cpk_dtype_size(dt);
+  for (int64_t bi = 0; bi < blocks; bi++)
+    for (int64_t bj = bi; bj < blocks; bj++) {
+      const int64_t i0 = bi * n / blocks, i1 = (bi + 1) * n / blocks;
+      const int64_t j0 = bj * n / blocks, j1 = (bj + 1) * n / blocks;
+      cpk__gemm(ctx, dt, 1, 0, i1 - i0, j1 - j0, k, 1.0,
+                (const char *)a + (size_t)i0 * es, lda,
+                (const char *)b + (size_t)j0 * es, ldb, 0.0,
+                (char *)c + (size_t)(i0 * ldc + j0) * es, ldc);
+    }
+  mirror_upper(dt, n, c, ldc);
+}
+
 void cpk__copy_2d(const cpk_context *ctx, cpk_dtype dt, int64_t rows,
                   int64_t cols, const void *x, int64_t ldx, void *y,
                   int64_t ldy) {

@@ -233,8 +233,8 @@ static int linear_ea_jac_t_mat_jac(cpk__layer *l, cpk_context *ctx,
   const void *w = cpk__param_value(l, ctx, 0)->data;
   cpk__gemm(ctx, m->dtype, 0, 0, fo, fi, fo, 1.0, m->data, fo, w, fi, 0.0,
             mw->data, fi);
-  cpk__gemm(ctx, m->dtype, 1, 0, fi, fi, fo, 1.0, w, fi, mw->data, fi, 0.0,
-            out->data, fi);
+  cpk__gemm_tn_symmetric(ctx, m->dtype, fi, fo, w, fi, mw->data, fi,
+                         out->data, fi);
   cpk_tensor_free(mw);
   return CPK_OK;
 }
