@@ -61,23 +61,6 @@ static double *masked_block(int64_t v, int64_t rows, int64_t k, uint64_t seed) {
   return b;
 }
 
-/* out[q, r, j] = sum_c in[q, r, c] w[c, j] and the sum of the magnitudes of
- * its terms (for the tolerance). */
-static void direct(int64_t v, int64_t rows, int64_t k, int64_t m,
-                   const double *in, const double *w, double *out,
-                   double *mag) {
-  for (int64_t q = 0; q < v * rows; q++)
-    for (int64_t j = 0; j < m; j++) {
-      double s = 0, a = 0;
-      for (int64_t c = 0; c < k; c++) {
-        s += in[q * k + c] * w[c * m + j];
-        a += fabs(in[q * k + c] * w[c * m + j]);
-      }
-      out[q * m + j] = s;
-      mag[q * m + j] = a;
-    }
-}
-
 /* Buffer of n elements of dt holding x (converted), or NaN when x is NULL. */
 static void *typed(cpk_dtype dt, int64_t n, const double *x) {
   void *p = malloc((size_t)n * cpk_dtype_size(dt));
@@ -109,7 +92,7 @@ static void check_shape(cpk_dtype dt, int64_t v, int64_t rows, int64_t k,
     w[i] = elem(dt, tw, i);
   double *want = malloc((size_t)(v * rows * m) * sizeof *want);
   double *mag = malloc((size_t)(v * rows * m) * sizeof *mag);
-  direct(v, rows, k, m, in, w, want, mag);
+  tu_product(v * rows, m, k, in, k, 1, w, want, mag);
   void *out = typed(dt, v * rows * m, NULL);
   int done = cpk__block_times_skip_zero(NULL, dt, v, rows, k, m, tin, tw, out);
   char what[128];
@@ -214,7 +197,7 @@ static void test_linear_layer(void **state) {
   tu_ok(cpk_model_param(mdl, 0, NULL, &w));
   double *want = malloc((size_t)(v * n * r * in_f) * sizeof *want);
   double *mag = malloc((size_t)(v * n * r * in_f) * sizeof *mag);
-  direct(v, n * r, out_f, in_f, blk, w->data, want, mag);
+  tu_product(v * n * r, in_f, out_f, blk, out_f, 1, w->data, want, mag);
   for (level = 0; level <= cpu_level(); level++) {
     cpk__skip_zero_cap_isa(level);
     memset(out->data, 0xff, (size_t)(v * n * r * in_f) * sizeof(double));

@@ -33,23 +33,8 @@ static double *symmetric(int64_t n, uint64_t seed) {
  * of the magnitudes of each entry's terms (for the tolerance). */
 static void direct(int64_t n, int64_t k, const double *a, const double *m,
                    double *ma, double *want, double *mag) {
-  for (int64_t i = 0; i < k; i++)
-    for (int64_t j = 0; j < n; j++) {
-      double s = 0;
-      for (int64_t l = 0; l < k; l++)
-        s += m[i * k + l] * a[l * n + j];
-      ma[i * n + j] = s;
-    }
-  for (int64_t i = 0; i < n; i++)
-    for (int64_t j = 0; j < n; j++) {
-      double s = 0, g = 0;
-      for (int64_t l = 0; l < k; l++) {
-        s += a[l * n + i] * ma[l * n + j];
-        g += fabs(a[l * n + i] * ma[l * n + j]);
-      }
-      want[i * n + j] = s;
-      mag[i * n + j] = g;
-    }
+  tu_product(k, n, k, m, k, 1, a, ma, NULL);
+  tu_product(n, n, k, a, 1, n, ma, want, mag);
 }
 
 static void check(cpk_dtype dt, int64_t n, int64_t k, uint64_t seed) {

@@ -132,3 +132,20 @@ int tu_count_entries(const char *path) {
   closedir(d);
   return n;
 }
+
+void tu_product(int64_t m, int64_t n, int64_t k, const double *a,
+                int64_t a_row, int64_t a_col, const double *b, double *c,
+                double *mag) {
+  for (int64_t i = 0; i < m; i++)
+    for (int64_t j = 0; j < n; j++) {
+      double s = 0, g = 0;
+      for (int64_t l = 0; l < k; l++) {
+        const double t = a[i * a_row + l * a_col] * b[l * n + j];
+        s += t;
+        g += fabs(t);
+      }
+      c[i * n + j] = s;
+      if (mag != NULL)
+        mag[i * n + j] = g;
+    }
+}

@@ -36,6 +36,14 @@ void tu_assert_close(const cpk_tensor *a, const cpk_tensor *b, double rtol,
 void tu_assert_close_array(const double *a, const double *b, int64_t n,
                            double rtol, double atol, const char *what);
 
+/* c [m, n] = A B by direct sums, A [m, k] read at a[i * a_row + l * a_col]
+ * (a_row = k, a_col = 1 for A itself; 1 and m for the transpose of a
+ * [k, m]), B [k, n] row major; mag (unless NULL) gets the sum of the
+ * magnitudes of each entry's terms, a scale for rounding tolerances. */
+void tu_product(int64_t m, int64_t n, int64_t k, const double *a,
+                int64_t a_row, int64_t a_col, const double *b, double *c,
+                double *mag);
+
 /* Run a shell command; returns its exit status and stores its stderr
  * (truncated to len) in err when err != NULL. */
 int tu_run(const char *cmd, char *err, size_t len);
