@@ -90,9 +90,10 @@ static int linear_jac_t_mat(cpk__layer *l, cpk_context *ctx,
   const int64_t vrows = cpk_tensor_numel(in) / s->out_features;
   const int64_t rows = linear_rows(l, x);
   const void *w = cpk__param_value(l, ctx, 0)->data;
-  if (cpk__block_times_skip_zero(ctx, in->dtype, vrows / rows, rows,
-                                 s->out_features, s->in_features, in->data, w,
-                                 out->data))
+  if (rows > 0 &&
+      cpk__block_times_skip_zero(ctx, in->dtype, vrows / rows, rows,
+                                 s->out_features, s->in_features, in->data,
+                                 w, out->data))
     return CPK_OK;
   cpk__gemm(ctx, in->dtype, 0, 0, vrows, s->in_features, s->out_features, 1.0,
             in->data, s->out_features, w, s->in_features, 0.0, out->data,
