@@ -4,7 +4,8 @@
  * cpk_memory_set_limit), requests larger than the machine, sizes that
  * overflow, values beyond float32's range, an output folder that cannot be
  * written (read only, full, a file size limit), standard output on
- * /dev/full. Every failure must be one
+ * /dev/full; KFRA's dense Jacobian products beyond a quarter of the
+ * machine's memory. Every failure must be one
  * line "curvpack: error: ..." naming what was wrong, exit 1 (2 for usage),
  * and leave the output folder as it was.
  */
@@ -289,6 +290,55 @@ static void test_budget_splits_the_batch(void **state) {
   cpk_context_free(ctx);
 }
 
+/* KFRA through a layer without a closed form needs dense blocks of
+ * N x D_out x D_in: without a memory budget, more than a quarter of the
+ * machine's memory is refused before anything is allocated, naming the
+ * layer; a budget lets the allocations go against it instead (here: one
+ * too small for them, CPK_ENOMEM, the layer named). N is sized from this
+ * machine's memory so that the need is twice the quarter. */
+static void test_kfra_dense_products_limit(void **state) {
+  (void)state;
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  assert_true(pages > 0 && page > 0);
+  const double quarter = (double)pages / 4 * (double)page;
+  /* conv2d 1 -> 1 on 64 x 64: D = 4096, peak N * 4096 * 12288 doubles */
+  const double per_sample = 4096.0 * 12288.0 * 8.0;
+  const int64_t n = (int64_t)(2 * quarter / per_sample) + 1;
+  const int64_t sample[3] = {1, 64, 64}, xs[4] = {n, 1, 64, 64}, ys[1] = {n};
+  cpk_model *m;
+  cpk_context *ctx;
+  cpk_results *r = NULL;
+  tu_ok(cpk_context_new(&ctx, NULL));
+  tu_ok(cpk_model_parse(&m,
+                        "conv2d 1 1 3 padding=1\nrelu\n"
+                        "conv2d 1 1 3 padding=1\nflatten\nlinear 4096 2\n",
+                        "net"));
+  tu_ok(cpk_model_build(m, 3, sample, CPK_F64));
+  tu_ok(cpk_model_init_params(m, 5));
+  cpk_tensor *x = tu_random(CPK_F64, 4, xs, -1.0, 1.0, 8), *y;
+  tu_ok(cpk_tensor_new(&y, CPK_I64, 1, ys));
+  for (int64_t i = 0; i < n; i++)
+    ((int64_t *)y->data)[i] = i % 2;
+  const cpk_pass_spec kfra = {CPK_LOSS_CROSS_ENTROPY, CPK_REDUCTION_MEAN,
+                              "kfra", 0};
+  cpk_memory_set_limit(0);
+  assert_int_equal(cpk_compute(ctx, m, &kfra, x, y, &r), CPK_ENOTSUP);
+  assert_contains(cpk_last_error(), "net:3: conv2d: kfra needs");
+  assert_contains(cpk_last_error(), "quarter of this machine's memory");
+  cpk_memory_trim();
+  /* room for the factors and averaged matrices of 4096 (128 MiB each),
+   * not for the dense products (N * 384 MiB, N >= 3) */
+  cpk_memory_set_limit(cpk_memory_in_use() + ((size_t)1 << 30));
+  assert_int_equal(cpk_compute(ctx, m, &kfra, x, y, &r), CPK_ENOMEM);
+  assert_contains(cpk_last_error(), "net:3: conv2d: kfra's dense Jacobian");
+  assert_contains(cpk_last_error(), "memory budget");
+  cpk_memory_set_limit(0);
+  cpk_tensor_free(x);
+  cpk_tensor_free(y);
+  cpk_model_free(m);
+  cpk_context_free(ctx);
+}
+
 /* A float64 input, target or parameter beyond float32's range becomes inf
  * in a float32 run: an error naming the array. */
 static void test_beyond_float32(void **state) {
@@ -433,6 +483,7 @@ int main(void) {
       cmocka_unit_test(test_memory_budget_api),
       cmocka_unit_test(test_more_than_the_machine),
       cmocka_unit_test(test_budget_splits_the_batch),
+      cmocka_unit_test(test_kfra_dense_products_limit),
       T(test_max_memory_option),
       T(test_beyond_float32),
       T(test_read_only_output),

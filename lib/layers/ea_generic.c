@@ -8,32 +8,46 @@
  * Memory N * D_out * D_in: layers with closed forms provide their own.
  */
 #include <string.h>
+#include <unistd.h>
 
 #include "device.h"
 #include "layer.h"
 #include "ops.h"
 #include "ops_hessian.h"
 
-/* Dense blocks above this size are refused with the size in the message. */
-#define CPK__EA_MAX_BYTES ((size_t)1 << 30)
+/* Without a memory budget, dense blocks that would take more than a
+ * quarter of the machine's memory are refused with the size in the
+ * message, rather than risking the process; under a budget the tracked
+ * allocations fail against it instead (CPK_ENOMEM). */
+static size_t unbudgeted_max_bytes(void) {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? (size_t)pages / 4 * (size_t)page
+                               : (size_t)1 << 30;
+}
 
 int cpk__ea_jac_t_mat_jac_generic(cpk__layer *l, cpk_context *ctx,
                                   const cpk_tensor *x, const cpk_tensor *y,
                                   const cpk_tensor *m, cpk_tensor *out) {
   const int64_t n = x->shape[0];
   const int64_t di = cpk__layer_in_numel(l), dout = cpk__layer_out_numel(l);
-  const int64_t big = di > dout ? di : dout;
-  size_t bytes;
-  int rc = cpk__mul_size((size_t)(n * dout), (size_t)big, &bytes, l->where);
+  /* At most two blocks live at once: b and t, then t, u and a, that is
+   * N * max(D_out (D_out + D_in), D_in (2 D_out + D_in)) elements. */
+  const int64_t first = dout + di, second = 2 * dout + di;
+  size_t bytes, b1, b2;
+  int rc = cpk__mul_size((size_t)(n * dout), (size_t)first, &b1, l->where);
   if (rc == CPK_OK)
-    rc = cpk__mul_size(bytes, cpk_dtype_size(m->dtype), &bytes, l->where);
+    rc = cpk__mul_size((size_t)(n * di), (size_t)second, &b2, l->where);
+  if (rc == CPK_OK)
+    rc = cpk__mul_size(b1 > b2 ? b1 : b2, cpk_dtype_size(m->dtype), &bytes,
+                       l->where);
   if (rc != CPK_OK)
     return rc;
-  if (bytes > CPK__EA_MAX_BYTES)
+  if (cpk_memory_limit() == 0 && bytes > unbudgeted_max_bytes())
     return cpk__fail(CPK_ENOTSUP,
                      "%s: kfra needs %zu bytes for this layer's dense Jacobian "
-                     "products (at most %zu)",
-                     l->where, bytes, CPK__EA_MAX_BYTES);
+                     "products, more than a quarter of this machine's memory "
+                     "(%zu); set a memory budget (--max-memory) to allow more",
+                     l->where, bytes, unbudgeted_max_bytes());
   int64_t s1[3] = {dout, n, dout}, s2[3] = {dout, n, di}, s3[3] = {di, n, dout};
   int64_t s4[3] = {di, n, di};
   cpk_tensor *b = NULL, *t = NULL, *u = NULL, *a = NULL;
@@ -55,6 +69,8 @@ int cpk__ea_jac_t_mat_jac_generic(cpk__layer *l, cpk_context *ctx,
   cpk__sum_rows(ctx, dt, di, n, di, a->data, 0.0, out->data);
   cpk__scale(ctx, dt, di * di, 1.0 / (double)n, out->data);
 done:
+  if (rc == CPK_ENOMEM) /* name the layer in the budget's message */
+    rc = cpk__fail_prefix(rc, "%s: kfra's dense Jacobian products", l->where);
   cpk_tensor_free(b);
   cpk_tensor_free(t);
   cpk_tensor_free(u);
