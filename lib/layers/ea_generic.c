@@ -30,7 +30,7 @@ int cpk__ea_jac_t_mat_jac_generic(cpk__layer *l, cpk_context *ctx,
                                   const cpk_tensor *m, cpk_tensor *out) {
   const int64_t n = x->shape[0];
   const int64_t di = cpk__layer_in_numel(l), dout = cpk__layer_out_numel(l);
-  /* At most two blocks live at once: b and t, then t, u and a, that is
+  /* The blocks live in two stages, b and t, then t, u and a: at most
    * N * max(D_out (D_out + D_in), D_in (2 D_out + D_in)) elements. */
   const int64_t first = dout + di, second = 2 * dout + di;
   size_t bytes, b1, b2;
