@@ -97,12 +97,15 @@ static unsigned char *cache_take(size_t total) {
 static size_t cache_max_bytes(void) {
   static size_t max;
   if (max == 0) {
-    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-    size_t eighth = pages > 0 && page > 0 ? (size_t)pages / 8 * (size_t)page
-                                          : 0;
+    const size_t eighth = cpk__machine_memory() / 8;
     max = eighth > CACHE_FLOOR_BYTES ? eighth : CACHE_FLOOR_BYTES;
   }
   return max;
+}
+
+size_t cpk__machine_memory(void) {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? (size_t)pages * (size_t)page : 0;
 }
 
 /* Keep a freed block for reuse; 0 when the cache has no room for it. */

@@ -31,6 +31,9 @@ int cpk__fail_prefix(int status, const char *fmt, ...) CPK__PRINTF(2, 3);
     if ((rc) != CPK_OK) goto label;                                            \
   } while (0)
 
+/* The machine's physical memory in bytes, 0 where it cannot be read. */
+size_t cpk__machine_memory(void);
+
 /* Tracked, 64-byte aligned allocation (counts toward cpk_memory_*).
  * Returns NULL and records a CPK_ENOMEM message stating the bytes asked for.
  * cpk__calloc zero-fills. Sizes of 0 allocate a minimal block. */

@@ -51,7 +51,7 @@
 #define T float
 #define VEC __m512
 #define LANES 16
-#define NR 12
+#define NR CPK__SKIP_MAX_NR
 #define MASK_T __mmask16
 #define MASK_FIRST(n) ((__mmask16)AVX512_MASK(n, 16))
 #define VZERO() _mm512_setzero_ps()
@@ -69,7 +69,7 @@
 #define T double
 #define VEC __m512d
 #define LANES 8
-#define NR 12
+#define NR CPK__SKIP_MAX_NR
 #define MASK_T __mmask8
 #define MASK_FIRST(n) ((__mmask8)AVX512_MASK(n, 8))
 #define VZERO() _mm512_setzero_pd()

@@ -8,7 +8,6 @@
  * Memory N * D_out * D_in: layers with closed forms provide their own.
  */
 #include <string.h>
-#include <unistd.h>
 
 #include "device.h"
 #include "layer.h"
@@ -20,9 +19,8 @@
  * message, rather than risking the process; under a budget the tracked
  * allocations fail against it instead (CPK_ENOMEM). */
 static size_t unbudgeted_max_bytes(void) {
-  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-  return pages > 0 && page > 0 ? (size_t)pages / 4 * (size_t)page
-                               : (size_t)1 << 30;
+  const size_t machine = cpk__machine_memory();
+  return machine > 0 ? machine / 4 : (size_t)1 << 30;
 }
 
 int cpk__ea_jac_t_mat_jac_generic(cpk__layer *l, cpk_context *ctx,
