@@ -43,9 +43,10 @@ void cpk__skip_zero_cap_isa(int cap);
 
 /* Symmetric rank-k update, C [n, n] := alpha op(A) op(A)^T + beta C, with
  * op(A) = A [n, k] (trans 0) or A^T for A [k, n] (trans 1); all of C is
- * written (a nonzero beta needs C symmetric). Half a GEMM's products where
- * k is large enough for that to pay (BLAS syrk, then the lower triangle
- * mirrored); otherwise, and on the GPU, the GEMM. */
+ * written (a nonzero beta needs C symmetric). On the CPU the upper
+ * triangle is computed (BLAS syrk split over k, or GEMMs on row panels where
+ * k < n/2), then mirrored; for small C with few products per entry, and on
+ * the GPU, the GEMM's full square. */
 void cpk__syrk(const cpk_context *ctx, cpk_dtype dt, int trans, int64_t n,
                int64_t k, double alpha, const void *a, int64_t lda, double beta,
                void *c, int64_t ldc);

@@ -6,7 +6,10 @@
  *    path (n below 512, k below n/2) and sizes that do not split evenly,
  *    with a row stride of C wider than n (the padding left untouched);
  *    float64 and float32;
- *  - through the linear layer's KFRA step (W^T M W, linear 600 -> 320).
+ *  - through the linear layer's KFRA step (W^T M W, linear 600 -> 320);
+ *  - cpk__syrk, C := alpha op(A) op(A)^T + beta C, on each of its paths
+ *    (row panels from n = 256, the GEMM's square for small n and k, BLAS
+ *    syrk split over k), with A and with A^T, beta 0 and a symmetric C.
  */
 #include <math.h>
 #include <stdio.h>
@@ -134,10 +137,86 @@ static void test_linear_kfra_step(void **state) {
   cpk_model_free(mdl);
 }
 
+/* cpk__syrk against direct sums: op(A) [n, k] is A [n, k] (trans 0) or the
+ * transpose of A [k, n] (trans 1); C starts symmetric (beta != 0) with a
+ * row stride of n + 3 whose padding must stay untouched. */
+static void check_syrk(cpk_dtype dt, int trans, int64_t n, int64_t k,
+                       double beta, uint64_t seed) {
+  int64_t as[2] = {trans ? k : n, trans ? n : k};
+  cpk_tensor *at = tu_random(CPK_F64, 2, as, -1, 1, seed);
+  const double *ad = at->data, alpha = 0.75;
+  double *c0 = symmetric(n, seed + 1);
+  double *aat = malloc((size_t)(n * n) * sizeof *aat);
+  double *mag = malloc((size_t)(n * n) * sizeof *mag);
+  double *opt = malloc((size_t)(k * n) * sizeof *opt); /* op(A)^T, [k, n] */
+  for (int64_t i = 0; i < n; i++)
+    for (int64_t l = 0; l < k; l++)
+      opt[l * n + i] = trans ? ad[l * n + i] : ad[i * k + l];
+  tu_product(n, n, k, opt, 1, n, opt, aat, mag); /* op(A) op(A)^T */
+  const int64_t ldc = n + 3;
+  const size_t es = cpk_dtype_size(dt);
+  void *a = malloc((size_t)(k * n) * es), *c = malloc((size_t)(n * ldc) * es);
+  memset(c, 0x7f, (size_t)(n * ldc) * es);
+  for (int64_t i = 0; i < k * n; i++) {
+    if (dt == CPK_F32)
+      ((float *)a)[i] = (float)ad[i];
+    else
+      ((double *)a)[i] = ad[i];
+  }
+  for (int64_t i = 0; i < n; i++)
+    for (int64_t j = 0; j < n; j++) {
+      if (dt == CPK_F32)
+        ((float *)c)[i * ldc + j] = (float)c0[i * n + j];
+      else
+        ((double *)c)[i * ldc + j] = c0[i * n + j];
+    }
+  cpk__syrk(NULL, dt, trans, n, k, alpha, a, trans ? n : k, beta, c, ldc);
+  const double rtol = dt == CPK_F32 ? 2e-5 : 1e-12;
+  for (int64_t i = 0; i < n; i++) {
+    for (int64_t j = 0; j < n; j++) {
+      const double want = alpha * aat[i * n + j] + beta * c0[i * n + j];
+      const double scale = alpha * mag[i * n + j] + fabs(beta * c0[i * n + j]);
+      const double got = dt == CPK_F32 ? ((float *)c)[i * ldc + j]
+                                       : ((double *)c)[i * ldc + j];
+      if (!(fabs(got - want) <= rtol * scale + 1e-300)) {
+        fprintf(stderr,
+                "syrk %s trans=%d n=%lld k=%lld beta=%g: C[%lld,%lld] = "
+                "%.17g, want %.17g\n",
+                dt == CPK_F32 ? "f32" : "f64", trans, (long long)n,
+                (long long)k, beta, (long long)i, (long long)j, got, want);
+        fail();
+      }
+    }
+    for (int64_t j = n; j < ldc; j++) /* the padding is not written */
+      assert_int_equal(((unsigned char *)c)[(size_t)(i * ldc + j) * es], 0x7f);
+  }
+  free(a);
+  free(c);
+  free(c0);
+  free(aat);
+  free(mag);
+  free(opt);
+  cpk_tensor_free(at);
+}
+
+static void test_syrk_paths(void **state) {
+  /* 2k < n from n = 256: panels (4 of 64 rows at 256, 16 from 1024,
+   * uneven at 517); 2k < n below: the GEMM's square; 2k >= n: BLAS syrk
+   * split over k */
+  const int64_t sizes[][2] = {{256, 40},  {517, 128}, {1030, 20},
+                              {300, 900}, {100, 20},  {75, 3000}};
+  for (int d = 0; d < 2; d++)
+    for (int trans = 0; trans < 2; trans++)
+      for (size_t s = 0; s < sizeof sizes / sizeof *sizes; s++)
+        check_syrk(d ? CPK_F32 : CPK_F64, trans, sizes[s][0], sizes[s][1],
+                   s % 2 ? 0.5 : 0.0, 70 + 3 * s + trans);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_against_direct_sum),
       cmocka_unit_test(test_linear_kfra_step),
+      cmocka_unit_test(test_syrk_paths),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
