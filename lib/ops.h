@@ -52,9 +52,9 @@ void cpk__syrk(const cpk_context *ctx, cpk_dtype dt, int trans, int64_t n,
                void *c, int64_t ldc);
 
 /* C [n, n] := A^T B for A, B [k, n] (row strides lda, ldb) whose product
- * the caller knows to be symmetric (W^T (M W) with M symmetric): where it
- * pays, only the blocks on and above the diagonal are multiplied and the
- * rest mirrored. */
+ * the caller knows to be symmetric (W^T (M W) with M symmetric): on the
+ * CPU from n = 256, only row panels on and above the diagonal are
+ * multiplied and the rest mirrored. */
 void cpk__gemm_tn_symmetric(const cpk_context *ctx, cpk_dtype dt, int64_t n,
                             int64_t k, const void *a, int64_t lda,
                             const void *b, int64_t ldb, void *c, int64_t ldc);

@@ -148,25 +148,32 @@ static void add_upper(cpk_dtype dt, int64_t n, int64_t parts,
     }
 }
 
-/* The upper triangle of C := alpha op(A) op(A)^T + beta C in row panels:
- * panel [i0, i1) is C[i0:i1, i0:n] = alpha op(A)[i0:i1, :] op(A)[i0:n, :]^T
- * + beta C[i0:i1, i0:n], one GEMM. The panels go to the threads one at a
- * time, largest first, each a single-threaded GEMM: with 16 panels that is
- * 53% of the full square's products, at the GEMM's rate. */
-static void syrk_panels(const cpk_context *ctx, cpk_dtype dt, int trans,
-                        int64_t n, int64_t k, double alpha, const void *a,
-                        int64_t lda, double beta, void *c, int64_t ldc,
-                        int64_t panels) {
+/* The upper triangle of C := alpha op(A) op(B)^T + beta C, a product the
+ * caller knows to be symmetric, in row panels: panel [i0, i1) is
+ * C[i0:i1, i0:n] = alpha op(A)[i0:i1, :] op(B)[i0:n, :]^T + beta C[i0:i1,
+ * i0:n], one GEMM, with op(X) = X [n, k] (trans 0) or X^T for X [k, n]
+ * (trans 1). The panels go to the threads one at a time, largest first,
+ * each a single-threaded GEMM: with 16 panels that is 53% of the full
+ * square's products, at the GEMM's rate. */
+static void upper_panels(const cpk_context *ctx, cpk_dtype dt, int trans,
+                         int64_t n, int64_t k, double alpha, const void *a,
+                         int64_t lda, const void *b, int64_t ldb, double beta,
+                         void *c, int64_t ldc, int64_t panels) {
   const size_t es = cpk_dtype_size(dt);
 #pragma omp parallel for schedule(dynamic, 1) if (!omp_in_parallel())
   for (int64_t p = 0; p < panels; p++) {
     const int64_t i0 = p * n / panels, i1 = (p + 1) * n / panels;
-    /* op(A)[i, :] is row i of A (trans 0) or column i (trans 1) */
+    /* op(X)[i, :] is row i of X (trans 0) or column i (trans 1) */
     const char *ai = (const char *)a + (size_t)(trans ? i0 : i0 * lda) * es;
-    cpk__gemm(ctx, dt, trans, !trans, i1 - i0, n - i0, k, alpha, ai, lda, ai,
-              lda, beta, (char *)c + (size_t)(i0 * ldc + i0) * es, ldc);
+    const char *bi = (const char *)b + (size_t)(trans ? i0 : i0 * ldb) * es;
+    cpk__gemm(ctx, dt, trans, !trans, i1 - i0, n - i0, k, alpha, ai, lda, bi,
+              ldb, beta, (char *)c + (size_t)(i0 * ldc + i0) * es, ldc);
   }
 }
+
+/* Row panels of at least 64 rows, at most 16 of them; fewer than 4 do not
+ * pay. */
+static int64_t panel_count(int64_t n) { return n / 64 < 16 ? n / 64 : 16; }
 
 void cpk__syrk(const cpk_context *ctx, cpk_dtype dt, int trans, int64_t n,
                int64_t k, double alpha, const void *a, int64_t lda, double beta,
@@ -176,9 +183,10 @@ void cpk__syrk(const cpk_context *ctx, cpk_dtype dt, int trans, int64_t n,
    * the GEMM's full square's 1.15 ms and BLAS syrk's 0.75 ms; float32, 2
    * threads). With many (n = 800, k = 25088) BLAS syrk on each thread's
    * share of k, below, is faster (81 ms against 104). */
-  const int64_t panels = n / 64 < 16 ? n / 64 : 16;
+  const int64_t panels = panel_count(n);
   if (!cpk__on_cuda(ctx) && 2 * k < n && panels >= 4) {
-    syrk_panels(ctx, dt, trans, n, k, alpha, a, lda, beta, c, ldc, panels);
+    upper_panels(ctx, dt, trans, n, k, alpha, a, lda, a, lda, beta, c, ldc,
+                 panels);
     mirror_upper(dt, n, c, ldc);
     return;
   }
@@ -224,24 +232,16 @@ void cpk__syrk(const cpk_context *ctx, cpk_dtype dt, int trans, int64_t n,
 void cpk__gemm_tn_symmetric(const cpk_context *ctx, cpk_dtype dt, int64_t n,
                             int64_t k, const void *a, int64_t lda,
                             const void *b, int64_t ldb, void *c, int64_t ldc) {
-  /* Four column blocks: the 10 block products on and above the diagonal
-   * are 5/8 of the GEMM, and the mirror costs what n*n copies do; with few
-   * products per entry (k < n/2) or a small C that does not pay. */
-  const int64_t blocks = 4;
-  if (cpk__on_cuda(ctx) || n < 512 || 2 * k < n) {
+  /* Row panels where there are 4 (n = 1000, k = 500: 2.5 ms against 3.0
+   * for the 10 blocks on and above the diagonal of a 4 x 4 split, and 4.6
+   * for the full square; n = 3136, k = 1024: 65, 115 and 165 ms; float32,
+   * 2 threads); smaller C, and on the GPU, the GEMM's full square. */
+  const int64_t panels = panel_count(n);
+  if (cpk__on_cuda(ctx) || panels < 4) {
     cpk__gemm(ctx, dt, 1, 0, n, n, k, 1.0, a, lda, b, ldb, 0.0, c, ldc);
     return;
   }
-  const size_t es = cpk_dtype_size(dt);
-  for (int64_t bi = 0; bi < blocks; bi++)
-    for (int64_t bj = bi; bj < blocks; bj++) {
-      const int64_t i0 = bi * n / blocks, i1 = (bi + 1) * n / blocks;
-      const int64_t j0 = bj * n / blocks, j1 = (bj + 1) * n / blocks;
-      cpk__gemm(ctx, dt, 1, 0, i1 - i0, j1 - j0, k, 1.0,
-                (const char *)a + (size_t)i0 * es, lda,
-                (const char *)b + (size_t)j0 * es, ldb, 0.0,
-                (char *)c + (size_t)(i0 * ldc + j0) * es, ldc);
-    }
+  upper_panels(ctx, dt, 1, n, k, 1.0, a, lda, b, ldb, 0.0, c, ldc, panels);
   mirror_upper(dt, n, c, ldc);
 }
 

@@ -1,11 +1,11 @@
 /*
  * test_sym_product.c: cpk__gemm_tn_symmetric (ops_cpu.c), C = A^T B for a
- * product known to be symmetric, computed in blocks on and above the
+ * product known to be symmetric, computed in row panels on and above the
  * diagonal and mirrored where that pays, against a direct sum written here:
- *  - A^T (M A) with M symmetric, for sizes on both sides of the blocked
- *    path (n below 512, k below n/2) and sizes that do not split evenly,
- *    with a row stride of C wider than n (the padding left untouched);
- *    float64 and float32;
+ *  - A^T (M A) with M symmetric, for sizes on both sides of the panels'
+ *    path (the GEMM below n = 256, panels from there) and sizes that do not
+ *    split evenly, with a row stride of C wider than n (the padding left
+ *    untouched); float64 and float32;
  *  - through the linear layer's KFRA step (W^T M W, linear 600 -> 320);
  *  - cpk__syrk, C := alpha op(A) op(A)^T + beta C, on each of its paths
  *    (row panels from n = 256, the GEMM's square for small n and k, BLAS
@@ -90,8 +90,9 @@ static void check(cpk_dtype dt, int64_t n, int64_t k, uint64_t seed) {
 }
 
 static void test_against_direct_sum(void **state) {
-  const int64_t sizes[][2] = {{40, 30},   {511, 300}, {512, 256},
-                              {515, 400}, {600, 100}, {800, 500}};
+  const int64_t sizes[][2] = {{40, 30},   {255, 100}, {256, 10},
+                              {511, 300}, {515, 400}, {600, 100},
+                              {800, 500}, {1030, 40}};
   for (int d = 0; d < 2; d++)
     for (size_t s = 0; s < sizeof sizes / sizeof *sizes; s++)
       check(d ? CPK_F32 : CPK_F64, sizes[s][0], sizes[s][1], 40 + 2 * s);

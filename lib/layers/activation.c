@@ -128,8 +128,8 @@ static int activation_ea_jac_t_mat_jac(cpk__layer *l, cpk_context *ctx,
   if (rc != CPK_OK)
     return rc;
   const int64_t n = x->shape[0], d = cpk_tensor_numel(x) / n;
-  cpk__gemm(ctx, x->dtype, 1, 0, d, d, n, 1.0 / (double)n, d1->data, d,
-            d1->data, d, 0.0, out->data, d);
+  cpk__syrk(ctx, x->dtype, 1, d, n, 1.0 / (double)n, d1->data, d, 0.0,
+            out->data, d);
   cpk__mul_broadcast(ctx, x->dtype, 1, d * d, m->data, out->data, out->data);
   return CPK_OK;
 }
