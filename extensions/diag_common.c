@@ -54,6 +54,13 @@ int cpk__diag_dense_linear(cpk__param_site *s, const cpk_tensor *h, int batch,
 int cpk__diag_from_factor(cpk__param_site *s, const cpk_tensor *S,
                           const cpk_tensor *sign, int batch, cpk_tensor *out) {
   const int64_t v = S->shape[0], k = cpk_tensor_numel(s->grad);
+  if (!batch && s->layer->kind->param_sq_sum != NULL) {
+    /* summed squares straight from the layer, where it has a path */
+    const int rc = s->layer->kind->param_sq_sum(
+        s->layer, s->ctx, s->p, s->x, S, sign ? sign->data : NULL, s->n, out);
+    if (rc != CPK__LAYER_DECLINED)
+      return rc;
+  }
   const int64_t step = cpk__site_chunk_samples(s, v);
   const cpk__param *p = &s->layer->params[s->p];
   int64_t shape[CPK_MAX_DIMS + 2] = {v, step};

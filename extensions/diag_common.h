@@ -15,7 +15,9 @@ int cpk__rows_from_factor(const cpk_context *ctx, const cpk_tensor *S,
  * not be zeroed. */
 int cpk__diag_dense_linear(cpk__param_site *s, const cpk_tensor *h, int batch,
                            cpk_tensor *out);
-/* Any layer: add sum_{v,(n)} sign (J_theta^T S)^2, in chunks of samples. */
+/* Any layer: add sum_{v,(n)} sign (J_theta^T S)^2: summed, from the
+ * layer's param_sq_sum where it has one (convolution weights), otherwise
+ * and per sample from per-sample products in chunks of samples. */
 int cpk__diag_from_factor(cpk__param_site *s, const cpk_tensor *S,
                           const cpk_tensor *sign, int batch, cpk_tensor *out);
 /* Layers with param_jac_is_input: add sum_o d[n, o] (d y_o / d theta)^2 for

@@ -35,6 +35,9 @@ typedef struct cpk__param {
   int stale;            /* the value changed since `resident` was made */
 } cpk__param;
 
+/* A kind's optional hook has no path for this case (param_sq_sum). */
+#define CPK__LAYER_DECLINED 1
+
 typedef struct cpk__layer_kind {
   const char *name;           /* model-file name */
   const cpk__arg_spec *args;  /* PyTorch's arguments, in order */
@@ -65,6 +68,16 @@ typedef struct cpk__layer_kind {
   int (*param_jac_t_mat)(cpk__layer *l, cpk_context *ctx, int p,
                          const cpk_tensor *x, const cpk_tensor *in,
                          int per_sample, double beta, cpk_tensor *out);
+  /* Optional: the squares of the per-sample parameter products summed
+   * without storing them,
+   *   out [*S] += sum_{v,n} w[v * w_stride + n] (J_{theta_p,n}^T in[v, n])^2
+   * (in [V, N, *out], w in the dtype, NULL: all 1). CPK__LAYER_DECLINED
+   * where the kind has no such path for this parameter or context (then
+   * nothing is written and the caller squares param_jac_t_mat's per-sample
+   * products). NULL: never. */
+  int (*param_sq_sum)(cpk__layer *l, cpk_context *ctx, int p,
+                      const cpk_tensor *x, const cpk_tensor *in,
+                      const void *w, int64_t w_stride, cpk_tensor *out);
   /* Parameter p, forward mode (the R-op of the parameter): for a tangent
    * t [V, *S] (or S when V = 1), out[v] := beta*out[v] + J_theta t[v],
    *   out[v,n,o] = beta*out[v,n,o] + sum_k (d y_n[o] / d theta_{p,k}) t[v,k],

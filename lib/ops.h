@@ -33,13 +33,31 @@ void cpk__gemm_strided(const cpk_context *ctx, cpk_dtype dt, int trans_a,
  * c where in[:, r, c] is zero for every v (a ReLU's zeros). Returns 1 when
  * done; 0 where it declined (not the CPU, neither AVX-512 nor AVX2, V below
  * 4, or too few zeros to pay): then nothing is written and the caller runs
- * the GEMM. ops_skip_zero.c. */
+ * the GEMM. ops_tiles.c. */
 int cpk__block_times_skip_zero(const cpk_context *ctx, cpk_dtype dt, int64_t v,
                                int64_t rows, int64_t k, int64_t m,
                                const void *in, const void *w, void *out);
-/* For tests: the widest instruction set cpk__block_times_skip_zero may use
- * (2 AVX-512, 1 AVX2 with FMA, 0 none: it declines), within the CPU's. */
-void cpk__skip_zero_cap_isa(int cap);
+/* out[r, c] += weight * (sum_i at[i, r] bt[i, c])^2 for at [inner, rows],
+ * bt [inner, cols], out [rows, cols], row-major with row strides lda, ldb,
+ * ldo: the squares of a product added up without storing it, one thread
+ * (register tiles, ops_tiles.c). scratch holds cpk__sq_product_scratch
+ * (inner) bytes. Returns 1 when done, 0 when it declines (off the CPU, or
+ * a CPU with neither AVX-512 nor AVX2 with FMA): then nothing is written.
+ * With rows 0 it only says whether it would decline. */
+int cpk__sq_product_add(const cpk_context *ctx, cpk_dtype dt, int64_t rows,
+                        int64_t inner, int64_t cols, const void *at,
+                        int64_t lda, const void *bt, int64_t ldb,
+                        double weight, void *out, int64_t ldo, void *scratch);
+size_t cpk__sq_product_scratch(int64_t inner);
+/* dst [cols, rows] := src [rows, cols]^T on the host, in register
+ * transposes (ops_tiles.c); returns 0 without writing on CPUs where
+ * cpk__sq_product_add declines, 1 when done. */
+int cpk__transpose_tiles(cpk_dtype dt, int64_t rows, int64_t cols,
+                         const void *src, void *dst);
+
+/* For tests: the widest instruction set the kernels of ops_tiles.c may use
+ * (2 AVX-512, 1 AVX2 with FMA, 0 none: they decline), within the CPU's. */
+void cpk__tiles_cap_isa(int cap);
 
 /* Symmetric rank-k update, C [n, n] := alpha op(A) op(A)^T + beta C, with
  * op(A) = A [n, k] (trans 0) or A^T for A [k, n] (trans 1); all of C is

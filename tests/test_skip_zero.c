@@ -1,5 +1,5 @@
 /*
- * test_skip_zero.c: cpk__block_times_skip_zero (ops_skip_zero.c), the
+ * test_skip_zero.c: cpk__block_times_skip_zero (ops_tiles.c), the
  * product of a block [V, R, K] with w [K, M] that skips each batch row's
  * zero columns, against a direct sum written here:
  *  - shapes around the edges of the tiles: V from 4 to 30 (chunks of at
@@ -130,7 +130,7 @@ static void test_against_direct_sum(void **state) {
   const int64_t ks[] = {2, 3, 64, 129};
   const int64_t ms[] = {1, 3, 7, 8, 16, 31, 32, 33, 70};
   for (level = 0; level <= cpu_level(); level++) {
-    cpk__skip_zero_cap_isa(level);
+    cpk__tiles_cap_isa(level);
     uint64_t seed = 10;
     for (int d = 0; d < 2; d++)
       for (size_t a = 0; a < sizeof vs / sizeof *vs; a++)
@@ -139,7 +139,7 @@ static void test_against_direct_sum(void **state) {
             check_shape(d ? CPK_F32 : CPK_F64, vs[a], a % 2 ? 40 : 7, ks[b],
                         ms[c], seed);
   }
-  cpk__skip_zero_cap_isa(2);
+  cpk__tiles_cap_isa(2);
   level = 2;
 }
 
@@ -199,13 +199,13 @@ static void test_linear_layer(void **state) {
   double *mag = malloc((size_t)(v * n * r * in_f) * sizeof *mag);
   tu_product(v * n * r, in_f, out_f, blk, out_f, 1, w->data, want, mag);
   for (level = 0; level <= cpu_level(); level++) {
-    cpk__skip_zero_cap_isa(level);
+    cpk__tiles_cap_isa(level);
     memset(out->data, 0xff, (size_t)(v * n * r * in_f) * sizeof(double));
     tu_ok(l->kind->jac_t_mat(l, ctx, x, y, u, out));
     tu_assert_close_array(out->data, want, v * n * r * in_f, 1e-13, 1e-15,
                           "linear jac_t_mat on a block with zero columns");
   }
-  cpk__skip_zero_cap_isa(2);
+  cpk__tiles_cap_isa(2);
   level = 2;
   free(blk);
   free(want);

@@ -85,6 +85,21 @@ static int conv_param_jac_t_mat(cpk__layer *l, cpk_context *ctx, int p,
   return CPK_OK;
 }
 
+/* The weight's per-sample products squared and summed in register tiles
+ * (X = x shared by every v); the bias's are cheap to store. */
+static int conv_param_sq_sum(cpk__layer *l, cpk_context *ctx, int p,
+                             const cpk_tensor *x, const cpk_tensor *in,
+                             const void *w, int64_t w_stride,
+                             cpk_tensor *out) {
+  const int64_t n = x->shape[0];
+  if (p != 0)
+    return CPK__LAYER_DECLINED;
+  const int rc = cpk__conv_weight_sq_sum(
+      l->priv, ctx, in->dtype, cpk__block_v(in, n, cpk__layer_out_numel(l)),
+      n, x->data, 0, in->data, 1, w, w_stride, out->data);
+  return rc == CPK__CONV_DECLINED ? CPK__LAYER_DECLINED : rc;
+}
+
 static const int dims[3] = {1, 2, 3};
 
 #define CONV_KIND(D)                                                           \
@@ -104,6 +119,7 @@ static const int dims[3] = {1, 2, 3};
       .mixed_jac_t_mat = cpk__conv_mixed_jac_t_mat,                            \
       .mixed_param_jac_t_mat = cpk__conv_mixed_param_jac_t_mat,                \
       .param_jac_t_mat = conv_param_jac_t_mat,                                 \
+      .param_sq_sum = conv_param_sq_sum,                                       \
       .init = cpk__conv_init,                                                  \
       .destroy = cpk__conv_destroy,                                            \
       .cuda = 1,                                                               \

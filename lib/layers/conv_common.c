@@ -521,6 +521,87 @@ static void weight_per_sample_stacked(const cpk__conv *s,
   }
 }
 
+int cpk__conv_weight_sq_sum(const cpk__conv *s, const cpk_context *ctx,
+                            cpk_dtype dt, int64_t v, int64_t n, const void *x,
+                            int x_has_v, const void *y, int y_has_v,
+                            const void *weights, int64_t w_stride, void *out) {
+  /* rows 0: only whether the tiles run here */
+  if (cpk__on_cuda(ctx) || !cpk__sq_product_add(ctx, dt, 0, 1, 1, NULL, 0,
+                                                NULL, 0, 0.0, NULL, 0, NULL))
+    return CPK__CONV_DECLINED;
+  cpk__conv_dims d = cpk__conv_dims_of(s, dt);
+  const weight_operands o = {x, y, v, n, x_has_v, y_has_v};
+  const int nt = threads_for(&d, n);
+  char *scratch, *mine = NULL;
+  int rc = scratch_new(&d, nt, &scratch);
+  /* per thread: the transposed unfolding U^T [G, Ly, kx], the transposed
+   * image Y^T [Ly, cy], the tiles' scratch and its partial sums, transposed
+   * ([G, kx, cyg]); then one more [*W] for turning them */
+  const size_t xsz = ((size_t)(d.g * d.kx * d.ly) * d.es + 63) / 64 * 64;
+  const size_t ysz = ((size_t)d.ysz * d.es + 63) / 64 * 64;
+  const size_t ksz = (cpk__sq_product_scratch(d.ly) + 63) / 64 * 64;
+  const size_t psz = ((size_t)d.wsz * d.es + 63) / 64 * 64;
+  const size_t per_thread = xsz + ysz + ksz + psz;
+  const int64_t cy = d.g * d.cyg;
+  size_t bytes;
+  if (rc == CPK_OK)
+    rc = cpk__mul_size(per_thread, (size_t)nt, &bytes,
+                       "convolution squared products");
+  if (rc == CPK_OK && (bytes += psz, mine = cpk__malloc(bytes)) == NULL)
+    rc = CPK_ENOMEM;
+  if (rc != CPK_OK) {
+    cpk__free(scratch);
+    return rc;
+  }
+  /* Thread t sums its fixed share of the batch into its partial sums,
+   * added to out in order after: the same result for the same number of
+   * threads. Group g of the weight, transposed (the tiles fill better with
+   * the longer side, kx, as rows):
+   *   acc_g[k, r] += w (sum_l U_g^T[l, k] Y^T[l, g*cyg + r])^2. */
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    const int t = omp_get_thread_num();
+    char *ut = mine + (size_t)t * per_thread, *yt = ut + xsz, *ks = yt + ysz;
+    char *acc = ks + ksz;
+    memset(acc, 0, (size_t)d.wsz * d.es);
+    for (int64_t i = t * n / nt; i < (t + 1) * n / nt; i++)
+      for (int64_t c = 0; c < v; c++) {
+        if (c == 0 || x_has_v) {
+          const char *cols =
+              unfold_into(s, &d, ctx, dt, image_x(&o, &d, c, i), scratch);
+          for (int64_t g = 0; g < d.g; g++) /* [kx, Ly] -> [Ly, kx] */
+            cpk__transpose_tiles(dt, d.kx, d.ly,
+                                 cols + (size_t)(g * d.kx * d.ly) * d.es,
+                                 ut + (size_t)(g * d.ly * d.kx) * d.es);
+        }
+        cpk__transpose_tiles(dt, cy, d.ly, image_y(&o, &d, c, i), yt);
+        const size_t at = (size_t)(c * w_stride + i) * d.es;
+        const double wt = weights == NULL ? 1.0
+                          : dt == CPK_F32
+                              ? *(const float *)((const char *)weights + at)
+                              : *(const double *)((const char *)weights + at);
+        for (int64_t g = 0; g < d.g; g++)
+          cpk__sq_product_add(ctx, dt, d.kx, d.ly, d.cyg,
+                              ut + (size_t)(g * d.ly * d.kx) * d.es, d.kx,
+                              yt + (size_t)(g * d.cyg) * d.es, cy, wt,
+                              acc + (size_t)(g * d.kx * d.cyg) * d.es, d.cyg,
+                              ks);
+      }
+  }
+  char *turned = mine + (size_t)nt * per_thread;
+  for (int t = 0; t < nt; t++) {
+    const char *acc = mine + (size_t)t * per_thread + xsz + ysz + ksz;
+    for (int64_t g = 0; g < d.g; g++) /* [kx, cyg] -> [cyg, kx] */
+      cpk__transpose_tiles(dt, d.kx, d.cyg,
+                           acc + (size_t)(g * d.kx * d.cyg) * d.es,
+                           turned + (size_t)(g * d.cyg * d.kx) * d.es);
+    cpk__axpy(ctx, dt, d.wsz, 1.0, turned, out);
+  }
+  cpk__free(mine);
+  cpk__free(scratch);
+  return CPK_OK;
+}
+
 /* Chunks of the batch for a summed product: 4 per thread (so that a thread
  * slowed down by another process leaves work to the others), fewer where
  * the partial sums, (chunks - 1) * bytes, would pass 64 MiB. */

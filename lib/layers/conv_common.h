@@ -143,6 +143,17 @@ int cpk__conv_weight_grad(const cpk__conv *s, const cpk_context *ctx,
                           cpk_dtype dt, int64_t v, int64_t n, const void *x,
                           int x_has_v, const void *y, int y_has_v,
                           int per_sample, double beta, void *out);
+/* The squares of the per-sample weight products added up, without
+ * storing them (cpk__sq_product_add): with X and Y as for
+ * cpk__conv_weight_grad,
+ *   out [*W] += sum_{v,n} w[v * w_stride + n] (Y_{v,n} . unfold(X_{v,n})^T)^2
+ * (w NULL: all 1; w in dt). CPK__CONV_DECLINED where the tiles do not run
+ * (the GPU, a CPU with neither AVX-512 nor AVX2 with FMA): then nothing is
+ * written. */
+int cpk__conv_weight_sq_sum(const cpk__conv *s, const cpk_context *ctx,
+                            cpk_dtype dt, int64_t v, int64_t n, const void *x,
+                            int x_has_v, const void *y, int y_has_v,
+                            const void *weights, int64_t w_stride, void *out);
 /* The core batched over images for the CUDA device (conv_batched.c): the
  * same contracts as cpk__conv_apply, cpk__conv_adjoint and
  * cpk__conv_weight_grad, with every image of a chunk in one unfolding and

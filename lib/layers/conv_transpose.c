@@ -84,6 +84,22 @@ static int conv_transpose_param_jac_t_mat(cpk__layer *l, cpk_context *ctx,
   return CPK_OK;
 }
 
+/* The weight's per-sample products squared and summed in register tiles
+ * (the core's X the block, its Y the input); the bias's are cheap to
+ * store. */
+static int conv_transpose_param_sq_sum(cpk__layer *l, cpk_context *ctx, int p,
+                                       const cpk_tensor *x,
+                                       const cpk_tensor *in, const void *w,
+                                       int64_t w_stride, cpk_tensor *out) {
+  const int64_t n = x->shape[0];
+  if (p != 0)
+    return CPK__LAYER_DECLINED;
+  const int rc = cpk__conv_weight_sq_sum(
+      l->priv, ctx, in->dtype, cpk__block_v(in, n, cpk__layer_out_numel(l)),
+      n, in->data, 1, x->data, 0, w, w_stride, out->data);
+  return rc == CPK__CONV_DECLINED ? CPK__LAYER_DECLINED : rc;
+}
+
 static const int dims[3] = {1, 2, 3};
 
 #define CONV_TRANSPOSE_KIND(D)                                                 \
@@ -104,6 +120,7 @@ static const int dims[3] = {1, 2, 3};
       .mixed_jac_t_mat = cpk__conv_mixed_jac_t_mat,                            \
       .mixed_param_jac_t_mat = cpk__conv_mixed_param_jac_t_mat,                \
       .param_jac_t_mat = conv_transpose_param_jac_t_mat,                       \
+      .param_sq_sum = conv_transpose_param_sq_sum,                             \
       .init = cpk__conv_init,                                                  \
       .destroy = cpk__conv_destroy,                                            \
       .cuda = 1,                                                               \
