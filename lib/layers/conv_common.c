@@ -536,7 +536,8 @@ int cpk__conv_weight_sq_sum(const cpk__conv *s, const cpk_context *ctx,
   int rc = scratch_new(&d, nt, &scratch);
   /* per thread: the transposed unfolding U^T [G, Ly, kx], the transposed
    * image Y^T [Ly, cy], the tiles' scratch and its partial sums, transposed
-   * ([G, kx, cyg]); then one more [*W] for turning them */
+   * ([G, kx, cyg]); then room for turning them ([*W], within one more
+   * thread's share) */
   const size_t xsz = ((size_t)(d.g * d.kx * d.ly) * d.es + 63) / 64 * 64;
   const size_t ysz = ((size_t)d.ysz * d.es + 63) / 64 * 64;
   const size_t ksz = (cpk__sq_product_scratch(d.ly) + 63) / 64 * 64;
@@ -545,9 +546,9 @@ int cpk__conv_weight_sq_sum(const cpk__conv *s, const cpk_context *ctx,
   const int64_t cy = d.g * d.cyg;
   size_t bytes;
   if (rc == CPK_OK)
-    rc = cpk__mul_size(per_thread, (size_t)nt, &bytes,
+    rc = cpk__mul_size(per_thread, (size_t)nt + 1, &bytes,
                        "convolution squared products");
-  if (rc == CPK_OK && (bytes += psz, mine = cpk__malloc(bytes)) == NULL)
+  if (rc == CPK_OK && (mine = cpk__malloc(bytes)) == NULL)
     rc = CPK_ENOMEM;
   if (rc != CPK_OK) {
     cpk__free(scratch);
