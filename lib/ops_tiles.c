@@ -247,96 +247,69 @@ int cpk__block_times_skip_zero(const cpk_context *ctx, cpk_dtype dt, int64_t v,
   return 1;
 }
 
-/* dst [cols, rows] := src [rows, cols]^T in 8 x 8 (float) or 4 x 4
- * (double) register transposes, within tiles of 64 x 64 that stay in
- * cache; scalar at the edges. */
-CPK_AVX2 static void transpose_f32_avx2(int64_t rows, int64_t cols,
-                                        const float *src, float *dst) {
-  for (int64_t i0 = 0; i0 < rows; i0 += 64)
-    for (int64_t j0 = 0; j0 < cols; j0 += 64) {
-      const int64_t i1 = i0 + 64 < rows ? i0 + 64 : rows;
-      const int64_t j1 = j0 + 64 < cols ? j0 + 64 : cols;
-      int64_t i = i0;
-      for (; i + 8 <= i1; i += 8) {
-        int64_t j = j0;
-        for (; j + 8 <= j1; j += 8) {
-          const float *p = src + i * cols + j;
-          const __m256 r0 = _mm256_loadu_ps(p), r1 = _mm256_loadu_ps(p + cols);
-          const __m256 r2 = _mm256_loadu_ps(p + 2 * cols);
-          const __m256 r3 = _mm256_loadu_ps(p + 3 * cols);
-          const __m256 r4 = _mm256_loadu_ps(p + 4 * cols);
-          const __m256 r5 = _mm256_loadu_ps(p + 5 * cols);
-          const __m256 r6 = _mm256_loadu_ps(p + 6 * cols);
-          const __m256 r7 = _mm256_loadu_ps(p + 7 * cols);
-          const __m256 t0 = _mm256_unpacklo_ps(r0, r1);
-          const __m256 t1 = _mm256_unpackhi_ps(r0, r1);
-          const __m256 t2 = _mm256_unpacklo_ps(r2, r3);
-          const __m256 t3 = _mm256_unpackhi_ps(r2, r3);
-          const __m256 t4 = _mm256_unpacklo_ps(r4, r5);
-          const __m256 t5 = _mm256_unpackhi_ps(r4, r5);
-          const __m256 t6 = _mm256_unpacklo_ps(r6, r7);
-          const __m256 t7 = _mm256_unpackhi_ps(r6, r7);
-          const __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
-          const __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
-          const __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
-          const __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
-          const __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
-          const __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
-          const __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
-          const __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
-          float *q = dst + j * rows + i;
-          _mm256_storeu_ps(q, _mm256_permute2f128_ps(s0, s4, 0x20));
-          _mm256_storeu_ps(q + rows, _mm256_permute2f128_ps(s1, s5, 0x20));
-          _mm256_storeu_ps(q + 2 * rows, _mm256_permute2f128_ps(s2, s6, 0x20));
-          _mm256_storeu_ps(q + 3 * rows, _mm256_permute2f128_ps(s3, s7, 0x20));
-          _mm256_storeu_ps(q + 4 * rows, _mm256_permute2f128_ps(s0, s4, 0x31));
-          _mm256_storeu_ps(q + 5 * rows, _mm256_permute2f128_ps(s1, s5, 0x31));
-          _mm256_storeu_ps(q + 6 * rows, _mm256_permute2f128_ps(s2, s6, 0x31));
-          _mm256_storeu_ps(q + 7 * rows, _mm256_permute2f128_ps(s3, s7, 0x31));
-        }
-        for (int64_t a = i; a < i + 8; a++)
-          for (int64_t b = j; b < j1; b++)
-            dst[b * rows + a] = src[a * cols + b];
-      }
-      for (; i < i1; i++)
-        for (int64_t b = j0; b < j1; b++)
-          dst[b * rows + i] = src[i * cols + b];
-    }
+/* q[j * ld + i] := p[i * ls + j] for one 8 x 8 block of floats. */
+CPK_AVX2 static inline __attribute__((always_inline)) void
+block8_f32(const float *p, int64_t ls, float *q, int64_t ld) {
+  __m256 r[8], t[8], u[8];
+  for (int k = 0; k < 8; k++)
+    r[k] = _mm256_loadu_ps(p + k * ls);
+  for (int k = 0; k < 4; k++) { /* pairs of rows interleaved */
+    t[2 * k] = _mm256_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+    t[2 * k + 1] = _mm256_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+  }
+  for (int k = 0; k < 2; k++) { /* then pairs of pairs */
+    u[4 * k] = _mm256_shuffle_ps(t[4 * k], t[4 * k + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * k + 1] = _mm256_shuffle_ps(t[4 * k], t[4 * k + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[4 * k + 2] = _mm256_shuffle_ps(t[4 * k + 1], t[4 * k + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * k + 3] = _mm256_shuffle_ps(t[4 * k + 1], t[4 * k + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int k = 0; k < 4; k++) { /* then the 128-bit halves */
+    _mm256_storeu_ps(q + k * ld, _mm256_permute2f128_ps(u[k], u[k + 4], 0x20));
+    _mm256_storeu_ps(q + (k + 4) * ld,
+                     _mm256_permute2f128_ps(u[k], u[k + 4], 0x31));
+  }
 }
 
-CPK_AVX2 static void transpose_f64_avx2(int64_t rows, int64_t cols,
-                                        const double *src, double *dst) {
-  for (int64_t i0 = 0; i0 < rows; i0 += 64)
-    for (int64_t j0 = 0; j0 < cols; j0 += 64) {
-      const int64_t i1 = i0 + 64 < rows ? i0 + 64 : rows;
-      const int64_t j1 = j0 + 64 < cols ? j0 + 64 : cols;
-      int64_t i = i0;
-      for (; i + 4 <= i1; i += 4) {
-        int64_t j = j0;
-        for (; j + 4 <= j1; j += 4) {
-          const double *p = src + i * cols + j;
-          const __m256d r0 = _mm256_loadu_pd(p), r1 = _mm256_loadu_pd(p + cols);
-          const __m256d r2 = _mm256_loadu_pd(p + 2 * cols);
-          const __m256d r3 = _mm256_loadu_pd(p + 3 * cols);
-          const __m256d t0 = _mm256_unpacklo_pd(r0, r1);
-          const __m256d t1 = _mm256_unpackhi_pd(r0, r1);
-          const __m256d t2 = _mm256_unpacklo_pd(r2, r3);
-          const __m256d t3 = _mm256_unpackhi_pd(r2, r3);
-          double *q = dst + j * rows + i;
-          _mm256_storeu_pd(q, _mm256_permute2f128_pd(t0, t2, 0x20));
-          _mm256_storeu_pd(q + rows, _mm256_permute2f128_pd(t1, t3, 0x20));
-          _mm256_storeu_pd(q + 2 * rows, _mm256_permute2f128_pd(t0, t2, 0x31));
-          _mm256_storeu_pd(q + 3 * rows, _mm256_permute2f128_pd(t1, t3, 0x31));
-        }
-        for (int64_t a = i; a < i + 4; a++)
-          for (int64_t b = j; b < j1; b++)
-            dst[b * rows + a] = src[a * cols + b];
-      }
-      for (; i < i1; i++)
-        for (int64_t b = j0; b < j1; b++)
-          dst[b * rows + i] = src[i * cols + b];
-    }
+/* The same for one 4 x 4 block of doubles. */
+CPK_AVX2 static inline __attribute__((always_inline)) void
+block4_f64(const double *p, int64_t ls, double *q, int64_t ld) {
+  const __m256d r0 = _mm256_loadu_pd(p), r1 = _mm256_loadu_pd(p + ls);
+  const __m256d r2 = _mm256_loadu_pd(p + 2 * ls);
+  const __m256d r3 = _mm256_loadu_pd(p + 3 * ls);
+  const __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
+  const __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
+  _mm256_storeu_pd(q, _mm256_permute2f128_pd(t0, t2, 0x20));
+  _mm256_storeu_pd(q + ld, _mm256_permute2f128_pd(t1, t3, 0x20));
+  _mm256_storeu_pd(q + 2 * ld, _mm256_permute2f128_pd(t0, t2, 0x31));
+  _mm256_storeu_pd(q + 3 * ld, _mm256_permute2f128_pd(t1, t3, 0x31));
 }
+
+/* dst [cols, rows] := src [rows, cols]^T in B x B register blocks, within
+ * tiles of 64 x 64 that stay in cache; scalar at the edges. */
+#define TRANSPOSE_TILED(NAME, T, B, BLOCK)                                     \
+  CPK_AVX2 static void NAME(int64_t rows, int64_t cols, const T *src,         \
+                            T *dst) {                                          \
+    for (int64_t i0 = 0; i0 < rows; i0 += 64)                                  \
+      for (int64_t j0 = 0; j0 < cols; j0 += 64) {                              \
+        const int64_t i1 = i0 + 64 < rows ? i0 + 64 : rows;                    \
+        const int64_t j1 = j0 + 64 < cols ? j0 + 64 : cols;                    \
+        int64_t i = i0;                                                        \
+        for (; i + B <= i1; i += B) {                                          \
+          int64_t j = j0;                                                      \
+          for (; j + B <= j1; j += B)                                          \
+            BLOCK(src + i * cols + j, cols, dst + j * rows + i, rows);         \
+          for (int64_t a = i; a < i + B; a++)                                  \
+            for (int64_t b = j; b < j1; b++)                                   \
+              dst[b * rows + a] = src[a * cols + b];                           \
+        }                                                                      \
+        for (; i < i1; i++)                                                    \
+          for (int64_t b = j0; b < j1; b++)                                    \
+            dst[b * rows + i] = src[i * cols + b];                             \
+      }                                                                        \
+  }
+
+TRANSPOSE_TILED(transpose_f32_avx2, float, 8, block8_f32)
+TRANSPOSE_TILED(transpose_f64_avx2, double, 4, block4_f64)
 
 int cpk__transpose_tiles(cpk_dtype dt, int64_t rows, int64_t cols,
                          const void *src, void *dst) {

@@ -23,21 +23,9 @@
 #include "ops.h"
 #include "testutil.h"
 
-/* The instruction set the kernels may use (2 AVX-512, 1 AVX2 with FMA,
- * 0 none), the CPU's unless a test caps it lower. */
-static int cpu_level(void) {
-#if defined(__x86_64__) && defined(__GNUC__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f"))
-    return 2;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-    return 1;
-#endif
-  return 0;
-}
 static int level = 2; /* the cap in force */
 static int usable(void) {
-  return cpu_level() < level ? cpu_level() : level;
+  return tu_cpu_tile_level() < level ? tu_cpu_tile_level() : level;
 }
 
 /* A block [v, rows, k] of draws in [-1, 1), where column c of batch row r
@@ -129,7 +117,7 @@ static void test_against_direct_sum(void **state) {
   const int64_t vs[] = {4, 6, 7, 9, 12, 13, 30};
   const int64_t ks[] = {2, 3, 64, 129};
   const int64_t ms[] = {1, 3, 7, 8, 16, 31, 32, 33, 70};
-  for (level = 0; level <= cpu_level(); level++) {
+  for (level = 0; level <= tu_cpu_tile_level(); level++) {
     cpk__tiles_cap_isa(level);
     uint64_t seed = 10;
     for (int d = 0; d < 2; d++)
@@ -198,7 +186,7 @@ static void test_linear_layer(void **state) {
   double *want = malloc((size_t)(v * n * r * in_f) * sizeof *want);
   double *mag = malloc((size_t)(v * n * r * in_f) * sizeof *mag);
   tu_product(v * n * r, in_f, out_f, blk, out_f, 1, w->data, want, mag);
-  for (level = 0; level <= cpu_level(); level++) {
+  for (level = 0; level <= tu_cpu_tile_level(); level++) {
     cpk__tiles_cap_isa(level);
     memset(out->data, 0xff, (size_t)(v * n * r * in_f) * sizeof(double));
     tu_ok(l->kind->jac_t_mat(l, ctx, x, y, u, out));

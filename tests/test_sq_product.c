@@ -26,18 +26,6 @@
 #include "ops.h"
 #include "testutil.h"
 
-/* The instruction set the kernels may use (2 AVX-512, 1 AVX2 with FMA,
- * 0 none). */
-static int cpu_level(void) {
-#if defined(__x86_64__) && defined(__GNUC__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f"))
-    return 2;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-    return 1;
-#endif
-  return 0;
-}
 
 static void *to_dtype(cpk_dtype dt, const double *x, int64_t n) {
   void *out = malloc((size_t)n * cpk_dtype_size(dt));
@@ -92,7 +80,7 @@ static void check(cpk_dtype dt, int lvl, int64_t rows, int64_t inner,
   const int done = cpk__sq_product_add(NULL, dt, rows, inner, cols, da, lda,
                                        db, ldb, weight, out, ldo, scratch);
   cpk__tiles_cap_isa(2);
-  const int usable = (cpu_level() < lvl ? cpu_level() : lvl) > 0;
+  const int usable = (tu_cpu_tile_level() < lvl ? tu_cpu_tile_level() : lvl) > 0;
   assert_int_equal(done, usable);
   const double rtol = dt == CPK_F32 ? 1e-5 : 1e-13;
   for (int64_t r = 0; r < rows; r++)
@@ -153,7 +141,7 @@ static void test_transpose(void **state) {
         src[i] = (double)i;
       void *s = to_dtype(dt, src, r * c), *t = malloc((size_t)(r * c) * es);
       if (!cpk__transpose_tiles(dt, r, c, s, t)) {
-        assert_int_equal(cpu_level(), 0);
+        assert_int_equal(tu_cpu_tile_level(), 0);
       } else {
         for (int64_t i = 0; i < r; i++)
           for (int64_t j = 0; j < c; j++)
@@ -220,7 +208,7 @@ static void check_layer(const char *spec, int ndim, const int64_t *sample,
 }
 
 static void test_convolutions(void **state) {
-  if (cpu_level() == 0)
+  if (tu_cpu_tile_level() == 0)
     skip(); /* the layers decline; diag_common squares per-sample products */
   const int64_t s2[3] = {4, 7, 6}, s1[2] = {3, 11}, st[3] = {4, 5, 4};
   check_layer("conv2d 4 6 3 padding=1 groups=2\n", 3, s2, 5, 3, 11);

@@ -149,3 +149,14 @@ void tu_product(int64_t m, int64_t n, int64_t k, const double *a,
         mag[i * n + j] = g;
     }
 }
+
+int tu_cpu_tile_level(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f"))
+    return 2;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    return 1;
+#endif
+  return 0;
+}

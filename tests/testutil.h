@@ -44,6 +44,10 @@ void tu_product(int64_t m, int64_t n, int64_t k, const double *a,
                 int64_t a_row, int64_t a_col, const double *b, double *c,
                 double *mag);
 
+/* The widest instruction set this CPU offers the register tiles of
+ * ops_tiles.c: 2 AVX-512, 1 AVX2 with FMA, 0 neither. */
+int tu_cpu_tile_level(void);
+
 /* Run a shell command; returns its exit status and stores its stderr
  * (truncated to len) in err when err != NULL. */
 int tu_run(const char *cmd, char *err, size_t len);
