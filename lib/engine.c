@@ -277,6 +277,40 @@ static int kfra_sum_ranks(cpk__pass *pass, int rc) {
   return rc;
 }
 
+/* A ReLU whose output reaches max pooling layer i through zero padding
+ * alone (none, or zeropad2d layers): its index, else -1. Each window's
+ * winner is then a ReLU output (or a padded zero), positive exactly where
+ * the pooled output y is, so for a block b at the pooling's output
+ *   J_relu^T J_pad^T J_pool^T b = J_pad^T J_pool^T (b o [y > 0])
+ * (f'(x) = [x > 0], 0 at the kink as PyTorch's): the mask goes on the
+ * pooled block, a fraction of the ReLU's, and the ReLU's own pass is left
+ * out. Not while the Hessian terms are carried (they read the gradient
+ * block at every layer). */
+static int relu_before_pool(const cpk__pass *pass, int i) {
+  const cpk_model *m = pass->model;
+  const cpk__layer_kind *k = m->layers[i]->kind;
+  if (pass->hterms != NULL ||
+      (k != &cpk__maxpool1d_kind && k != &cpk__maxpool2d_kind &&
+       k != &cpk__maxpool3d_kind))
+    return -1;
+  int j = i - 1;
+  while (j >= 0 && m->layers[j]->kind == &cpk__zeropad2d_kind)
+    j--;
+  return j >= 0 && m->layers[j]->kind == &cpk__relu_kind ? j : -1;
+}
+
+/* b o [y > 0] in place, for each of the V columns of block b. */
+static void mask_positive(const cpk_context *ctx, cpk_tensor *b,
+                          const cpk_tensor *y) {
+  const int64_t m = cpk_tensor_numel(y), v = cpk_tensor_numel(b) / m;
+  const size_t es = cpk_dtype_size(b->dtype);
+  for (int64_t c = 0; c < v; c++) {
+    char *col = (char *)b->data + (size_t)(c * m) * es;
+    cpk__act_d1_mul(ctx, b->dtype, CPK__ACT_RELU, 0.0, m, y->data, y->data,
+                    col, col);
+  }
+}
+
 /* Every block B at the output of layer i becomes J^T B at its input, and
  * so do the Hessian terms and KFRA's matrix. */
 static int propagate_blocks(cpk__pass *pass, int i) {
@@ -299,10 +333,19 @@ static int propagate_blocks(cpk__pass *pass, int i) {
   }
   if (rc != CPK_OK)
     return rc;
+  if (pass->relu_taken == i + 1) { /* J^T was applied at the pooling above */
+    pass->relu_taken = 0;
+    return CPK_OK;
+  }
+  const int relu = relu_before_pool(pass, i);
+  if (relu >= 0)
+    pass->relu_taken = relu + 1;
   for (int b = 0; b < CPK__NBLOCKS; b++) {
     cpk_tensor *in = pass->blocks[b], *out = NULL;
     if (in == NULL)
       continue;
+    if (relu >= 0) /* the block is the pass's own and not read again */
+      mask_positive(pass->ctx, in, y);
     rc = block_alloc(pass->ctx, &out, in->dtype, in->shape[0], pass->n,
                      l->in_ndim, l->in_shape, !l->kind->fills_output);
     if (rc == CPK_OK)

@@ -35,6 +35,8 @@ typedef struct cpk__pass {
   cpk__hterms *hterms;       /* the Hessian as terms (diag_hessian) */
   cpk_tensor *kfra;          /* KFRA's averaged GGN matrix */
   cpk_results *results;
+  int relu_taken;            /* 1 + the index of a ReLU whose J^T the blocks
+                                already carry (relu_before_pool), 0: none */
 } cpk__pass;
 
 /* The input must be [N, *in] of the model's sample shape, a float dtype,

@@ -15,13 +15,16 @@
  *    against the squares of their per-sample products (param_jac_t_mat
  *    with per_sample), weighted per column and sample: conv2d with groups
  *    and padding, conv1d with stride and dilation, conv_transpose2d (whose
- *    unfolded operand is the block); the bias declines.
+ *    unfolded operand is the block); where the layer declines because the
+ *    tiles do not pay (cpk__conv_sq_sum_pays), the core is checked
+ *    directly; the bias declines.
  */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "layers/conv_common.h"
 #include "model.h"
 #include "ops.h"
 #include "testutil.h"
@@ -156,8 +159,9 @@ static void test_transpose(void **state) {
 /* The layer's param_sq_sum against the squares of its per-sample products:
  * want[k] = o0[k] + sum_{v,n} w[v, n] P[v, n, k]^2, P = param_jac_t_mat
  * per sample of a block [V, N, *out]. */
-static void check_layer(const char *spec, int ndim, const int64_t *sample,
-                        int64_t n, int64_t v, uint64_t seed) {
+static void check_layer(const char *spec, int transposed, int takes, int ndim,
+                        const int64_t *sample, int64_t n, int64_t v,
+                        uint64_t seed) {
   cpk_model *mdl;
   cpk_context *ctx;
   tu_ok(cpk_model_parse(&mdl, spec, "net"));
@@ -165,6 +169,7 @@ static void check_layer(const char *spec, int ndim, const int64_t *sample,
   tu_ok(cpk_model_init_params(mdl, (int)seed));
   tu_ok(cpk_context_new(&ctx, NULL));
   cpk__layer *l = mdl->layers[0];
+  assert_int_equal(cpk__conv_sq_sum_pays(l->priv, transposed ? 1 : v), takes);
   int64_t xs[CPK_MAX_DIMS + 1] = {n}, bs[CPK_MAX_DIMS + 2] = {v, n};
   memcpy(xs + 1, sample, (size_t)ndim * sizeof *xs);
   memcpy(bs + 2, l->out_shape, (size_t)l->out_ndim * sizeof *bs);
@@ -192,8 +197,17 @@ static void check_layer(const char *spec, int ndim, const int64_t *sample,
     const int rc = l->kind->param_sq_sum(l, ctx, p, x, blk, w->data, n, out);
     if (p == 1) { /* the bias has no such path, and nothing is written */
       assert_int_equal(rc, CPK__LAYER_DECLINED);
-    } else {
+    } else if (takes) {
       tu_ok(rc);
+      tu_assert_close_array(out->data, want, k, 1e-12, 1e-13, spec);
+    } else { /* declined where it does not pay: the core itself, then */
+      assert_int_equal(rc, CPK__LAYER_DECLINED);
+      tu_ok(transposed ? cpk__conv_weight_sq_sum(l->priv, ctx, CPK_F64, v, n,
+                                                 blk->data, 1, x->data, 0,
+                                                 w->data, n, out->data)
+                       : cpk__conv_weight_sq_sum(l->priv, ctx, CPK_F64, v, n,
+                                                 x->data, 0, blk->data, 1,
+                                                 w->data, n, out->data));
       tu_assert_close_array(out->data, want, k, 1e-12, 1e-13, spec);
     }
     free(want);
@@ -211,25 +225,32 @@ static void test_convolutions(void **state) {
   if (tu_cpu_tile_level() == 0)
     skip(); /* the layers decline; diag_common squares per-sample products */
   const int64_t s2[3] = {4, 7, 6}, s1[2] = {3, 11}, st[3] = {4, 5, 4};
-  check_layer("conv2d 4 6 3 padding=1 groups=2\n", 3, s2, 5, 3, 11);
-  check_layer("conv1d 3 5 3 stride=2 dilation=2\n", 2, s1, 4, 1, 12);
-  check_layer("conv_transpose2d 4 6 3 stride=2 groups=2\n", 3, st, 3, 2, 13);
+  const int64_t s8[3] = {8, 6, 6};
+  /* taken by the layer: a short output grid against long patches */
+  check_layer("conv2d 8 16 3 groups=2\n", 0, 1, 3, s8, 4, 3, 10);
+  check_layer("conv1d 3 5 3 stride=2 dilation=2\n", 0, 1, 2, s1, 4, 1, 12);
+  /* declined by the layer (it does not pay), checked through the core */
+  check_layer("conv2d 8 16 3 groups=2\n", 0, 0, 3, s8, 4, 1, 14);
+  check_layer("conv2d 4 6 3 padding=1 groups=2\n", 0, 0, 3, s2, 5, 3, 11);
+  check_layer("conv_transpose2d 4 6 3 stride=2 groups=2\n", 1, 0, 3, st, 3,
+              2, 13);
 }
 
-/* With no vector instruction set the convolution declines and writes
- * nothing. */
+/* With no vector instruction set the convolution declines, where it would
+ * otherwise take the tiles, and writes nothing. */
 static void test_conv_declines(void **state) {
-  const int64_t s2[3] = {2, 5, 5};
+  const int64_t s1[2] = {3, 11};
   cpk_model *mdl;
   cpk_context *ctx;
-  tu_ok(cpk_model_parse(&mdl, "conv2d 2 3 3\n", "net"));
-  tu_ok(cpk_model_build(mdl, 3, s2, CPK_F64));
+  tu_ok(cpk_model_parse(&mdl, "conv1d 3 5 3 stride=2 dilation=2\n", "net"));
+  tu_ok(cpk_model_build(mdl, 2, s1, CPK_F64));
   tu_ok(cpk_model_init_params(mdl, 3));
   tu_ok(cpk_context_new(&ctx, NULL));
   cpk__layer *l = mdl->layers[0];
-  int64_t xs[4] = {2, 2, 5, 5}, bs[5] = {1, 2, 3, 3, 3};
-  cpk_tensor *x = tu_random(CPK_F64, 4, xs, -1, 1, 5);
-  cpk_tensor *blk = tu_random(CPK_F64, 5, bs, -1, 1, 6), *out;
+  assert_true(cpk__conv_sq_sum_pays(l->priv, 1));
+  int64_t xs[3] = {2, 3, 11}, bs[4] = {1, 2, 5, 4};
+  cpk_tensor *x = tu_random(CPK_F64, 3, xs, -1, 1, 5);
+  cpk_tensor *blk = tu_random(CPK_F64, 4, bs, -1, 1, 6), *out;
   tu_ok(cpk_tensor_new(&out, CPK_F64, l->params[0].ndim, l->params[0].shape));
   cpk__tiles_cap_isa(0);
   assert_int_equal(l->kind->param_sq_sum(l, ctx, 0, x, blk, NULL, 2, out),
@@ -237,6 +258,8 @@ static void test_conv_declines(void **state) {
   cpk__tiles_cap_isa(2);
   for (int64_t e = 0; e < cpk_tensor_numel(out); e++)
     assert_true(((double *)out->data)[e] == 0.0);
+  if (tu_cpu_tile_level() > 0) /* uncapped, it takes them */
+    tu_ok(l->kind->param_sq_sum(l, ctx, 0, x, blk, NULL, 2, out));
   cpk_tensor_free(x);
   cpk_tensor_free(blk);
   cpk_tensor_free(out);

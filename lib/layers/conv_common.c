@@ -521,6 +521,11 @@ static void weight_per_sample_stacked(const cpk__conv *s,
   }
 }
 
+int cpk__conv_sq_sum_pays(const cpk__conv *s, int64_t v) {
+  const cpk__conv_dims d = cpk__conv_dims_of(s, CPK_F32);
+  return (d.kx + d.cyg) * d.ly < 2 * v * d.cyg * d.kx;
+}
+
 int cpk__conv_weight_sq_sum(const cpk__conv *s, const cpk_context *ctx,
                             cpk_dtype dt, int64_t v, int64_t n, const void *x,
                             int x_has_v, const void *y, int y_has_v,

@@ -92,11 +92,13 @@ static int conv_transpose_param_sq_sum(cpk__layer *l, cpk_context *ctx, int p,
                                        const cpk_tensor *in, const void *w,
                                        int64_t w_stride, cpk_tensor *out) {
   const int64_t n = x->shape[0];
-  if (p != 0)
+  const int64_t v = cpk__block_v(in, n, cpk__layer_out_numel(l));
+  /* the block is the core's X: each column is unfolded, as if V were 1 */
+  if (p != 0 || !cpk__conv_sq_sum_pays(l->priv, 1))
     return CPK__LAYER_DECLINED;
-  const int rc = cpk__conv_weight_sq_sum(
-      l->priv, ctx, in->dtype, cpk__block_v(in, n, cpk__layer_out_numel(l)),
-      n, in->data, 1, x->data, 0, w, w_stride, out->data);
+  const int rc = cpk__conv_weight_sq_sum(l->priv, ctx, in->dtype, v, n,
+                                         in->data, 1, x->data, 0, w, w_stride,
+                                         out->data);
   return rc == CPK__CONV_DECLINED ? CPK__LAYER_DECLINED : rc;
 }
 
