@@ -51,7 +51,8 @@ int cpk__sq_product_add(const cpk_context *ctx, cpk_dtype dt, int64_t rows,
 size_t cpk__sq_product_scratch(int64_t inner);
 /* dst [cols, rows] := src [rows, cols]^T on the host, in register
  * transposes (ops_tiles.c); returns 0 without writing on CPUs where
- * cpk__sq_product_add declines, 1 when done. */
+ * cpk__sq_product_add declines, 1 when done (with rows and cols 0, only
+ * whether it would run). */
 int cpk__transpose_tiles(cpk_dtype dt, int64_t rows, int64_t cols,
                          const void *src, void *dst);
 
