@@ -561,8 +561,8 @@ int cpk__conv_weight_sq_sum(const cpk__conv *s, const cpk_context *ctx,
   }
   /* Thread t sums its fixed share of the batch into its partial sums,
    * added to out in order after: the same result for the same number of
-   * threads. Group g of the weight, transposed (the tiles fill better with
-   * the longer side, kx, as rows):
+   * threads. Group g of the weight, transposed (kx, the patch length and
+   * usually the longer side, as the tiles' rows):
    *   acc_g[k, r] += w (sum_l U_g^T[l, k] Y^T[l, g*cyg + r])^2. */
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {

@@ -143,6 +143,13 @@ int cpk__conv_weight_grad(const cpk__conv *s, const cpk_context *ctx,
                           cpk_dtype dt, int64_t v, int64_t n, const void *x,
                           int x_has_v, const void *y, int y_has_v,
                           int per_sample, double beta, void *out);
+/* Whether cpk__conv_weight_sq_sum pays for V columns that share X: per
+ * image and group it turns the unfolding and the image, (kx + cyg) Ly
+ * elements, where storing the products moves 2 V cyg kx (written, then
+ * read to square); with X per column, ask for V = 1.
+ * (cifar10_3c3d's 3x3 convolutions on 12x12 and 6x6 grids: yes for V = 1;
+ * its 5x5 one on 28x28 with 3 input channels: only from V = 12.) */
+int cpk__conv_sq_sum_pays(const cpk__conv *s, int64_t v);
 /* The squares of the per-sample weight products added up, without
  * storing them (cpk__sq_product_add): with X and Y as for
  * cpk__conv_weight_grad,
@@ -150,13 +157,6 @@ int cpk__conv_weight_grad(const cpk__conv *s, const cpk_context *ctx,
  * (w NULL: all 1; w in dt). CPK__CONV_DECLINED where the tiles do not run
  * (the GPU, a CPU with neither AVX-512 nor AVX2 with FMA): then nothing is
  * written. */
-/* Whether cpk__conv_weight_sq_sum pays for V columns that share X: per
- * image and group it turns the unfolding and the image, (kx + cyg) Ly
- * elements, where storing the products moves 2 V cyg kx (written, then
- * read to square); with X per column, ask for V = 1.
- * (cifar10_3c3d's 3x3 convolutions on 12x12 and 6x6 grids: yes for V = 1;
- * a 5x5 one on 28x28 with 3 input channels: only from V = 9.) */
-int cpk__conv_sq_sum_pays(const cpk__conv *s, int64_t v);
 int cpk__conv_weight_sq_sum(const cpk__conv *s, const cpk_context *ctx,
                             cpk_dtype dt, int64_t v, int64_t n, const void *x,
                             int x_has_v, const void *y, int y_has_v,
