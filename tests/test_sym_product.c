@@ -40,6 +40,29 @@ static void direct(int64_t n, int64_t k, const double *a, const double *m,
   tu_product(n, n, k, a, 1, n, ma, want, mag);
 }
 
+/* C [n, n] (row stride ldc) against want within rtol * scale per entry,
+ * and its padding still the 0x7f marker. */
+static void expect_padded(cpk_dtype dt, int64_t n, int64_t ldc, const void *c,
+                          const double *want, const double *scale,
+                          double rtol, const char *what) {
+  const size_t es = cpk_dtype_size(dt);
+  for (int64_t i = 0; i < n; i++) {
+    for (int64_t j = 0; j < n; j++) {
+      const double got = dt == CPK_F32 ? ((const float *)c)[i * ldc + j]
+                                       : ((const double *)c)[i * ldc + j];
+      if (!(fabs(got - want[i * n + j]) <= rtol * scale[i * n + j] + 1e-300)) {
+        fprintf(stderr, "%s %s: C[%lld,%lld] = %.17g, want %.17g\n", what,
+                dt == CPK_F32 ? "f32" : "f64", (long long)i, (long long)j, got,
+                want[i * n + j]);
+        fail();
+      }
+    }
+    for (int64_t j = n; j < ldc; j++) /* the padding is not written */
+      assert_int_equal(
+          ((const unsigned char *)c)[(size_t)(i * ldc + j) * es], 0x7f);
+  }
+}
+
 static void check(cpk_dtype dt, int64_t n, int64_t k, uint64_t seed) {
   int64_t as[2] = {k, n};
   cpk_tensor *at = tu_random(CPK_F64, 2, as, -1, 1, seed);
@@ -64,21 +87,11 @@ static void check(cpk_dtype dt, int64_t n, int64_t k, uint64_t seed) {
   }
   memset(c, 0x7f, (size_t)(n * ldc) * es); /* a marker in the padding */
   cpk__gemm_tn_symmetric(NULL, dt, n, k, a, n, b, n, c, ldc);
-  const double rtol = dt == CPK_F32 ? 2e-5 : 1e-12;
-  for (int64_t i = 0; i < n; i++) {
-    for (int64_t j = 0; j < n; j++) {
-      const double got = dt == CPK_F32 ? ((float *)c)[i * ldc + j]
-                                       : ((double *)c)[i * ldc + j];
-      if (!(fabs(got - want[i * n + j]) <= rtol * mag[i * n + j] + 1e-300)) {
-        fprintf(stderr, "%s n=%lld k=%lld: C[%lld,%lld] = %.17g, want %.17g\n",
-                dt == CPK_F32 ? "f32" : "f64", (long long)n, (long long)k,
-                (long long)i, (long long)j, got, want[i * n + j]);
-        fail();
-      }
-    }
-    for (int64_t j = n; j < ldc; j++) /* the padding is not written */
-      assert_int_equal(((unsigned char *)c)[(size_t)(i * ldc + j) * es], 0x7f);
-  }
+  char what[64];
+  snprintf(what, sizeof what, "A^T (M A), n=%lld k=%lld", (long long)n,
+           (long long)k);
+  expect_padded(dt, n, ldc, c, want, mag, dt == CPK_F32 ? 2e-5 : 1e-12,
+                what);
   free(a);
   free(b);
   free(c);
@@ -172,25 +185,14 @@ static void check_syrk(cpk_dtype dt, int trans, int64_t n, int64_t k,
         ((double *)c)[i * ldc + j] = c0[i * n + j];
     }
   cpk__syrk(NULL, dt, trans, n, k, alpha, a, trans ? n : k, beta, c, ldc);
-  const double rtol = dt == CPK_F32 ? 2e-5 : 1e-12;
-  for (int64_t i = 0; i < n; i++) {
-    for (int64_t j = 0; j < n; j++) {
-      const double want = alpha * aat[i * n + j] + beta * c0[i * n + j];
-      const double scale = alpha * mag[i * n + j] + fabs(beta * c0[i * n + j]);
-      const double got = dt == CPK_F32 ? ((float *)c)[i * ldc + j]
-                                       : ((double *)c)[i * ldc + j];
-      if (!(fabs(got - want) <= rtol * scale + 1e-300)) {
-        fprintf(stderr,
-                "syrk %s trans=%d n=%lld k=%lld beta=%g: C[%lld,%lld] = "
-                "%.17g, want %.17g\n",
-                dt == CPK_F32 ? "f32" : "f64", trans, (long long)n,
-                (long long)k, beta, (long long)i, (long long)j, got, want);
-        fail();
-      }
-    }
-    for (int64_t j = n; j < ldc; j++) /* the padding is not written */
-      assert_int_equal(((unsigned char *)c)[(size_t)(i * ldc + j) * es], 0x7f);
+  for (int64_t e = 0; e < n * n; e++) { /* alpha op(A) op(A)^T + beta C */
+    aat[e] = alpha * aat[e] + beta * c0[e];
+    mag[e] = alpha * mag[e] + fabs(beta * c0[e]);
   }
+  char what[96];
+  snprintf(what, sizeof what, "syrk trans=%d n=%lld k=%lld beta=%g", trans,
+           (long long)n, (long long)k, beta);
+  expect_padded(dt, n, ldc, c, aat, mag, dt == CPK_F32 ? 2e-5 : 1e-12, what);
   free(a);
   free(c);
   free(c0);
