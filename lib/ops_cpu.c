@@ -178,23 +178,22 @@ static int64_t panel_count(int64_t n) { return n / 64 < 16 ? n / 64 : 16; }
 void cpk__syrk(const cpk_context *ctx, cpk_dtype dt, int trans, int64_t n,
                int64_t k, double alpha, const void *a, int64_t lda, double beta,
                void *c, int64_t ldc) {
-  /* Few products per entry (k < n/2): row panels of at least 64 rows, at
-   * most 16 of them, where there are 4 (n = 1000, k = 128: 0.63 ms against
-   * the GEMM's full square's 1.15 ms and BLAS syrk's 0.75 ms; float32, 2
-   * threads). With many (n = 800, k = 25088) BLAS syrk on each thread's
-   * share of k, below, is faster (81 ms against 104). */
+  /* On the GPU, and for a C too small for panels (panel_count) with few
+   * products per entry (k < n/2), the GEMM's full square: faster than BLAS
+   * syrk there. Otherwise with few products per entry the row panels
+   * (n = 1000, k = 128: 0.63 ms against the full square's 1.15 ms and BLAS
+   * syrk's 0.75 ms; float32, 2 threads); with many (n = 800, k = 25088)
+   * BLAS syrk on each thread's share of k, below (81 ms against 104). */
   const int64_t panels = panel_count(n);
-  if (!cpk__on_cuda(ctx) && 2 * k < n && panels >= 4) {
+  if (cpk__on_cuda(ctx) || (2 * k < n && panels < 4)) {
+    cpk__gemm(ctx, dt, trans, !trans, n, n, k, alpha, a, lda, a, lda, beta, c,
+              ldc);
+    return;
+  }
+  if (2 * k < n) {
     upper_panels(ctx, dt, trans, n, k, alpha, a, lda, a, lda, beta, c, ldc,
                  panels);
     mirror_upper(dt, n, c, ldc);
-    return;
-  }
-  /* Smaller C with few products per entry: the GEMM's full square, faster
-   * than BLAS syrk there. */
-  if (cpk__on_cuda(ctx) || 2 * k < n) {
-    cpk__gemm(ctx, dt, trans, !trans, n, n, k, alpha, a, lda, a, lda, beta, c,
-              ldc);
     return;
   }
   /* OpenBLAS threads a syrk over the rows of C, which leaves a small C
